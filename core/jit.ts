@@ -1,0 +1,230 @@
+/**
+ * Evaluation and `jit`. Both go through one path: build a Program from the graph, compile it once
+ * per backend (cached by structural hash), run it, and wrap the results as concrete tensors whose
+ * device memory is freed by `Symbol.dispose` or, failing that, by the garbage collector.
+ */
+import { resolveBackend, type Backend, type BackendName, type Executable } from './backend.ts';
+import type { TypedArray } from './dtype.ts';
+import { TesseraError, TreeError, fmtShape } from './errors.ts';
+import { buildProgram } from './program.ts';
+import { flatten, leafPaths, treeDefString, unflatten, type PyTree, type TreeDef } from './pytree.ts';
+import { Tensor, evaluation, isTensor, type DeviceBuffer, type Storage } from './tensor.ts';
+import { getBackend } from './backend.ts';
+
+const finalizer = new FinalizationRegistry<() => void>((release) => release());
+
+function deviceStorage(owner: object, backend: Backend, buffer: DeviceBuffer): Storage {
+  let freed = false;
+  const release = (): void => {
+    if (!freed) {
+      freed = true;
+      backend.free(buffer);
+    }
+  };
+  finalizer.register(owner, release, owner);
+  return { kind: 'device', buffer, release };
+}
+
+/** A concrete tensor owning `buffer` on `backend`. */
+export function fromDevice(backend: Backend, buffer: DeviceBuffer, shape: readonly number[], dtype: Tensor['dtype']): Tensor {
+  const t = new Tensor({ op: 'const' }, [], Object.freeze([...shape]), dtype);
+  t.realize(deviceStorage(t, backend, buffer));
+  return t;
+}
+
+/** Frees a concrete tensor's device memory now (what `using` calls). Reading it afterwards fails. */
+export function dispose(t: Tensor): void {
+  const s = t.storage;
+  if (s?.kind === 'device') {
+    finalizer.unregister(t);
+    s.release();
+    t.markDonated();
+  }
+  const up = uploads.get(t);
+  if (up !== undefined) {
+    finalizer.unregister(up);
+    for (const r of up.releases.values()) r();
+    uploads.delete(t);
+  }
+}
+
+Object.defineProperty(Tensor.prototype, Symbol.dispose, {
+  value(this: Tensor) {
+    dispose(this);
+  },
+});
+
+/** Host tensors uploaded to a backend, kept while the tensor lives. */
+const uploads = new WeakMap<Tensor, { buffers: Map<string, DeviceBuffer>; releases: Map<string, () => void> }>();
+
+async function bufferFor(t: Tensor, backend: Backend): Promise<DeviceBuffer> {
+  if (!t.isRealized) await realize([t], backend);
+  const s = t.storage!;
+  if (s.kind === 'device' && s.buffer.backendName === backend.name) return s.buffer;
+  let up = uploads.get(t);
+  const cached = up?.buffers.get(backend.name);
+  if (cached !== undefined) return cached;
+  const data = s.kind === 'host' ? s.data : await (await getBackend(s.buffer.backendName)).download(s.buffer);
+  if (!backend.dtypes.has(t.dtype)) throw new TesseraError(`backend '${backend.name}' cannot hold ${t.dtype} (tensor ${fmtShape(t.shape)})`);
+  const buffer = backend.upload(data, t.shape, t.dtype);
+  if (up === undefined) {
+    up = { buffers: new Map(), releases: new Map() };
+    uploads.set(t, up);
+    const token = up;
+    finalizer.register(t, () => token.releases.forEach((r) => r()), token);
+  }
+  let freed = false;
+  up.buffers.set(backend.name, buffer);
+  up.releases.set(backend.name, () => {
+    if (!freed) {
+      freed = true;
+      backend.free(buffer);
+    }
+  });
+  return buffer;
+}
+
+const compiled = new Map<string, Executable>();
+
+function compileCached(backend: Backend, program: Parameters<Backend['compile']>[0]): Executable {
+  const key = `${backend.name}:${program.hash}`;
+  let exe = compiled.get(key);
+  if (exe === undefined) {
+    exe = backend.compile(program);
+    compiled.set(key, exe);
+  }
+  return exe;
+}
+
+/** Evaluates lazy tensors on a backend in one program; afterwards each holds its value. */
+export async function realize(tensors: readonly Tensor[], backendOpt?: Backend | BackendName): Promise<void> {
+  const todo = tensors.filter((t) => !t.isRealized);
+  if (todo.length === 0) return;
+  const backend = await resolveBackend(backendOpt);
+  const { program, lifted } = buildProgram('eval', todo);
+  const exe = compileCached(backend, program);
+  const inputs = await Promise.all(lifted.map((t) => bufferFor(t, backend)));
+  const outs = backend.run(exe, inputs, inputs.map(() => false));
+  todo.forEach((t, i) => t.realize(deviceStorage(t, backend, outs[i]!)));
+}
+
+async function readData(t: Tensor): Promise<TypedArray> {
+  if (t.isDonated) throw new TesseraError(`data: ${t.toString()} was donated to a jit call or disposed and can no longer be read`);
+  if (!t.isRealized) await realize([t]);
+  const s = t.storage!;
+  if (s.kind === 'host') return s.data.slice();
+  return (await getBackend(s.buffer.backendName)).download(s.buffer);
+}
+
+evaluation.data = readData;
+
+// ---------------------------------------------------------------- jit
+
+export interface JitOptions {
+  /** Positions of arguments whose buffers the outputs may reuse; those arguments are unreadable after the call. */
+  readonly donate?: readonly number[];
+  /** Backend to run on; default: `defaultBackend()`. */
+  readonly backend?: Backend | BackendName;
+  /** Name used in messages and kernel labels; default: the function's name. */
+  readonly name?: string;
+}
+
+interface CacheEntry {
+  readonly exe: Executable;
+  readonly lifted: readonly Tensor[];
+  readonly outDef: TreeDef;
+  readonly outIsTensor: readonly boolean[];
+  /** Non-tensor output leaves, returned as they were traced. */
+  readonly statics: readonly unknown[];
+}
+
+type Static = number | boolean | string | null | undefined;
+
+function isStatic(x: unknown): x is Static {
+  return x === null || x === undefined || typeof x === 'number' || typeof x === 'boolean' || typeof x === 'string';
+}
+
+/** Replaces tensors by concrete results in the output type of a jitted function. */
+export type Jitted<F extends (...args: never[]) => unknown> = (...args: Parameters<F>) => Promise<ReturnType<F>>;
+
+/**
+ * Traces `f` once per input signature (tree structure, shapes, dtypes and the values of non-tensor
+ * leaves, which are static) into one program, and runs it on a backend. Tensors that `f` closes over
+ * are captured at trace time, as in JAX.
+ */
+export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitOptions = {}): Jitted<F> {
+  const name = options.name ?? (f.name || 'jit');
+  const cache = new Map<string, CacheEntry>();
+
+  const call = async (...args: unknown[]): Promise<unknown> => {
+    const backend = await resolveBackend(options.backend);
+    const { leaves, def } = flatten<unknown>(args as PyTree<unknown>);
+    const sig: string[] = [];
+    leaves.forEach((leaf, i) => {
+      if (isTensor(leaf)) {
+        if (leaf.isDonated) throw new TesseraError(`${name}: argument ${leafPaths(def, 'args')[i]} was donated to an earlier call or disposed`);
+        sig.push(`${leaf.shape.join('x')}:${leaf.dtype}`);
+      } else if (isStatic(leaf)) {
+        sig.push(`=${JSON.stringify(leaf)}`);
+      } else {
+        throw new TreeError(`${name}: argument ${leafPaths(def, 'args')[i]} is ${typeof leaf === 'object' ? (leaf as object).constructor?.name ?? 'object' : typeof leaf}, not a Tensor or a static number/boolean/string`);
+      }
+    });
+    const key = `${backend.name}|${treeDefString(def)}|${sig.join(';')}`;
+    let entry = cache.get(key);
+    if (entry === undefined) {
+      const params: Tensor[] = [];
+      const traced = leaves.map((leaf) => {
+        if (!isTensor(leaf)) return leaf;
+        const p = new Tensor({ op: 'input', index: params.length }, [], leaf.shape, leaf.dtype);
+        params.push(p);
+        return p;
+      });
+      const out = (f as unknown as (...a: unknown[]) => unknown)(...(unflatten(def, traced) as unknown[]));
+      if (out instanceof Promise) throw new TesseraError(`${name}: the function returned a Promise; jit traces synchronous functions only`);
+      const flat = flatten<unknown>(out as PyTree<unknown>);
+      const outIsTensor = flat.leaves.map((l, i) => {
+        if (isTensor(l)) return true;
+        if (isStatic(l)) return false;
+        throw new TreeError(`${name}: output ${leafPaths(flat.def, 'result')[i]} is ${typeof l}, not a Tensor`);
+      });
+      const outTensors = flat.leaves.filter(isTensor);
+      const { program, lifted } = buildProgram(name, outTensors, params);
+      const statics = flat.leaves.map((l) => (isTensor(l) ? undefined : l));
+      entry = { exe: backend.compile(program), lifted, outDef: flat.def, outIsTensor, statics };
+      cache.set(key, entry);
+    }
+
+    const argTensors = leaves.filter(isTensor);
+    const donateArgs = new Set(options.donate ?? []);
+    const donatedLeaf = new Set<Tensor>();
+    args.forEach((arg, i) => {
+      if (donateArgs.has(i)) flatten<unknown>(arg as PyTree<unknown>).leaves.filter(isTensor).forEach((t) => donatedLeaf.add(t));
+    });
+    const inputs = await Promise.all([...argTensors, ...entry.lifted].map((t) => bufferFor(t, backend)));
+    const seen = new Map<DeviceBuffer, number>();
+    inputs.forEach((b) => seen.set(b, (seen.get(b) ?? 0) + 1));
+    const donated = argTensors
+      .map((t, i) => {
+        const s = t.storage;
+        return donatedLeaf.has(t) && s?.kind === 'device' && s.buffer === inputs[i] && seen.get(inputs[i]!) === 1;
+      })
+      .concat(entry.lifted.map(() => false));
+    const outs = backend.run(entry.exe, inputs, donated);
+    argTensors.forEach((t, i) => {
+      if (donated[i]) {
+        finalizer.unregister(t);
+        t.markDonated();
+      }
+    });
+    const program = entry.exe.program;
+    let k = 0;
+    const outLeaves = entry.outIsTensor.map((isT, i) => {
+      if (!isT) return entry.statics[i];
+      const node = program.nodes[program.outputs[k]!]!;
+      return fromDevice(backend, outs[k++]!, node.shape, node.dtype);
+    });
+    return unflatten(entry.outDef, outLeaves);
+  };
+  return call as Jitted<F>;
+}

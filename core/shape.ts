@@ -1,0 +1,61 @@
+import { ShapeError, fmtShape } from './errors.ts';
+
+export type Shape = readonly number[];
+
+export function sizeOf(shape: Shape): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** Row-major strides. */
+export function stridesOf(shape: Shape): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i]!;
+  }
+  return s;
+}
+
+export function shapesEqual(a: Shape, b: Shape): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** NumPy broadcasting of two shapes; throws a ShapeError that names `op`. */
+export function broadcastShapes(op: string, a: Shape, b: Shape): number[] {
+  const rank = Math.max(a.length, b.length);
+  const out = new Array<number>(rank);
+  for (let i = 0; i < rank; i++) {
+    const da = a[a.length - rank + i] ?? 1;
+    const db = b[b.length - rank + i] ?? 1;
+    if (da !== db && da !== 1 && db !== 1) {
+      throw new ShapeError(`${op}: shapes cannot be broadcast: ${fmtShape(a)} and ${fmtShape(b)} (axis ${i - rank}: ${da} vs ${db})`);
+    }
+    out[i] = da === 1 ? db : da;
+  }
+  return out;
+}
+
+/** Normalises possibly negative axes against a rank; checks range and duplicates. */
+export function normalizeAxes(op: string, axes: readonly number[], rank: number): number[] {
+  const out = axes.map((a) => {
+    if (!Number.isInteger(a) || a < -rank || a >= rank) {
+      throw new ShapeError(`${op}: axis ${a} is out of range for rank ${rank}`);
+    }
+    return a < 0 ? a + rank : a;
+  });
+  if (new Set(out).size !== out.length) throw new ShapeError(`${op}: repeated axis in [${axes.join(',')}]`);
+  return out.sort((x, y) => x - y);
+}
+
+export function normalizeAxis(op: string, axis: number, rank: number): number {
+  return normalizeAxes(op, [axis], rank)[0]!;
+}
+
+export function checkShape(op: string, shape: Shape): void {
+  for (const d of shape) {
+    if (!Number.isInteger(d) || d < 0) throw new ShapeError(`${op}: invalid shape ${fmtShape(shape)} (dimensions must be integers >= 0)`);
+  }
+}

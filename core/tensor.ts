@@ -1,0 +1,170 @@
+import type { DType, TypedArray } from './dtype.ts';
+import type { Shape } from './shape.ts';
+import { sizeOf } from './shape.ts';
+import { TesseraError, fmtShape } from './errors.ts';
+
+/** Elementwise functions of one argument. `isFinite` gives bool; `uniformFromBits` maps int32 random bits to float32 in [0, 1). */
+export type UnaryFn =
+  | 'neg' | 'exp' | 'log' | 'sin' | 'cos' | 'sqrt' | 'rsqrt' | 'tanh' | 'sigmoid' | 'abs'
+  | 'reciprocal' | 'floor' | 'sign' | 'logicalNot' | 'isFinite' | 'uniformFromBits';
+
+/** Elementwise functions of two arguments of one shape and dtype. Comparisons give bool. */
+export type BinaryFn =
+  | 'add' | 'sub' | 'mul' | 'div' | 'pow' | 'max' | 'min'
+  | 'lt' | 'le' | 'gt' | 'ge' | 'eq' | 'ne' | 'and' | 'or';
+
+export const COMPARISONS: ReadonlySet<BinaryFn> = new Set(['lt', 'le', 'gt', 'ge', 'eq', 'ne']);
+
+/** Convolution attributes (NCHW input, OIHW weight; symmetric padding). */
+export interface ConvAttrs {
+  readonly stride: readonly [number, number];
+  readonly padding: readonly [number, number];
+  readonly dilation: readonly [number, number];
+  readonly groups: number;
+}
+
+/**
+ * The primitive set. Every backend implements exactly these, and autodiff has one rule for each.
+ * Shape conventions (checked by the op builders in ops.ts, so backends may rely on them):
+ * - unary/binary/select: all inputs have the output's shape (builders insert broadcasts).
+ * - reduce: removes `axes` (sorted, unique) from the input shape.
+ * - broadcast: NumPy rule, input right-aligned against the output shape, size-1 dims expand.
+ * - slice: out[i] = in[start + i * stride] per axis, strides >= 1.
+ * - pad: out has lo + in + (in-1)*interior + hi per axis, filled with `value`; lo, hi, interior >= 0.
+ * - matmul: [...b, m, k] x [...b, k, n] -> [...b, m, n], batch dims identical.
+ * - conv2d: x [N,C,H,W], w [O, C/groups, KH, KW] -> [N, O, OH, OW].
+ * - conv2dGradInput(dy, w): the adjoint of conv2d in x, giving `inputShape`; also the transposed convolution.
+ * - conv2dGradWeight(x, dy): the adjoint of conv2d in w, giving `weightShape`.
+ * - gather(x, idx): out = x.shape[:axis] + idx.shape + x.shape[axis+1:], indices clamped to range.
+ * - iota: the index along `axis`, as the node's dtype.
+ * - randomBits(key int32[2]): out[i] = word (i mod 2) of Threefry-2x32(key, (0, offset + floor(i / 2))), as int32 bits.
+ */
+export type Prim =
+  | { readonly op: 'input'; readonly index: number }
+  | { readonly op: 'const' }
+  | { readonly op: 'literal'; readonly value: number }
+  | { readonly op: 'unary'; readonly fn: UnaryFn }
+  | { readonly op: 'binary'; readonly fn: BinaryFn }
+  | { readonly op: 'select' }
+  | { readonly op: 'reduce'; readonly fn: 'sum' | 'max'; readonly axes: readonly number[] }
+  | { readonly op: 'reshape' }
+  | { readonly op: 'permute'; readonly perm: readonly number[] }
+  | { readonly op: 'broadcast' }
+  | { readonly op: 'slice'; readonly starts: readonly number[]; readonly strides: readonly number[] }
+  | { readonly op: 'pad'; readonly lo: readonly number[]; readonly hi: readonly number[]; readonly interior: readonly number[]; readonly value: number }
+  | { readonly op: 'concat'; readonly axis: number }
+  | { readonly op: 'matmul' }
+  | ({ readonly op: 'conv2d' } & ConvAttrs)
+  | ({ readonly op: 'conv2dGradInput' } & ConvAttrs)
+  | ({ readonly op: 'conv2dGradWeight' } & ConvAttrs)
+  | { readonly op: 'gather'; readonly axis: number }
+  | { readonly op: 'cast' }
+  | { readonly op: 'iota'; readonly axis: number }
+  | { readonly op: 'randomBits'; readonly offset: number };
+
+export type PrimOp = Prim['op'];
+
+/** A value that lives on a backend. Opaque to core; each backend defines its own. */
+export interface DeviceBuffer {
+  readonly backendName: string;
+  readonly size: number;
+}
+
+/** Where the data of a concrete tensor is: on the host, or on a backend. */
+export type Storage =
+  | { readonly kind: 'host'; readonly data: TypedArray }
+  | { readonly kind: 'device'; readonly buffer: DeviceBuffer; readonly release: () => void };
+
+/** Hooks set by the evaluation module (kept out of this file to avoid an import cycle). */
+export const evaluation: {
+  data: (t: Tensor) => Promise<TypedArray>;
+} = {
+  data: () => Promise.reject(new TesseraError('evaluation is not initialised: import tessera from its index')),
+};
+
+let nextId = 0;
+
+/**
+ * An immutable graph node. Op functions build these and never compute. A tensor is concrete when it
+ * holds a storage (its `prim.op` is 'const'); anything else is evaluated on demand by `data()`.
+ */
+export class Tensor {
+  readonly id = nextId++;
+  /** Set once when a lazy tensor is evaluated, or when a concrete tensor is made; never changes its value. */
+  private _storage: Storage | undefined;
+  private _donated = false;
+
+  constructor(
+    readonly prim: Prim,
+    readonly inputs: readonly Tensor[],
+    readonly shape: Shape,
+    readonly dtype: DType,
+    storage?: Storage,
+  ) {
+    this._storage = storage;
+  }
+
+  get rank(): number {
+    return this.shape.length;
+  }
+
+  get size(): number {
+    return sizeOf(this.shape);
+  }
+
+  get storage(): Storage | undefined {
+    if (this._donated) {
+      throw new TesseraError(`tensor ${fmtShape(this.shape)} ${this.dtype} was donated to a jit call and can no longer be read`);
+    }
+    return this._storage;
+  }
+
+  /** Whether the tensor is concrete or already evaluated. */
+  get isRealized(): boolean {
+    return this._storage !== undefined;
+  }
+
+  /** Records the result of evaluating this node (memoisation; the value is fixed by the graph). */
+  realize(storage: Storage): void {
+    if (this._storage === undefined) this._storage = storage;
+  }
+
+  /** Marks the storage as given away to a computation that reused it. */
+  markDonated(): void {
+    this._donated = true;
+  }
+
+  get isDonated(): boolean {
+    return this._donated;
+  }
+
+  /** Evaluates (if needed) and reads the values back to the host. */
+  data(): Promise<TypedArray> {
+    return evaluation.data(this);
+  }
+
+  /** Reads a one-element tensor as a number. */
+  async item(): Promise<number> {
+    if (this.size !== 1) throw new TesseraError(`item: tensor has shape ${fmtShape(this.shape)}, not one element`);
+    return (await this.data())[0]!;
+  }
+
+  /** Reads the values as a plain JS array (nested by shape). */
+  async toArray(): Promise<unknown> {
+    const flat = Array.from(await this.data());
+    const nest = (offset: number, axis: number): unknown => {
+      if (axis === this.shape.length) return flat[offset];
+      const stride = sizeOf(this.shape.slice(axis + 1));
+      return Array.from({ length: this.shape[axis]! }, (_, i) => nest(offset + i * stride, axis + 1));
+    };
+    return nest(0, 0);
+  }
+
+  toString(): string {
+    return `Tensor(${this.prim.op}, ${fmtShape(this.shape)}, ${this.dtype})`;
+  }
+}
+
+export function isTensor(x: unknown): x is Tensor {
+  return x instanceof Tensor;
+}
