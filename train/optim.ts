@@ -1,0 +1,129 @@
+/**
+ * Optimizers shaped like optax: a transformation is a pair of pure functions over pytrees,
+ * `init(params) -> state` and `update(grads, state, params) -> [updates, state]`, composed with
+ * `chain`. Every quantity that changes per step (counts, moments) lives in the state as tensors,
+ * so one jitted program runs every step.
+ */
+import {
+  add, cast, div, isFinite, logicalNot, maximum, minimum, mul, pow, scalar, sqrt, sub, sum, treeLeaves, treeMap, where, zerosLike,
+  type PyTree, type Tensor,
+} from '../core/index.ts';
+
+export type Params = PyTree<Tensor>;
+
+export interface GradientTransformation<S extends PyTree<Tensor> = PyTree<Tensor>> {
+  init(params: Params): S;
+  update(grads: Params, state: S, params: Params): [Params, S];
+}
+
+/** A learning rate: a constant or a function of the (float32 scalar) count of updates done. */
+export type Schedule = number | ((count: Tensor) => Tensor);
+
+const map = (f: (...xs: Tensor[]) => Tensor, ...trees: Params[]): Params => treeMap(f, trees[0]!, ...trees.slice(1));
+
+/** Applies several transformations in order; the state is a tuple of their states. */
+export function chain(...ts: GradientTransformation[]): GradientTransformation<PyTree<Tensor>[]> {
+  return {
+    init: (params) => ts.map((t) => t.init(params)),
+    update: (grads, state, params) => {
+      let g = grads;
+      const next = ts.map((t, i) => {
+        const [u, s] = t.update(g, state[i]!, params);
+        g = u;
+        return s;
+      });
+      return [g, next];
+    },
+  };
+}
+
+export interface AdamOptions {
+  readonly lr: Schedule;
+  readonly b1?: number;
+  readonly b2?: number;
+  readonly eps?: number;
+  /** Decoupled weight decay (AdamW, Loshchilov & Hutter); 0 gives Adam. */
+  readonly weightDecay?: number;
+}
+
+type AdamState = { count: Tensor; mu: Params; nu: Params };
+
+/**
+ * Adam (Kingma & Ba, Algorithm 1) with bias correction, as torch.optim.Adam which EDM uses
+ * (betas 0.9/0.999, eps 1e-8 added to the corrected second moment's root). Updates are the negated
+ * steps, to be added to the params.
+ */
+export function adam(o: AdamOptions): GradientTransformation<AdamState> {
+  const b1 = o.b1 ?? 0.9;
+  const b2 = o.b2 ?? 0.999;
+  const eps = o.eps ?? 1e-8;
+  const wd = o.weightDecay ?? 0;
+  return {
+    init: (params) => ({ count: scalar(0), mu: map(zerosLike, params), nu: map(zerosLike, params) }),
+    update: (grads, state, params) => {
+      const count = add(state.count, 1);
+      const mu = map((m, g) => add(mul(m, b1), mul(g, 1 - b1)), state.mu, grads);
+      const nu = map((v, g) => add(mul(v, b2), mul(mul(g, g), 1 - b2)), state.nu, grads);
+      const lr = typeof o.lr === 'number' ? scalar(o.lr) : o.lr(state.count);
+      const c1 = sub(1, pow(scalar(b1), count));
+      const c2 = sub(1, pow(scalar(b2), count));
+      const updates = map(
+        (m, v, p) => {
+          const step = div(div(m, c1), add(sqrt(div(v, c2)), eps));
+          return mul(add(step, wd === 0 ? 0 : mul(p, wd)), mul(lr, -1));
+        },
+        mu, nu, params,
+      );
+      return [updates, { count, mu, nu }];
+    },
+  };
+}
+
+/**
+ * EDM's learning-rate ramp-up: lr * min(images_seen / rampup_images, 1). Images, not steps, because
+ * Patch Diffusion's batch size changes with the patch size. Build the optimizer inside the traced
+ * step with `lr: () => edmLearningRate(...)` to feed it the step's count of images.
+ */
+export function edmLearningRate(lr: number, rampupImages: number, imagesSeen: Tensor): Tensor {
+  return rampupImages > 0 ? mul(minimum(div(imagesSeen, rampupImages), 1), lr) : scalar(lr);
+}
+
+/** Scales gradients so that their global L2 norm is at most `maxNorm`. */
+export function clipByGlobalNorm(maxNorm: number): GradientTransformation<Record<string, never>> {
+  return {
+    init: () => ({}),
+    update: (grads, state) => {
+      const norm = sqrt(treeLeaves(grads).reduce<Tensor>((acc, g) => add(acc, sum(mul(g, g))), scalar(0)));
+      const factor = minimum(div(maxNorm, add(norm, 1e-6)), 1);
+      return [map((g) => mul(g, factor), grads), state];
+    },
+  };
+}
+
+/**
+ * EDM replaces non-finite gradient entries (torch.nan_to_num(nan=0, posinf=1e5, neginf=-1e5)); we
+ * replace them by 0 and keep a running count of replaced entries in the state for the log.
+ */
+export function replaceNonFinite(): GradientTransformation<{ replaced: Tensor }> {
+  return {
+    init: () => ({ replaced: scalar(0) }),
+    update: (grads, state) => {
+      const bad = treeLeaves(grads).reduce<Tensor>((acc, g) => add(acc, sum(cast(logicalNot(isFinite(g)), 'float32'))), scalar(0));
+      return [map((g) => where(isFinite(g), g, 0), grads), { replaced: add(state.replaced, bad) }];
+    },
+  };
+}
+
+export function applyUpdates(params: Params, updates: Params): Params {
+  return map((p, u) => add(p, u), params, updates);
+}
+
+/**
+ * EDM's EMA of the params: half-life in images, ramped up early in training
+ * (ema_nimg = min(halflife, seen * rampup_ratio); beta = 0.5^(batch / max(ema_nimg, 1e-8))).
+ */
+export function emaUpdate(ema: Params, params: Params, imagesSeen: Tensor, batchImages: number, halflifeImages: number, rampupRatio?: number): Params {
+  const halflife = rampupRatio === undefined ? scalar(halflifeImages) : minimum(mul(imagesSeen, rampupRatio), halflifeImages);
+  const beta = pow(scalar(0.5), div(batchImages, maximum(halflife, 1e-8)));
+  return map((e, p) => add(p, mul(sub(e, p), beta)), ema, params);
+}
