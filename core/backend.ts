@@ -24,7 +24,8 @@ export interface Backend {
   /**
    * Runs a compiled program. `donated[i]` says input i's buffer may be reused for an output. Every
    * returned buffer belongs to the caller: it is either fresh or a donated input's buffer, and no
-   * buffer is returned twice.
+   * buffer is returned twice. The backend frees donated inputs it does not return (the caller has
+   * given up ownership of them).
    */
   run(executable: Executable, inputs: readonly DeviceBuffer[], donated: readonly boolean[]): DeviceBuffer[];
   free(buffer: DeviceBuffer): void;

@@ -157,7 +157,6 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
   const cache = new Map<string, CacheEntry>();
 
   const call = async (...args: unknown[]): Promise<unknown> => {
-    const backend = await resolveBackend(options.backend);
     const { leaves, def } = flatten<unknown>(args as PyTree<unknown>);
     const sig: string[] = [];
     leaves.forEach((leaf, i) => {
@@ -170,6 +169,7 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
         throw new TreeError(`${name}: argument ${leafPaths(def, 'args')[i]} is ${typeof leaf === 'object' ? (leaf as object).constructor?.name ?? 'object' : typeof leaf}, not a Tensor or a static number/boolean/string`);
       }
     });
+    const backend = await resolveBackend(options.backend);
     const key = `${backend.name}|${treeDefString(def)}|${sig.join(';')}`;
     let entry = cache.get(key);
     if (entry === undefined) {

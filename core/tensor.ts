@@ -37,7 +37,12 @@ export interface ConvAttrs {
  * - conv2dGradWeight(x, dy): the adjoint of conv2d in w, giving `weightShape`.
  * - gather(x, idx): out = x.shape[:axis] + idx.shape + x.shape[axis+1:], indices clamped to range.
  * - iota: the index along `axis`, as the node's dtype.
- * - randomBits(key int32[2]): out[i] = word (i mod 2) of Threefry-2x32(key, (0, offset + floor(i / 2))), as int32 bits.
+ * - randomBits(key int32[2]): out[i] = word (i mod 2) of Threefry-2x32(key, (0, offset + floor(i / 2))), as int32 bits
+ *   (the counter wraps modulo 2^32).
+ * Value semantics (the CPU backend defines them; others match): float32 results are rounded once per
+ * node; int32 add/sub/mul/neg/abs wrap, division truncates toward zero with x / 0 = x (as WGSL);
+ * max/min propagate NaN; casts float -> int32 truncate and saturate, NaN -> 0; casts to bool are
+ * x != 0; bool -> number is 0/1; iota as bool is index != 0; sum over an empty axis is 0.
  */
 export type Prim =
   | { readonly op: 'input'; readonly index: number }
@@ -67,6 +72,7 @@ export type PrimOp = Prim['op'];
 /** A value that lives on a backend. Opaque to core; each backend defines its own. */
 export interface DeviceBuffer {
   readonly backendName: string;
+  /** Number of elements (not bytes). */
   readonly size: number;
 }
 

@@ -1,0 +1,27 @@
+/**
+ * EDM's training loss (Karras et al. 2022, Sec. 5 and Table 1; `EDMLoss` in the reference code), as
+ * Patch Diffusion uses it on patches: ln(sigma) ~ N(P_mean, P_std^2) per sample,
+ * weight lambda(sigma) = (sigma^2 + sd^2) / (sigma * sd)^2, loss = lambda * ||D(y + n; sigma) - y||^2
+ * summed over the patch's pixels and averaged over the samples.
+ */
+import { add, div, exp, mul, random, sub, sum, type Tensor } from '../core/index.ts';
+
+export interface EdmLossOptions {
+  readonly pMean: number;
+  readonly pStd: number;
+  readonly sigmaData: number;
+}
+
+export const EDM_LOSS_DEFAULTS: EdmLossOptions = { pMean: -1.2, pStd: 1.2, sigmaData: 0.5 };
+
+/** `denoise(x, sigma)` gets the noisy batch [B, C, h, w] and sigma [B, 1, 1, 1]. */
+export function edmLoss(denoise: (x: Tensor, sigma: Tensor) => Tensor, y: Tensor, key: Tensor, o: EdmLossOptions = EDM_LOSS_DEFAULTS): Tensor {
+  const b = y.shape[0]!;
+  const [kSigma, kNoise] = random.split(key, 2) as [Tensor, Tensor];
+  const sigma = exp(add(mul(random.normal(kSigma, [b, 1, 1, 1]), o.pStd), o.pMean));
+  const sd2 = o.sigmaData * o.sigmaData;
+  const weight = div(add(mul(sigma, sigma), sd2), mul(mul(sigma, sigma), sd2));
+  const noisy = add(y, mul(random.normal(kNoise, y.shape), sigma));
+  const err = sub(denoise(noisy, sigma), y);
+  return div(sum(mul(weight, mul(err, err))), b);
+}
