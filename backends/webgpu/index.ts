@@ -1,0 +1,268 @@
+/**
+ * The WebGPU backend on Dawn: compiles a Program into fused kernels with a liveness-planned memory
+ * layout, and runs it as one queue submission. `download` is the only point that waits.
+ */
+import { registerBackend, type Backend, type Executable } from '../../core/backend.ts';
+import type { DType, TypedArray } from '../../core/dtype.ts';
+import { BackendError, fmtShape } from '../../core/errors.ts';
+import type { Program } from '../../core/program.ts';
+import { sizeOf, type Shape } from '../../core/shape.ts';
+import type { DeviceBuffer } from '../../core/tensor.ts';
+import { acquireDevice, type GpuContext } from './device.ts';
+import { elementwiseBody } from './elementwise.ts';
+import { planFusion, splitCandidate } from './fusion.ts';
+import { gemmBody, gemmShape } from './gemm.ts';
+import { buildKernel, foldGrid, type KernelSource } from './kernel.ts';
+import { BufferPool, bindingBytes, planMemory, type MemoryPlan } from './memory.ts';
+import { PipelineCache } from './pipelines.ts';
+import { reduceBody } from './reduce.ts';
+import { TILE_CANDIDATES, chooseTile } from './tiles.ts';
+import { checkDType } from './wgsl.ts';
+
+export class WebGpuBuffer implements DeviceBuffer {
+  readonly backendName = 'webgpu';
+  constructor(
+    /** Elements. */
+    readonly size: number,
+    readonly dtype: DType,
+    readonly gpu: GPUBuffer,
+  ) {}
+}
+
+interface CompiledKernel {
+  readonly source: KernelSource;
+  readonly pipeline: GPUComputePipeline;
+}
+
+interface WebGpuExecutable extends Executable {
+  readonly kernels: readonly CompiledKernel[];
+  readonly memory: MemoryPlan;
+}
+
+export interface WebGpuOptions {
+  /** Tile candidates in order of preference (default: the built-in table). */
+  readonly tiles?: readonly import('./gemm.ts').Tile[];
+}
+
+/** Kernel sources for a program, materializing more nodes until every kernel is within limits. */
+export function generateKernels(program: Program, maxStorageBuffers: number, tiles: readonly import('./gemm.ts').Tile[]): KernelSource[] {
+  const forced = new Set<number>();
+  for (let attempt = 0; ; attempt++) {
+    const plan = planFusion(program, forced);
+    const sources = plan.kernels.map((k) => {
+      const node = program.nodes[k.root]!;
+      if (k.heavy === undefined) return buildKernel(program, plan, k, elementwiseBody(k.root, node));
+      if (program.nodes[k.heavy]!.prim.op === 'reduce') return buildKernel(program, plan, k, reduceBody(program, k.root, k.heavy));
+      const s = gemmShape(program, k.heavy);
+      return buildKernel(program, plan, k, gemmBody(program, k.root, k.heavy, chooseTile(tiles, s.m, s.n)));
+    });
+    const before = forced.size;
+    sources.forEach((s, i) => {
+      s.overused.forEach((n) => forced.add(n));
+      if (s.reads.length + 1 > maxStorageBuffers) {
+        const c = splitCandidate(program, plan, plan.kernels[i]!);
+        if (c === undefined) {
+          throw new BackendError(`${s.label}: needs ${s.reads.length + 1} storage buffers, the device allows ${maxStorageBuffers}, and the kernel cannot be split`);
+        }
+        forced.add(c);
+      }
+    });
+    if (forced.size === before) return sources;
+    if (attempt > program.nodes.length) throw new BackendError(`${program.name}: kernel fusion did not converge`);
+  }
+}
+
+export class WebGpuBackend implements Backend {
+  readonly name = 'webgpu';
+  readonly dtypes: ReadonlySet<DType> = new Set<DType>(['float32', 'int32', 'bool']);
+  private readonly pool: BufferPool;
+  private readonly pipelines: PipelineCache;
+  private readonly tiles: readonly import('./gemm.ts').Tile[];
+
+  constructor(
+    readonly ctx: GpuContext,
+    options: WebGpuOptions = {},
+  ) {
+    this.pool = new BufferPool(ctx.device, 1 << 30);
+    this.pipelines = new PipelineCache(ctx);
+    this.tiles = options.tiles ?? TILE_CANDIDATES;
+  }
+
+  compile(program: Program): WebGpuExecutable {
+    this.ctx.checkAlive(`compiling ${program.name}`);
+    for (const nd of program.nodes) checkDType(nd.dtype, program.name);
+    const sources = generateKernels(program, this.ctx.limits.maxStorageBuffersPerShaderStage, this.tiles);
+    const kernels = sources.map((source) => ({ source, pipeline: this.pipelines.get(source.label, source.wgsl) }));
+    return { program, kernels, memory: planMemory(program, sources) };
+  }
+
+  upload(data: TypedArray, shape: Shape, dtype: DType): WebGpuBuffer {
+    this.ctx.checkAlive('upload');
+    checkDType(dtype, 'upload');
+    const size = sizeOf(shape);
+    if (data.length !== size) throw new BackendError(`upload: ${data.length} values for shape ${fmtShape(shape)}`);
+    const buffer = new WebGpuBuffer(size, dtype, this.acquire(bindingBytes(size), `upload ${fmtShape(shape)}`));
+    if (size > 0) {
+      const words = dtype === 'bool' ? Uint32Array.from(data) : dtype === 'float32' ? Float32Array.from(data) : Int32Array.from(data);
+      this.ctx.device.queue.writeBuffer(buffer.gpu, 0, words.buffer, words.byteOffset, words.byteLength);
+    }
+    return buffer;
+  }
+
+  async download(buffer: DeviceBuffer): Promise<TypedArray> {
+    const b = this.own(buffer, 'download');
+    this.ctx.checkAlive('download');
+    const device = this.ctx.device;
+    const bytes = bindingBytes(b.size);
+    // MAP_READ | COPY_DST
+    const staging = device.createBuffer({ size: bytes, usage: 0x01 | 0x08 });
+    const enc = device.createCommandEncoder();
+    enc.copyBufferToBuffer(b.gpu, 0, staging, 0, bytes);
+    device.queue.submit([enc.finish()]);
+    try {
+      await staging.mapAsync(0x01);
+    } catch (e) {
+      await this.ctx.flushErrors();
+      throw new BackendError(`download: mapping failed: ${(e as Error).message}`);
+    }
+    const raw = staging.getMappedRange().slice(0, b.size * 4);
+    staging.unmap();
+    staging.destroy();
+    await this.ctx.flushErrors();
+    switch (b.dtype) {
+      case 'float32':
+        return new Float32Array(raw);
+      case 'int32':
+        return new Int32Array(raw);
+      case 'bool':
+        return Uint8Array.from(new Uint32Array(raw));
+      default:
+        throw new BackendError(`download: ${b.dtype} is not supported`);
+    }
+  }
+
+  run(executable: Executable, inputs: readonly DeviceBuffer[], donated: readonly boolean[]): DeviceBuffer[] {
+    const exe = executable as WebGpuExecutable;
+    const program = exe.program;
+    this.ctx.checkAlive(`running ${program.name}`);
+    if (inputs.length !== program.inputs.length) throw new BackendError(`${program.name}: expected ${program.inputs.length} inputs, got ${inputs.length}`);
+    const ins = inputs.map((b, i) => {
+      const own = this.own(b, `${program.name} input ${i}`);
+      const spec = program.inputs[i]!;
+      if (own.size !== sizeOf(spec.shape) || own.dtype !== spec.dtype) {
+        throw new BackendError(`${program.name}: input ${i} holds ${own.size} ${own.dtype}, the program expects ${spec.dtype} ${fmtShape(spec.shape)}`);
+      }
+      return own;
+    });
+    const nodes = program.nodes;
+    const where = new Map<number, GPUBuffer>();
+    nodes.forEach((nd, n) => {
+      if (nd.prim.op === 'input') where.set(n, ins[nd.prim.index]!.gpu);
+    });
+    const mem = exe.memory;
+    const slots = mem.slotBytes.map((bytes) => this.acquire(bytes, program.name));
+    mem.slotOf.forEach((slot, n) => where.set(n, slots[slot]!));
+
+    // Outputs: a donated input whose last reader runs before the writer, else a fresh buffer.
+    const spare = ins.map((b, i) => (donated[i] === true ? b : undefined));
+    const taken = new Set<number>();
+    const results: WebGpuBuffer[] = [];
+    const copies: [GPUBuffer, GPUBuffer, number][] = [];
+    const seen = new Set<number>();
+    const returnedInputs = new Set(program.outputs.map((n) => nodes[n]!.prim).flatMap((p) => (p.op === 'input' ? [p.index] : [])));
+    for (const n of program.outputs) {
+      const nd = nodes[n]!;
+      const size = sizeOf(nd.shape);
+      const bytes = bindingBytes(size);
+      if (nd.prim.op === 'input' && !seen.has(n)) {
+        const i = nd.prim.index;
+        seen.add(n);
+        if (spare[i] !== undefined && !taken.has(i)) {
+          taken.add(i);
+          results.push(spare[i]);
+          continue;
+        }
+      }
+      if (seen.has(n)) {
+        const buf = new WebGpuBuffer(size, nd.dtype, this.acquire(bytes, program.name));
+        copies.push([where.get(n)!, buf.gpu, bytes]);
+        results.push(buf);
+        continue;
+      }
+      seen.add(n);
+      const t = mem.writtenAt.get(n)!;
+      const d = spare.findIndex((b, i) => b !== undefined && !taken.has(i) && !returnedInputs.has(i) && b.gpu.size >= bytes && mem.inputLastRead[i]! < t);
+      let gpu: GPUBuffer;
+      if (d >= 0) {
+        taken.add(d);
+        gpu = spare[d]!.gpu;
+      } else {
+        gpu = this.acquire(bytes, program.name);
+      }
+      where.set(n, gpu);
+      results.push(new WebGpuBuffer(size, nd.dtype, gpu));
+    }
+
+    const device = this.ctx.device;
+    const maxBinding = this.ctx.limits.maxStorageBufferBindingSize;
+    const maxDim = this.ctx.limits.maxComputeWorkgroupsPerDimension;
+    this.ctx.scoped(`program ${program.name}`, () => {
+      const enc = device.createCommandEncoder({ label: program.name });
+      const pass = enc.beginComputePass({ label: program.name });
+      for (const { source, pipeline } of exe.kernels) {
+        if (source.workgroups === 0) continue;
+        const entries = [...source.reads, source.writes].map((n, binding) => {
+          const bytes = bindingBytes(sizeOf(nodes[n]!.shape));
+          if (bytes > maxBinding) throw new BackendError(`${source.label}: a ${fmtShape(nodes[n]!.shape)} tensor needs ${bytes} bytes, over the device's binding limit of ${maxBinding}`);
+          return { binding, resource: { buffer: where.get(n)!, offset: 0, size: bytes } };
+        });
+        const group = device.createBindGroup({ label: source.label, layout: pipeline.getBindGroupLayout(0), entries });
+        pass.setPipeline(pipeline);
+        pass.setBindGroup(0, group);
+        const [x, y, z] = foldGrid(source.workgroups, maxDim);
+        pass.dispatchWorkgroups(x, y, z);
+      }
+      pass.end();
+      for (const [src, dst, bytes] of copies) enc.copyBufferToBuffer(src, 0, dst, 0, bytes);
+      device.queue.submit([enc.finish()]);
+    });
+    slots.forEach((s) => this.pool.release(s));
+    spare.forEach((b, i) => {
+      if (b !== undefined && !taken.has(i)) this.pool.release(b.gpu);
+    });
+    return results;
+  }
+
+  free(buffer: DeviceBuffer): void {
+    this.pool.release(this.own(buffer, 'free').gpu);
+  }
+
+  describe(): Record<string, unknown> {
+    return {
+      backend: 'webgpu (Dawn)',
+      adapter: this.ctx.adapterInfo,
+      limits: this.ctx.limits,
+      features: [...this.ctx.features].sort(),
+      pipelinesCached: this.pipelines.size,
+    };
+  }
+
+  private own(buffer: DeviceBuffer, what: string): WebGpuBuffer {
+    if (!(buffer instanceof WebGpuBuffer)) throw new BackendError(`${what}: the buffer belongs to backend '${buffer.backendName}', not webgpu`);
+    return buffer;
+  }
+
+  private acquire(bytes: number, what: string): GPUBuffer {
+    if (bytes > this.ctx.limits.maxBufferSize) throw new BackendError(`${what}: ${bytes} bytes exceed the device's maximum buffer size ${this.ctx.limits.maxBufferSize}`);
+    return this.ctx.scoped(`allocation for ${what}`, () => this.pool.acquire(bytes));
+  }
+}
+
+export async function createWebGpuBackend(options: WebGpuOptions = {}): Promise<WebGpuBackend> {
+  return new WebGpuBackend(await acquireDevice(), options);
+}
+
+/** Registers 'webgpu' with a higher priority than 'cpu', so it is the default when an adapter exists. */
+export function registerWebGpuBackend(): void {
+  registerBackend('webgpu', () => createWebGpuBackend(), 10);
+}

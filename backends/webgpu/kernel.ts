@@ -1,0 +1,82 @@
+/**
+ * What every generated kernel shares: its bindings (materialized nodes read, one node written), the
+ * module around its body, and a linear workgroup count that the dispatch folds into as many grid
+ * dimensions as the 65,535-per-dimension limit needs.
+ */
+import type { Program } from '../../core/program.ts';
+import { THREEFRY_WGSL } from '../../core/threefry.ts';
+import { Emitter } from './codegen.ts';
+import type { FusionPlan, KernelPlan } from './fusion.ts';
+import { HELPERS, storageType, toStorage } from './wgsl.ts';
+
+export interface KernelSource {
+  readonly label: string;
+  readonly wgsl: string;
+  /** Nodes bound read-only, binding i holds reads[i]. */
+  readonly reads: readonly number[];
+  /** The node written, bound after the reads. */
+  readonly writes: number;
+  /** Linear number of workgroups (0: nothing to do). */
+  readonly workgroups: number;
+  /** Nodes the generator wants materialized before it can produce this kernel within limits. */
+  readonly overused: ReadonlySet<number>;
+}
+
+/** The body of a kernel, written against an emitter whose materialized nodes are bound. */
+export interface KernelBody {
+  readonly kind: string;
+  readonly workgroupSize: number;
+  readonly workgroups: number;
+  /** Module-scope declarations (workgroup memory). */
+  readonly decls?: string;
+  /** Emits the body; `wid` is the linear workgroup id, `li` the local invocation index. */
+  emit(em: Emitter, store: (index: string, value: string) => void): void;
+}
+
+/** Builds the module for one kernel. */
+export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, body: KernelBody): KernelSource {
+  const nodes = program.nodes;
+  const reads: number[] = [];
+  const names = new Map<number, string>();
+  const em = new Emitter(nodes, (n) => {
+    if (n === k.root || !plan.materialized.has(n)) return undefined;
+    let name = names.get(n);
+    if (name === undefined) {
+      name = `in${reads.length}`;
+      names.set(n, name);
+      reads.push(n);
+    }
+    return name;
+  });
+  const root = nodes[k.root]!;
+  em.line(`let wid = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;`);
+  em.line(`if (wid >= ${body.workgroups}u) { return; }`);
+  body.emit(em, (index, value) => em.line(`out[${index}] = ${toStorage(root.dtype, value)};`));
+  const code = em.code();
+  const decl = [
+    ...reads.map((n, i) => `@group(0) @binding(${i}) var<storage, read> in${i}: array<${storageType(nodes[n]!.dtype)}>;`),
+    `@group(0) @binding(${reads.length}) var<storage, read_write> out: array<${storageType(root.dtype)}>;`,
+  ].join('\n');
+  const wgsl = [
+    decl,
+    body.decls ?? '',
+    HELPERS,
+    code.includes('threefry2x32(') ? THREEFRY_WGSL : '',
+    `@compute @workgroup_size(${body.workgroupSize})`,
+    `fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {`,
+    code,
+    '}',
+    '',
+  ].join('\n');
+  const label = `${program.name}/${body.kind}${k.root}`;
+  return { label, wgsl, reads, writes: k.root, workgroups: body.workgroups, overused: em.overused };
+}
+
+/** Splits a linear workgroup count into a grid within `maxPerDim` per dimension. */
+export function foldGrid(count: number, maxPerDim: number): [number, number, number] {
+  if (count <= maxPerDim) return [count, 1, 1];
+  const y = Math.ceil(count / maxPerDim);
+  if (y <= maxPerDim) return [Math.ceil(count / y), y, 1];
+  const z = Math.ceil(y / maxPerDim);
+  return [maxPerDim, Math.ceil(y / z), z];
+}

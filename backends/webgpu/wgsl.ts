@@ -1,0 +1,237 @@
+/**
+ * WGSL spellings of dtypes, constants and the scalar functions of the primitive set. Storage: float32
+ * as f32, int32 as i32, bool as u32 (0 or 1), so that every element is 4 bytes wide.
+ */
+import type { DType } from '../../core/dtype.ts';
+import { BackendError } from '../../core/errors.ts';
+import type { BinaryFn, UnaryFn } from '../../core/tensor.ts';
+
+export type GpuDType = Exclude<DType, 'float64'>;
+
+export function checkDType(dtype: DType, where: string): GpuDType {
+  if (dtype === 'float64') throw new BackendError(`${where}: the WebGPU backend has no float64; use the cpu backend`);
+  return dtype;
+}
+
+/** The type of a value inside a kernel. */
+export function valueType(dtype: DType): string {
+  switch (dtype) {
+    case 'float32':
+      return 'f32';
+    case 'int32':
+      return 'i32';
+    case 'bool':
+      return 'bool';
+    case 'float64':
+      throw new BackendError('WebGPU: float64 is not supported');
+    default:
+      return dtype satisfies never;
+  }
+}
+
+/** The element type of a storage buffer. */
+export function storageType(dtype: DType): string {
+  return dtype === 'bool' ? 'u32' : valueType(dtype);
+}
+
+/** Converts a loaded storage element to a value. */
+export function fromStorage(dtype: DType, e: string): string {
+  return dtype === 'bool' ? `(${e} != 0u)` : e;
+}
+
+/** Converts a value to its storage element. */
+export function toStorage(dtype: DType, v: string): string {
+  return dtype === 'bool' ? `select(0u, 1u, ${v})` : v;
+}
+
+/** An exact constant of a dtype (floats by bit pattern when the decimal would not round-trip, or is not finite). */
+export function constant(value: number, dtype: DType): string {
+  switch (dtype) {
+    case 'float32': {
+      const f = Math.fround(value);
+      if (Number.isFinite(f) && !Object.is(f, -0)) {
+        const s = String(f);
+        if (Math.fround(Number(s)) === f) return `f32(${s.includes('e') || s.includes('.') ? s : s + '.0'})`;
+      }
+      const bits = new Uint32Array(new Float32Array([f]).buffer)[0]!;
+      return `f32_bits(0x${bits.toString(16)}u)`;
+    }
+    case 'int32': {
+      const i = value | 0;
+      return i >= 0 ? `${i}i` : `bitcast<i32>(${i >>> 0}u)`;
+    }
+    case 'bool':
+      return value ? 'true' : 'false';
+    case 'float64':
+      throw new BackendError('WebGPU: float64 is not supported');
+    default:
+      return dtype satisfies never;
+  }
+}
+
+/** The identity of a reduction, as a value of `dtype`. */
+export function reduceIdentity(fn: 'sum' | 'max', dtype: DType): string {
+  if (fn === 'sum') return constant(0, dtype);
+  return dtype === 'float32' ? constant(-Infinity, dtype) : constant(-2147483648, dtype);
+}
+
+export function reduceStep(fn: 'sum' | 'max', dtype: DType, acc: string, v: string): string {
+  return fn === 'sum' ? `${acc} + ${v}` : dtype === 'float32' ? `max_f32(${acc}, ${v})` : `max(${acc}, ${v})`;
+}
+
+/** Helper functions some expressions call; included in every kernel (unused ones cost nothing). */
+export const HELPERS = /* wgsl */ `
+// Not a constant expression, so infinities and NaN survive WGSL's constant evaluation.
+fn f32_bits(b: u32) -> f32 {
+  return bitcast<f32>(b);
+}
+fn is_nan_f32(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+fn is_finite_f32(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+fn max_f32(a: f32, b: f32) -> f32 {
+  if (is_nan_f32(a) || is_nan_f32(b)) { return f32_bits(0x7fc00000u); }
+  return max(a, b);
+}
+fn min_f32(a: f32, b: f32) -> f32 {
+  if (is_nan_f32(a) || is_nan_f32(b)) { return f32_bits(0x7fc00000u); }
+  return min(a, b);
+}
+fn sign_f32(x: f32) -> f32 {
+  if (x == 0.0 || is_nan_f32(x)) { return x; }
+  return sign(x);
+}
+fn sigmoid_f32(x: f32) -> f32 {
+  if (x >= 0.0) { return 1.0 / (1.0 + exp(-x)); }
+  let e = exp(x);
+  return e / (1.0 + e);
+}
+fn tanh_f32(x: f32) -> f32 {
+  if (abs(x) > 9.0) { return sign(x); }
+  if (abs(x) < 0.0004) { return x; }
+  let e = exp(2.0 * x);
+  return (e - 1.0) / (e + 1.0);
+}
+fn pow_f32(a: f32, b: f32) -> f32 {
+  if (b == 0.0) { return 1.0; }
+  if (is_nan_f32(a) || is_nan_f32(b)) { return f32_bits(0x7fc00000u); }
+  let m = pow(abs(a), b);
+  if (a >= 0.0) { return m; }
+  if (floor(b) != b) { return f32_bits(0x7fc00000u); }
+  let odd = abs(b) < 16777216.0 && (i32(abs(b)) & 1) == 1;
+  return select(m, -m, odd);
+}
+fn pow_i32(a: i32, b: i32) -> i32 {
+  if (b < 0) {
+    if (a == 0) { return 2147483647; }
+    if (a == 1) { return 1; }
+    if (a == -1) { return select(-1, 1, (b & 1) == 0); }
+    return 0;
+  }
+  var r = 1;
+  var x = a;
+  var e = b;
+  loop {
+    if (e == 0) { break; }
+    if ((e & 1) == 1) { r = r * x; }
+    x = x * x;
+    e = e >> 1u;
+  }
+  return r;
+}
+fn f32_to_i32(x: f32) -> i32 {
+  if (is_nan_f32(x)) { return 0; }
+  if (x >= 2147483647.0) { return 2147483647i; }
+  if (x <= -2147483648.0) { return bitcast<i32>(0x80000000u); }
+  return i32(x);
+}
+`;
+
+export function unaryExpr(fn: UnaryFn, dtype: DType, x: string): string {
+  const isF = dtype === 'float32';
+  switch (fn) {
+    case 'neg':
+      return `(-${x})`;
+    case 'exp':
+      return `exp(${x})`;
+    case 'log':
+      return `log(${x})`;
+    case 'sin':
+      return `sin(${x})`;
+    case 'cos':
+      return `cos(${x})`;
+    case 'sqrt':
+      return `sqrt(${x})`;
+    case 'rsqrt':
+      return `(1.0 / sqrt(${x}))`;
+    case 'tanh':
+      return `tanh_f32(${x})`;
+    case 'sigmoid':
+      return `sigmoid_f32(${x})`;
+    case 'abs':
+      return `abs(${x})`;
+    case 'reciprocal':
+      return `(1.0 / ${x})`;
+    case 'floor':
+      return `floor(${x})`;
+    case 'sign':
+      return isF ? `sign_f32(${x})` : `sign(${x})`;
+    case 'logicalNot':
+      return `(!${x})`;
+    case 'isFinite':
+      return `is_finite_f32(${x})`;
+    case 'uniformFromBits':
+      return `(f32(bitcast<u32>(${x}) >> 8u) * 5.9604644775390625e-8)`;
+    default:
+      return fn satisfies never;
+  }
+}
+
+/** `dtype` is the operands' dtype. */
+export function binaryExpr(fn: BinaryFn, dtype: DType, a: string, b: string): string {
+  const isF = dtype === 'float32';
+  switch (fn) {
+    case 'add':
+      return `(${a} + ${b})`;
+    case 'sub':
+      return `(${a} - ${b})`;
+    case 'mul':
+      return `(${a} * ${b})`;
+    case 'div':
+      return `(${a} / ${b})`;
+    case 'pow':
+      return isF ? `pow_f32(${a}, ${b})` : `pow_i32(${a}, ${b})`;
+    case 'max':
+      return isF ? `max_f32(${a}, ${b})` : `max(${a}, ${b})`;
+    case 'min':
+      return isF ? `min_f32(${a}, ${b})` : `min(${a}, ${b})`;
+    case 'lt':
+      return `(${a} < ${b})`;
+    case 'le':
+      return `(${a} <= ${b})`;
+    case 'gt':
+      return `(${a} > ${b})`;
+    case 'ge':
+      return `(${a} >= ${b})`;
+    case 'eq':
+      return `(${a} == ${b})`;
+    case 'ne':
+      return `(${a} != ${b})`;
+    case 'and':
+      return `(${a} && ${b})`;
+    case 'or':
+      return `(${a} || ${b})`;
+    default:
+      return fn satisfies never;
+  }
+}
+
+export function castExpr(from: DType, to: DType, x: string): string {
+  if (from === to) return x;
+  if (to === 'bool') return from === 'float32' ? `(${x} != 0.0 || is_nan_f32(${x}))` : `(${x} != 0)`;
+  if (from === 'bool') return `select(${constant(0, to)}, ${constant(1, to)}, ${x})`;
+  if (to === 'int32') return `f32_to_i32(${x})`;
+  return `${valueType(to)}(${x})`;
+}
