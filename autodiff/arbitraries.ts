@@ -1,0 +1,153 @@
+/**
+ * fast-check arbitraries for property tests of tensor code: shapes, concrete tensors, broadcast-
+ * compatible shape pairs and valid convolution cases. Everything is small by default, so a property
+ * can run many times on the CPU backend.
+ */
+import fc from 'fast-check';
+import type { DType } from '../core/dtype.ts';
+import { tensor } from '../core/ops.ts';
+import { sizeOf, type Shape } from '../core/shape.ts';
+import type { ConvAttrs, Tensor } from '../core/tensor.ts';
+
+export interface ShapeConstraints {
+  readonly minRank?: number;
+  readonly maxRank?: number;
+  readonly minDim?: number;
+  readonly maxDim?: number;
+}
+
+/** A shape with rank in [minRank, maxRank] (default 0..3) and dimensions in [minDim, maxDim] (default 1..4). */
+export function arbShape({ minRank = 0, maxRank = 3, minDim = 1, maxDim = 4 }: ShapeConstraints = {}): fc.Arbitrary<number[]> {
+  return fc.integer({ min: minRank, max: maxRank }).chain((rank) => fc.array(fc.integer({ min: minDim, max: maxDim }), { minLength: rank, maxLength: rank }));
+}
+
+export interface TensorConstraints {
+  /** A fixed shape, or `shapeArb` to draw one; default arbShape(). */
+  readonly shape?: Shape;
+  readonly shapeArb?: fc.Arbitrary<readonly number[]>;
+  /** Default float32. */
+  readonly dtype?: DType;
+  /** Value range (default [-2, 2]; integers for int32). */
+  readonly min?: number;
+  readonly max?: number;
+  /** Values in [margin, max]: for log, sqrt, pow bases. */
+  readonly positive?: boolean;
+  /** Singular points or kinks (e.g. 0 for abs and division): values within `margin` are pushed to distance `margin`. */
+  readonly awayFrom?: readonly number[];
+  /** Default 0.1. */
+  readonly margin?: number;
+  /** Entries pairwise at least `margin` apart (no ties, e.g. for max), shifting up as needed. */
+  readonly distinct?: boolean;
+  /** Values are min + k * step: exact, and ties on purpose. */
+  readonly step?: number;
+}
+
+/**
+ * A concrete tensor. Floats come from fast-check's doubles (which favour boundary values, so ties
+ * and extremes are common); the adjustments for `awayFrom` and `distinct` may leave [min, max] by up
+ * to a few margins.
+ */
+export function arbTensor(c: TensorConstraints = {}): fc.Arbitrary<Tensor> {
+  const dtype = c.dtype ?? 'float32';
+  const margin = c.margin ?? 0.1;
+  const max = c.max ?? 2;
+  const min = c.positive ? Math.max(c.min ?? margin, margin) : (c.min ?? -2);
+  const shapes = c.shape !== undefined ? fc.constant(c.shape) : (c.shapeArb ?? arbShape());
+  return shapes.chain((shape) => {
+    const n = sizeOf(shape);
+    const values = (v: fc.Arbitrary<number>) => fc.array(v, { minLength: n, maxLength: n });
+    const make = (v: number[]) => printable(tensor(v, shape, dtype), v);
+    if (dtype === 'bool') return values(fc.integer({ min: 0, max: 1 })).map(make);
+    if (dtype === 'int32') return values(fc.integer({ min: Math.ceil(min), max: Math.floor(max) })).map(make);
+    const scalars = c.step !== undefined ? fc.integer({ min: 0, max: Math.floor((max - min) / c.step) }).map((k) => min + k * c.step!) : fc.double({ min, max, noNaN: true });
+    return values(scalars).map((v) => make(adjust(v, c.awayFrom ?? [], margin, c.distinct ?? false)));
+  });
+}
+
+/** Lets fast-check print a counterexample as code that rebuilds it. */
+function printable(t: Tensor, values: readonly number[]): Tensor {
+  Object.defineProperty(t, fc.toStringMethod, { value: () => `tensor([${values.join(', ')}], [${t.shape.join(', ')}], '${t.dtype}')` });
+  return t;
+}
+
+function adjust(values: number[], awayFrom: readonly number[], margin: number, distinct: boolean): number[] {
+  const out = values.map((v) => awayFrom.reduce((x, p) => (Math.abs(x - p) < margin ? p + (x >= p ? margin : -margin) : x), v));
+  if (distinct) {
+    const order = out.map((_, i) => i).sort((i, j) => out[i]! - out[j]!);
+    for (let r = 1; r < order.length; r++) out[order[r]!] = Math.max(out[order[r]!]!, out[order[r - 1]!]! + margin);
+  }
+  return out;
+}
+
+/**
+ * `count` shapes that broadcast together: a common shape, from which each one drops some leading
+ * axes and sets some dimensions to 1.
+ */
+export function arbBroadcastShapes(count: number, c: ShapeConstraints = {}): fc.Arbitrary<number[][]> {
+  return arbShape(c).chain((shape) => {
+    const side = fc
+      .tuple(fc.integer({ min: 0, max: shape.length }), fc.array(fc.boolean(), { minLength: shape.length, maxLength: shape.length }))
+      .map(([drop, ones]) => shape.map((d, i) => (ones[i] ? 1 : d)).slice(drop));
+    return fc.array(side, { minLength: count, maxLength: count });
+  });
+}
+
+/** Two shapes that broadcast together, including size-1 and missing leading axes. */
+export function arbBroadcastPair(c: ShapeConstraints = {}): fc.Arbitrary<[number[], number[]]> {
+  return arbBroadcastShapes(2, c).map(([a, b]) => [a!, b!]);
+}
+
+export interface ConvCase {
+  readonly xShape: [number, number, number, number];
+  readonly wShape: [number, number, number, number];
+  readonly attrs: ConvAttrs;
+}
+
+export interface ConvConstraints {
+  readonly maxBatch?: number;
+  readonly maxGroups?: number;
+  readonly maxChannelsPerGroup?: number;
+  readonly maxKernel?: number;
+  readonly maxStride?: number;
+  readonly maxPadding?: number;
+  readonly maxDilation?: number;
+  /** The largest amount by which the input exceeds the smallest size that fits the kernel. */
+  readonly maxExtra?: number;
+}
+
+/** Convolution attributes (stride, padding, dilation per axis; groups). */
+export function arbConvAttrs(c: ConvConstraints = {}): fc.Arbitrary<ConvAttrs> {
+  const pair = (lo: number, hi: number) => fc.tuple(fc.integer({ min: lo, max: hi }), fc.integer({ min: lo, max: hi }));
+  return fc.record({
+    stride: pair(1, c.maxStride ?? 2),
+    padding: pair(0, c.maxPadding ?? 2),
+    dilation: pair(1, c.maxDilation ?? 2),
+    groups: fc.integer({ min: 1, max: c.maxGroups ?? 2 }),
+  });
+}
+
+/** A valid conv2d: NCHW input and OIHW weight shapes whose output is at least 1x1, with the attributes. */
+export function arbConvCase(c: ConvConstraints = {}): fc.Arbitrary<ConvCase> {
+  const small = (lo: number, hi: number) => fc.integer({ min: lo, max: hi });
+  const perGroup = c.maxChannelsPerGroup ?? 2;
+  return fc
+    .record({
+      attrs: arbConvAttrs(c),
+      n: small(1, c.maxBatch ?? 2),
+      cin: small(1, perGroup),
+      cout: small(1, perGroup),
+      kh: small(1, c.maxKernel ?? 3),
+      kw: small(1, c.maxKernel ?? 3),
+      extraH: small(0, c.maxExtra ?? 3),
+      extraW: small(0, c.maxExtra ?? 3),
+    })
+    .map(({ attrs, n, cin, cout, kh, kw, extraH, extraW }) => {
+      const fits = (k: number, axis: 0 | 1) => Math.max(1, attrs.dilation[axis] * (k - 1) + 1 - 2 * attrs.padding[axis]);
+      const g = attrs.groups;
+      return {
+        xShape: [n, cin * g, fits(kh, 0) + extraH, fits(kw, 1) + extraW],
+        wShape: [cout * g, cin, kh, kw],
+        attrs,
+      };
+    });
+}
