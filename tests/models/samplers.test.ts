@@ -1,0 +1,99 @@
+/**
+ * Samplers against theory: for data N(m, s^2) the ideal denoiser is D(x; sigma) = m + s^2/(s^2 + sigma^2) (x - m),
+ * and sampling with it must give mean m and standard deviation s within sampling error.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { random, setDefaultBackend, tensor, type Tensor } from '../../core/index.ts';
+import { ddimSampler, edmSigmas, eulerSampler, heunSampler, type ChurnOptions, type Sampler } from '../../models/samplers.ts';
+import { dpmSolver2Sampler, gaussianDenoiser } from '../../models/examples/custom-sampler.ts';
+import { makeDenoiser, patchModel } from '../../models/precond.ts';
+import { patchCoordinates } from '../../models/patch.ts';
+
+registerCpuBackend();
+setDefaultBackend('cpu');
+
+const [m, s, n] = [0.5, 0.5, 4096];
+const D = gaussianDenoiser(m, s);
+
+function stats(v: ArrayLike<number>): { mean: number; std: number } {
+  const a = Array.from(v);
+  const mean = a.reduce((x, y) => x + y, 0) / a.length;
+  return { mean, std: Math.sqrt(a.reduce((x, y) => x + (y - mean) ** 2, 0) / (a.length - 1)) };
+}
+
+test('EDM time steps (eq. 5): t_0 = sigma_max, t_{N-1} = sigma_min, t_N = 0, rho-spaced', () => {
+  const t = edmSigmas();
+  assert.equal(t.length, 19);
+  assert.ok(Math.abs(t[0]! - 80) < 1e-9 && Math.abs(t[17]! - 0.002) < 1e-12 && t[18] === 0);
+  const r = 1 / 7;
+  assert.ok(Math.abs(t[5]! - (80 ** r + (5 / 17) * (0.002 ** r - 80 ** r)) ** 7) < 1e-12);
+  assert.ok(t.every((v, i) => i === 0 || v < t[i - 1]!));
+  const one = edmSigmas({ numSteps: 1, sigmaMax: 3 });
+  assert.ok(one.length === 2 && Math.abs(one[0]! - 3) < 1e-12 && one[1] === 0);
+});
+
+test('Heun (EDM Algorithm 1) reproduces the exact recurrence of its steps on a linear ODE', async () => {
+  const latents = tensor([[-1.5], [0], [0.3], [2]]);
+  const x = await heunSampler(D, { latents });
+  // For this D the ODE is linear in x - m: every step multiplies x - m by a known factor.
+  const t = edmSigmas();
+  const f = (y: number, sg: number) => (y * sg) / (s * s + sg * sg);
+  let factor = 1;
+  for (let i = 0; i < 18; i++) {
+    const [a, b] = [t[i]!, t[i + 1]!];
+    const euler = factor + (b - a) * f(factor, a);
+    factor = b > 0 ? factor + ((b - a) / 2) * (f(factor, a) + f(euler, b)) : euler;
+  }
+  const expected = [-1.5, 0, 0.3, 2].map((z) => m + factor * (80 * z - m));
+  Array.from(await x.data()).forEach((v, i) => assert.ok(Math.abs(v - expected[i]!) < 1e-4, `${v} vs ${expected[i]}`));
+  assert.ok(x.isRealized && x.inputs.length === 0, 'the result is a concrete tensor: no graph carried across steps');
+});
+
+const cases: [string, Sampler<ChurnOptions>, number, ChurnOptions][] = [
+  ['heun', heunSampler, 64, {}],
+  ['heun with churn', heunSampler, 64, { sChurn: 30, sMin: 0.05, sMax: 50, sNoise: 1.003 }],
+  ['euler', eulerSampler, 512, {}],
+  ['euler with churn', eulerSampler, 512, { sChurn: 20 }],
+  ['ddim', ddimSampler, 512, {}],
+  ['custom DPM-Solver-2', dpmSolver2Sampler, 64, {}],
+];
+
+for (const [name, sampler, numSteps, churn] of cases) {
+  test(`${name}: samples of N(${m}, ${s}^2) have mean m and std s within 4 standard errors`, async () => {
+    const x = await sampler(D, { key: random.key(11), shape: [n, 1], numSteps, ...churn });
+    assert.deepEqual(x.shape, [n, 1]);
+    const { mean, std } = stats(await x.data());
+    const seMean = s / Math.sqrt(n);
+    const seStd = s / Math.sqrt(2 * n);
+    assert.ok(Math.abs(mean - m) < 4 * seMean, `mean ${mean} (${((mean - m) / seMean).toFixed(2)} SE)`);
+    assert.ok(Math.abs(std - s) < 4 * seStd, `std ${std} (${((std - s) / seStd).toFixed(2)} SE)`);
+  });
+}
+
+test('samplers are pure functions of the key; churn needs a key; bad schedules are refused', async () => {
+  const a = await heunSampler(D, { key: random.key(3), shape: [8, 1], numSteps: 4, sChurn: 10 });
+  const b = await heunSampler(D, { key: random.key(3), shape: [8, 1], numSteps: 4, sChurn: 10 });
+  const c = await heunSampler(D, { key: random.key(4), shape: [8, 1], numSteps: 4, sChurn: 10 });
+  assert.deepEqual(await a.data(), await b.data());
+  assert.notDeepEqual(await a.data(), await c.data());
+  await assert.rejects(heunSampler(D, { latents: tensor([[0]]), sChurn: 1 }), /needs a key/);
+  await assert.rejects(eulerSampler(D, { latents: tensor([[0]]), sigmas: [1, 2, 0] }), /decrease strictly/);
+  await assert.rejects(eulerSampler(D, { shape: [1, 1] }), /latents, or a key and a shape/);
+});
+
+test('patch model: sampling at full resolution, on a sub-window and on a larger canvas', async () => {
+  const config = { imgResolution: 8, imgChannels: 1, network: { modelChannels: 8, channelMult: [1, 2], numBlocks: 1, attnResolutions: [4], dropout: 0 } };
+  const model = patchModel(config);
+  const denoiser = makeDenoiser(model.init(random.key(0)), model);
+  const full = { height: 8, width: 8 };
+  const opts = { key: random.key(1), numSteps: 3 };
+  const check = async (x: Tensor, shape: number[]) => {
+    assert.deepEqual(x.shape, shape);
+    assert.ok(Array.from(await x.data()).every(Number.isFinite));
+  };
+  await check(await heunSampler(denoiser, { ...opts, shape: [2, 1, 8, 8] }), [2, 1, 8, 8]);
+  await check(await heunSampler(denoiser, { ...opts, shape: [1, 1, 4, 4], extra: { coords: patchCoordinates(full, 2, 4, 4) } }), [1, 1, 4, 4]);
+  await check(await eulerSampler(denoiser, { ...opts, shape: [1, 1, 16, 16], extra: { coords: patchCoordinates(full, -4, -4, 16) } }), [1, 1, 16, 16]);
+});
