@@ -119,9 +119,10 @@ function describe(x: unknown): string {
 }
 
 function scalarOutput(op: string, out: unknown): Tensor {
-  if (!isTensor(out) || out.rank !== 0 || !isFloat(out.dtype)) {
-    throw new ShapeError(`${op}: the function must return a scalar float tensor (shape []), got ${describe(out)}; reduce it (e.g. sum or mean) or use vjp`);
-  }
+  const wanted = `${op}: the function must return a scalar float tensor (shape []), got ${describe(out)}`;
+  if (!isTensor(out)) throw new TreeError(wanted);
+  if (out.rank !== 0) throw new ShapeError(`${wanted}; reduce it (e.g. sum or mean) or use vjp`);
+  if (!isFloat(out.dtype)) throw new DTypeError(wanted);
   return out;
 }
 
@@ -188,7 +189,15 @@ export function valueAndGrad<A extends Args, R, const N extends number | readonl
   f: (...args: A) => R,
   options: ValueAndGradOptions<N> = {},
 ): (...args: A) => [R, GradOf<A, N>] {
-  const name = `valueAndGrad(${f.name || 'f'})`;
+  return differentiate('valueAndGrad', f, options);
+}
+
+function differentiate<A extends Args, R, N extends number | readonly number[]>(
+  kind: string,
+  f: (...args: A) => R,
+  options: ValueAndGradOptions<N>,
+): (...args: A) => [R, GradOf<A, N>] {
+  const name = `${kind}(${f.name || 'f'})`;
   return (...args: A): [R, GradOf<A, N>] => {
     const argnums = normalizeArgnums(name, options.argnums ?? 0, args.length);
     const wrapped = wrapArgs(name, args, argnums);
@@ -206,6 +215,6 @@ export function grad<A extends Args, const N extends number | readonly number[] 
   f: (...args: A) => unknown,
   options: GradOptions<N> = {},
 ): (...args: A) => GradOf<A, N> {
-  const vg = valueAndGrad(f, options);
+  const vg = differentiate('grad', f, options);
   return (...args: A) => vg(...args)[1];
 }

@@ -185,3 +185,27 @@ test('sources pass no gradient: iota, randomBits, uniformFromBits, isFinite', ()
       [x],
     );
   }));
+
+test('shape-polymorphic primitives accept zero-size dimensions', () =>
+  holds(
+    fc.tuple(
+      arbShape({ minRank: 2, minDim: 0, maxDim: 2 }).chain((s) => arbTensor({ shape: s, awayFrom: [0] })),
+      fc.constantFrom('unary', 'binary', 'sum', 'reshape', 'permute', 'broadcast', 'slice', 'pad', 'concat', 'matmul', 'select'),
+    ),
+    (x, op) => {
+      const fns: Record<typeof op, (x: Tensor) => Tensor> = {
+        unary: (x) => unary('sin', x),
+        binary: (x) => mul(x, reshape(x, [...x.shape])),
+        sum: (x) => sum(x, 0),
+        reshape: (x) => reshape(x, [...x.shape].reverse()),
+        permute: (x) => permute(x, x.shape.map((_, i) => x.rank - 1 - i)),
+        broadcast: (x) => broadcastTo(x, [2, ...x.shape]),
+        slice: (x) => slice(x, x.shape.map(() => 0), x.shape, x.shape.map(() => 2)),
+        pad: (x) => pad(x, x.shape.map(() => 1), x.shape.map(() => 0), 0, x.shape.map(() => 1)),
+        concat: (x) => concat([x, x], 0),
+        matmul: (x) => matmul(x, permute(x, x.shape.map((_, i) => (i < x.rank - 2 ? i : 2 * x.rank - 3 - i)))),
+        select: (x) => where(greater(x, 0), x, mul(x, 2)),
+      };
+      return checkRule(fns[op], [x]);
+    },
+  ));
