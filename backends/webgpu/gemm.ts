@@ -193,52 +193,54 @@ export function gemmBody(program: Program, root: number, heavy: number, tile: Ti
     kind: c.kind,
     workgroupSize: threads,
     workgroups: c.batch * tilesM * tilesN,
-    decls: `var<workgroup> As: array<f32, ${tk * tm}>;\nvar<workgroup> Bs: array<vec4<f32>, ${(tk * tn) / 4}>;`,
+    decls: `var<workgroup> As: array<f32, ${tk * tm}>;\nvar<workgroup> Bs: array<f32, ${tk * tn}>;`,
     emit(em, store) {
       em.line(`let bt = wid / ${tilesM * tilesN}u;`);
       em.line(`let tile = wid % ${tilesM * tilesN}u;`);
-      em.line(`let m0 = (tile / ${tilesN}u) * ${tm}u;`);
-      em.line(`let n0 = (tile % ${tilesN}u) * ${tn}u;`);
-      em.line(`let tx = li % ${cols}u;`);
-      em.line(`let ty = li / ${cols}u;`);
-      em.line(`var acc: array<vec4<f32>, ${rm * v4}>;`);
+      em.line(`let m0 = (tile / ${tilesN}u) * ${tm}u + (li / ${cols}u) * ${rm}u;`);
+      em.line(`let n0 = (tile % ${tilesN}u) * ${tn}u + (li % ${cols}u) * ${rn}u;`);
+      em.line(`let tm0 = (tile / ${tilesN}u) * ${tm}u;`);
+      em.line(`let tn0 = (tile % ${tilesN}u) * ${tn}u;`);
+      em.line(`let ar = (li / ${cols}u) * ${rm}u;`);
+      em.line(`let bc = (li % ${cols}u) * ${rn}u;`);
+      // Accumulators are separate variables: dynamically indexed arrays cost lavapipe seconds to compile.
+      for (let i = 0; i < rm; i++) for (let j = 0; j < v4; j++) em.line(`var acc${i}_${j} = vec4<f32>(0.0);`);
       em.block(`for (var k0 = 0u; k0 < ${c.k}u; k0 += ${tk}u)`, () => {
         em.block(`for (var e = li; e < ${tm * tk}u; e += ${threads}u)`, () => {
           em.line(`let am = e / ${tk}u;`);
           em.line(`let ak = e % ${tk}u;`);
           em.line('var av = 0.0;');
-          em.block(`if (m0 + am < ${c.m}u && k0 + ak < ${c.k}u)`, () => em.line(`av = ${c.a(em, 'bt', '(m0 + am)', '(k0 + ak)')};`));
+          em.block(`if (tm0 + am < ${c.m}u && k0 + ak < ${c.k}u)`, () => em.line(`av = ${c.a(em, 'bt', '(tm0 + am)', '(k0 + ak)')};`));
           em.line(`As[ak * ${tm}u + am] = av;`);
         });
         em.block(`for (var e = li; e < ${tn * tk}u; e += ${threads}u)`, () => {
           em.line(`let bk = e / ${tn}u;`);
           em.line(`let bn = e % ${tn}u;`);
           em.line('var bv = 0.0;');
-          em.block(`if (n0 + bn < ${c.n}u && k0 + bk < ${c.k}u)`, () => em.line(`bv = ${c.b(em, 'bt', '(k0 + bk)', '(n0 + bn)')};`));
-          em.line(`Bs[(bk * ${tn}u + bn) / 4u][bn % 4u] = bv;`);
+          em.block(`if (tn0 + bn < ${c.n}u && k0 + bk < ${c.k}u)`, () => em.line(`bv = ${c.b(em, 'bt', '(k0 + bk)', '(tn0 + bn)')};`));
+          em.line(`Bs[bk * ${tn}u + bn] = bv;`);
         });
         em.line('workgroupBarrier();');
         em.block(`for (var kk = 0u; kk < ${tk}u; kk++)`, () => {
-          for (let j = 0; j < v4; j++) em.line(`let b${j} = Bs[(kk * ${tn}u + tx * ${rn}u) / 4u + ${j}u];`);
+          em.line(`let bo = kk * ${tn}u + bc;`);
+          for (let j = 0; j < v4; j++) em.line(`let b${j} = vec4<f32>(Bs[bo + ${4 * j}u], Bs[bo + ${4 * j + 1}u], Bs[bo + ${4 * j + 2}u], Bs[bo + ${4 * j + 3}u]);`);
+          em.line(`let ao = kk * ${tm}u + ar;`);
           for (let i = 0; i < rm; i++) {
-            em.line(`let a${i} = As[kk * ${tm}u + ty * ${rm}u + ${i}u];`);
-            for (let j = 0; j < v4; j++) em.line(`acc[${i * v4 + j}] = fma(vec4<f32>(a${i}), b${j}, acc[${i * v4 + j}]);`);
+            em.line(`let a${i} = vec4<f32>(As[ao + ${i}u]);`);
+            for (let j = 0; j < v4; j++) em.line(`acc${i}_${j} = fma(a${i}, b${j}, acc${i}_${j});`);
           }
         });
         em.line('workgroupBarrier();');
       });
-      em.block(`for (var i = 0u; i < ${rm}u; i++)`, () => {
-        em.line(`let row = m0 + ty * ${rm}u + i;`);
-        em.block(`for (var j = 0u; j < ${rn}u; j++)`, () => {
-          em.line(`let col = n0 + tx * ${rn}u + j;`);
-          em.block(`if (row < ${c.m}u && col < ${c.n}u)`, () => {
-            em.line(`let oi = ${c.out('bt', 'row', 'col')};`);
-            em.line(`let r = acc[i * ${v4}u + j / 4u][j % 4u];`);
-            em.define(heavy, 'oi', 'r');
-            store('oi', em.value(root, 'oi'));
+      for (let i = 0; i < rm; i++) {
+        for (let j = 0; j < rn; j++) {
+          em.block(`if (m0 + ${i}u < ${c.m}u && n0 + ${j}u < ${c.n}u)`, () => {
+            const oi = em.index(c.out('bt', `(m0 + ${i}u)`, `(n0 + ${j}u)`));
+            em.define(heavy, oi, `acc${i}_${Math.floor(j / 4)}.${'xyzw'[j % 4]}`);
+            store(oi, em.value(root, oi));
           });
-        });
-      });
+        }
+      }
     },
   };
 }

@@ -31,7 +31,8 @@ export class WebGpuBuffer implements DeviceBuffer {
 
 interface CompiledKernel {
   readonly source: KernelSource;
-  readonly pipeline: GPUComputePipeline;
+  /** Absent for kernels with nothing to do. */
+  readonly pipeline: GPUComputePipeline | undefined;
 }
 
 interface WebGpuExecutable extends Executable {
@@ -51,6 +52,7 @@ export function generateKernels(program: Program, maxStorageBuffers: number, til
     const plan = planFusion(program, forced);
     const sources = plan.kernels.map((k) => {
       const node = program.nodes[k.root]!;
+      if (sizeOf(node.shape) === 0) return emptyKernel(program, k.root);
       if (k.heavy === undefined) return buildKernel(program, plan, k, elementwiseBody(k.root, node));
       if (program.nodes[k.heavy]!.prim.op === 'reduce') return buildKernel(program, plan, k, reduceBody(program, k.root, k.heavy));
       const s = gemmShape(program, k.heavy);
@@ -70,6 +72,11 @@ export function generateKernels(program: Program, maxStorageBuffers: number, til
     if (forced.size === before) return sources;
     if (attempt > program.nodes.length) throw new BackendError(`${program.name}: kernel fusion did not converge`);
   }
+}
+
+/** A kernel for an empty output: nothing to compute, nothing to build. */
+function emptyKernel(program: Program, root: number): KernelSource {
+  return { label: `${program.name}/empty${root}`, wgsl: '', reads: [], writes: root, workgroups: 0, overused: new Set() };
 }
 
 export class WebGpuBackend implements Backend {
@@ -92,7 +99,7 @@ export class WebGpuBackend implements Backend {
     this.ctx.checkAlive(`compiling ${program.name}`);
     for (const nd of program.nodes) checkDType(nd.dtype, program.name);
     const sources = generateKernels(program, this.ctx.limits.maxStorageBuffersPerShaderStage, this.tiles);
-    const kernels = sources.map((source) => ({ source, pipeline: this.pipelines.get(source.label, source.wgsl) }));
+    const kernels = sources.map((source) => ({ source, pipeline: source.workgroups === 0 ? undefined : this.pipelines.get(source.label, source.wgsl) }));
     return { program, kernels, memory: planMemory(program, sources) };
   }
 
@@ -210,7 +217,7 @@ export class WebGpuBackend implements Backend {
       const enc = device.createCommandEncoder({ label: program.name });
       const pass = enc.beginComputePass({ label: program.name });
       for (const { source, pipeline } of exe.kernels) {
-        if (source.workgroups === 0) continue;
+        if (pipeline === undefined) continue;
         const entries = [...source.reads, source.writes].map((n, binding) => {
           const bytes = bindingBytes(sizeOf(nodes[n]!.shape));
           if (bytes > maxBinding) throw new BackendError(`${source.label}: a ${fmtShape(nodes[n]!.shape)} tensor needs ${bytes} bytes, over the device's binding limit of ${maxBinding}`);

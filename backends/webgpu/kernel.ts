@@ -7,7 +7,7 @@ import type { Program } from '../../core/program.ts';
 import { THREEFRY_WGSL } from '../../core/threefry.ts';
 import { Emitter } from './codegen.ts';
 import type { FusionPlan, KernelPlan } from './fusion.ts';
-import { HELPERS, storageType, toStorage } from './wgsl.ts';
+import { helpersFor, storageType, toStorage } from './wgsl.ts';
 
 export interface KernelSource {
   readonly label: string;
@@ -60,7 +60,7 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
   const wgsl = [
     decl,
     body.decls ?? '',
-    HELPERS,
+    helpersFor(code),
     code.includes('threefry2x32(') ? THREEFRY_WGSL : '',
     `@compute @workgroup_size(${body.workgroupSize})`,
     `fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {`,

@@ -63,6 +63,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
 
   const accumulate = (em: Emitter, base: string, start: string, step: number): void => {
     em.line(`var acc: ${t} = ${identity};`);
+    if (rowSize === 0) return;
     em.block(`for (var r = ${start}; r < ${rowSize}u; r += ${step}u)`, () => {
       const j = em.index(`${base} + ${offset(em, 'r', reduced)}`);
       em.line(`acc = ${reduceStep(fn, h.dtype, 'acc', em.value(input, j))};`);

@@ -79,8 +79,7 @@ export function reduceStep(fn: 'sum' | 'max', dtype: DType, acc: string, v: stri
   return fn === 'sum' ? `${acc} + ${v}` : dtype === 'float32' ? `max_f32(${acc}, ${v})` : `max(${acc}, ${v})`;
 }
 
-/** Helper functions some expressions call; included in every kernel (unused ones cost nothing). */
-export const HELPERS = /* wgsl */ `
+const HELPER_SOURCE = /* wgsl */ `
 // Not a constant expression, so infinities and NaN survive WGSL's constant evaluation.
 fn f32_bits(b: u32) -> f32 {
   return bitcast<f32>(b);
@@ -148,6 +147,31 @@ fn f32_to_i32(x: f32) -> i32 {
   return i32(x);
 }
 `;
+
+/** Helper functions that expressions call, by name. */
+const HELPER_FNS: Record<string, string> = {};
+for (const f of HELPER_SOURCE.split(/\n(?=fn )/)) {
+  const name = /^fn (\w+)/.exec(f.trim())?.[1];
+  if (name !== undefined) HELPER_FNS[name] = f.trim();
+}
+
+/**
+ * The helpers `code` calls, with the helpers they call in turn (compiling unused ones costs
+ * lavapipe real time).
+ */
+export function helpersFor(code: string): string {
+  const used = new Set<string>();
+  const visit = (text: string): void => {
+    for (const [name, src] of Object.entries(HELPER_FNS)) {
+      if (!used.has(name) && new RegExp(`\\b${name}\\(`).test(text)) {
+        used.add(name);
+        visit(src.slice(src.indexOf('{')));
+      }
+    }
+  };
+  visit(code);
+  return Object.keys(HELPER_FNS).filter((n) => used.has(n)).map((n) => HELPER_FNS[n]).join('\n');
+}
 
 export function unaryExpr(fn: UnaryFn, dtype: DType, x: string): string {
   const isF = dtype === 'float32';
