@@ -65,7 +65,7 @@ export class Emitter {
   /** A u32 variable holding `expr`. */
   index(expr: string): string {
     if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(expr) || /^\d+u$/.test(expr)) return expr;
-    const v = this.fresh('i');
+    const v = this.fresh('j');
     this.line(`let ${v} = ${expr};`);
     return v;
   }

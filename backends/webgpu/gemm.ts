@@ -1,11 +1,15 @@
 /**
- * Matmul and the three convolutions as one tiled, vectorised GEMM. Each contraction is described
- * by loaders: `a(batch, row, k)` and `b(batch, k, col)` emit the operand elements (for convolutions,
+ * Matmul and the three convolutions as one register-tiled GEMM. Each contraction is described by
+ * loaders: `a(batch, row, k)` and `b(batch, k, column)` emit the operand elements (for convolutions,
  * the implicit im2col gather, so no patch matrix is ever materialized), and `out(batch, row, col)`
  * gives the flat output index where the epilogue (the root's fused same-index chain) is evaluated.
  *
- * A workgroup computes a TM x TN tile, stepping over K by TK: both operand tiles are staged in
- * workgroup memory, and each invocation accumulates an RM x RN block in vec4 registers.
+ * A workgroup of 64 invocations computes RM rows by 64 * RN columns. The rows (and k) are the same
+ * for the whole workgroup, so A's elements are uniform loads broadcast to every lane, and each
+ * lane reads B at consecutive columns; per-column index arithmetic (the im2col coordinates) is
+ * hoisted out of the k loop. No workgroup memory and no barriers: on lavapipe (where "lanes" are a
+ * CPU core's SIMD registers and workgroup memory is ordinary memory) staging tiles only costs, and
+ * barriers make shaders slow to compile and to run.
  */
 import type { Program, ProgramNode } from '../../core/program.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
@@ -14,13 +18,15 @@ import { BackendError } from '../../core/errors.ts';
 import type { Emitter } from './codegen.ts';
 import type { KernelBody } from './kernel.ts';
 
+/** Invocations per workgroup. */
+const LANES = 64;
+
 export interface Tile {
-  readonly tm: number;
-  readonly tn: number;
-  readonly tk: number;
-  /** Rows and columns per invocation (rn a multiple of 4). */
+  /** Rows per workgroup (uniform across its lanes). */
   readonly rm: number;
+  /** Columns per invocation: adjacent when `adjacent`, else 64 apart. */
   readonly rn: number;
+  readonly adjacent?: boolean;
 }
 
 interface Contraction {
@@ -30,16 +36,18 @@ interface Contraction {
   readonly n: number;
   readonly k: number;
   a(em: Emitter, b: string, row: string, k: string): string;
-  b(em: Emitter, b: string, k: string, col: string): string;
+  /** Per-column values, computed once before the k loop and passed to `b`. */
+  col(em: Emitter, b: string, col: string): string[];
+  b(em: Emitter, b: string, k: string, col: readonly string[]): string;
   out(b: string, row: string, col: string): string;
 }
 
-/** `var` holding x's element when `cond` holds, else 0. */
-function guarded(em: Emitter, cond: string, index: () => string, node: number): string {
-  const v = em.fresh('g');
-  em.line(`var ${v} = 0.0;`);
-  em.block(`if (${cond})`, () => em.line(`${v} = ${em.value(node, em.index(index()))};`));
-  return v;
+/** x's element at `index` when `cond` holds, else 0, without a divergent branch. */
+function guarded(em: Emitter, cond: string, index: string, node: number): string {
+  const ok = em.fresh('ok');
+  em.line(`let ${ok} = ${cond};`);
+  const v = em.value(node, em.index(`select(0u, ${index}, ${ok})`));
+  return `select(0.0, ${v}, ${ok})`;
 }
 
 function matmulContraction(nodes: readonly ProgramNode[], h: ProgramNode): Contraction {
@@ -55,7 +63,8 @@ function matmulContraction(nodes: readonly ProgramNode[], h: ProgramNode): Contr
     n,
     k,
     a: (em, b, row, kk) => em.value(aN, em.index(`${b} * ${m * k}u + ${row} * ${k}u + ${kk}`)),
-    b: (em, b, kk, col) => em.value(bN, em.index(`${b} * ${k * n}u + ${kk} * ${n}u + ${col}`)),
+    col: (em, b, col) => [em.index(`${b} * ${k * n}u + ${col}`)],
+    b: (em, _b, kk, [base]) => em.value(bN, em.index(`${base} + ${kk} * ${n}u`)),
     out: (b, row, col) => `${b} * ${m * n}u + ${row} * ${n}u + ${col}`,
   };
 }
@@ -89,19 +98,7 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
   const [O, Cg, KH, KW] = ws as [number, number, number, number];
   const [, , OH, OW] = ys as [number, number, number, number];
   const Og = O / g;
-  /** The x element at (n, channel c of group b, ih = oh*s - p + kh*d, iw), or 0 in the padding. */
-  const xAt = (em: Emitter, b: string, n: string, c: string, oh: string, ow: string, kh: string, kw: string, x: number): string => {
-    const ih = em.fresh('h');
-    const iw = em.fresh('w');
-    em.line(`let ${ih} = i32(${oh} * ${sh}u + ${kh} * ${dh}u) - ${ph};`);
-    em.line(`let ${iw} = i32(${ow} * ${sw}u + ${kw} * ${dw}u) - ${pw};`);
-    return guarded(
-      em,
-      `${ih} >= 0 && ${ih} < ${H} && ${iw} >= 0 && ${iw} < ${W}`,
-      () => `((${n} * ${C}u + ${b} * ${Cg}u + ${c}) * ${H}u + u32(${ih})) * ${W}u + u32(${iw})`,
-      x,
-    );
-  };
+  const HW = H * W;
   switch (h.prim.op) {
     case 'conv2d':
       return {
@@ -111,10 +108,21 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
         n: N * OH * OW,
         k: Cg * KH * KW,
         a: (em, b, row, kk) => em.value(in1, em.index(`(${b} * ${Og}u + ${row}) * ${Cg * KH * KW}u + ${kk}`)),
-        b: (em, b, kk, col) => {
-          const [c, kh, kw] = split(em, kk, [Cg, KH, KW]);
+        col: (em, b, col) => {
           const [n, oh, ow] = split(em, col, [N, OH, OW]);
-          return xAt(em, b, n!, c!, oh!, ow!, kh!, kw!, in0);
+          const ih = em.fresh('h');
+          const iw = em.fresh('w');
+          em.line(`let ${ih} = i32(${oh} * ${sh}u) - ${ph};`);
+          em.line(`let ${iw} = i32(${ow} * ${sw}u) - ${pw};`);
+          return [ih, iw, em.index(`(${n} * ${C}u + ${b} * ${Cg}u) * ${HW}u`)];
+        },
+        b: (em, _b, kk, [ih0, iw0, base]) => {
+          const [c, kh, kw] = split(em, kk, [Cg, KH, KW]);
+          const ih = em.fresh('h');
+          const iw = em.fresh('w');
+          em.line(`let ${ih} = ${ih0} + i32(${kh} * ${dh}u);`);
+          em.line(`let ${iw} = ${iw0} + i32(${kw} * ${dw}u);`);
+          return guarded(em, `${ih} >= 0 && ${ih} < ${H} && ${iw} >= 0 && ${iw} < ${W}`, `${base} + ${c} * ${HW}u + u32(${ih}) * ${W}u + u32(${iw})`, in0);
         },
         out: (b, row, col) => `(${col} / ${OH * OW}u) * ${O * OH * OW}u + (${b} * ${Og}u + ${row}) * ${OH * OW}u + ${col} % ${OH * OW}u`,
       };
@@ -129,19 +137,26 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
           const [o, khw] = split(em, kk, [Og, KH * KW]);
           return em.value(in1, em.index(`((${b} * ${Og}u + ${o}) * ${Cg}u + ${row}) * ${KH * KW}u + ${khw}`));
         },
-        b: (em, b, kk, col) => {
-          const [o, kh, kw] = split(em, kk, [Og, KH, KW]);
+        col: (em, b, col) => {
           const [n, y, x] = split(em, col, [N, H, W]);
           const th = em.fresh('h');
           const tw = em.fresh('w');
-          em.line(`let ${th} = i32(${y}) + ${ph} - i32(${kh} * ${dh}u);`);
-          em.line(`let ${tw} = i32(${x}) + ${pw} - i32(${kw} * ${dw}u);`);
+          em.line(`let ${th} = i32(${y}) + ${ph};`);
+          em.line(`let ${tw} = i32(${x}) + ${pw};`);
+          return [th, tw, em.index(`(${n} * ${O}u + ${b} * ${Og}u) * ${OH * OW}u`)];
+        },
+        b: (em, _b, kk, [th0, tw0, base]) => {
+          const [o, kh, kw] = split(em, kk, [Og, KH, KW]);
+          const th = em.fresh('h');
+          const tw = em.fresh('w');
+          em.line(`let ${th} = ${th0} - i32(${kh} * ${dh}u);`);
+          em.line(`let ${tw} = ${tw0} - i32(${kw} * ${dw}u);`);
           const ok = [`${th} >= 0`, `${tw} >= 0`, `${th} < ${OH * sh}`, `${tw} < ${OW * sw}`];
           if (sh > 1) ok.push(`${th} % ${sh} == 0`);
           if (sw > 1) ok.push(`${tw} % ${sw} == 0`);
-          return guarded(em, ok.join(' && '), () => `((${n} * ${O}u + ${b} * ${Og}u + ${o}) * ${OH}u + u32(${th} / ${sh})) * ${OW}u + u32(${tw} / ${sw})`, in0);
+          return guarded(em, ok.join(' && '), `${base} + ${o} * ${OH * OW}u + u32(${th} / ${sh}) * ${OW}u + u32(${tw} / ${sw})`, in0);
         },
-        out: (b, row, col) => `(${col} / ${H * W}u) * ${C * H * W}u + (${b} * ${Cg}u + ${row}) * ${H * W}u + ${col} % ${H * W}u`,
+        out: (b, row, col) => `(${col} / ${HW}u) * ${C * HW}u + (${b} * ${Cg}u + ${row}) * ${HW}u + ${col} % ${HW}u`,
       };
     case 'conv2dGradWeight':
       return {
@@ -154,10 +169,21 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
           const [n, ohw] = split(em, kk, [N, OH * OW]);
           return em.value(in1, em.index(`(${n} * ${O}u + ${b} * ${Og}u + ${row}) * ${OH * OW}u + ${ohw}`));
         },
-        b: (em, b, kk, col) => {
+        col: (em, b, col) => {
           const [c, kh, kw] = split(em, col, [Cg, KH, KW]);
+          const ih = em.fresh('h');
+          const iw = em.fresh('w');
+          em.line(`let ${ih} = i32(${kh} * ${dh}u) - ${ph};`);
+          em.line(`let ${iw} = i32(${kw} * ${dw}u) - ${pw};`);
+          return [ih, iw, em.index(`(${b} * ${Cg}u + ${c}) * ${HW}u`)];
+        },
+        b: (em, _b, kk, [ih0, iw0, base]) => {
           const [n, oh, ow] = split(em, kk, [N, OH, OW]);
-          return xAt(em, b, n!, c!, oh!, ow!, kh!, kw!, in0);
+          const ih = em.fresh('h');
+          const iw = em.fresh('w');
+          em.line(`let ${ih} = ${ih0} + i32(${oh} * ${sh}u);`);
+          em.line(`let ${iw} = ${iw0} + i32(${ow} * ${sw}u);`);
+          return guarded(em, `${ih} >= 0 && ${ih} < ${H} && ${iw} >= 0 && ${iw} < ${W}`, `${n} * ${C * HW}u + ${base} + u32(${ih}) * ${W}u + u32(${iw})`, in0);
         },
         out: (b, row, col) => `(${b} * ${Og}u + ${row}) * ${Cg * KH * KW}u + ${col}`,
       };
@@ -183,60 +209,40 @@ export function gemmShape(program: Program, heavy: number): { batch: number; m: 
 
 export function gemmBody(program: Program, root: number, heavy: number, tile: Tile): KernelBody {
   const c = contraction(program.nodes, heavy);
-  const { tm, tn, tk, rm, rn } = tile;
-  const cols = tn / rn;
-  const threads = (tm / rm) * cols;
-  const tilesM = Math.ceil(c.m / tm);
-  const tilesN = Math.ceil(c.n / tn);
-  const v4 = rn / 4;
+  const { rm, rn } = tile;
+  const rowTiles = Math.ceil(c.m / rm);
+  const colTiles = Math.ceil(c.n / (LANES * rn));
+  const rows = Array.from({ length: rm }, (_, i) => i);
+  const cols = Array.from({ length: rn }, (_, j) => j);
   return {
     kind: c.kind,
-    workgroupSize: threads,
-    workgroups: c.batch * tilesM * tilesN,
-    decls: `var<workgroup> As: array<f32, ${tk * tm}>;\nvar<workgroup> Bs: array<f32, ${tk * tn}>;`,
+    workgroupSize: LANES,
+    workgroups: c.batch * rowTiles * colTiles,
     emit(em, store) {
-      em.line(`let bt = wid / ${tilesM * tilesN}u;`);
-      em.line(`let tile = wid % ${tilesM * tilesN}u;`);
-      em.line(`let m0 = (tile / ${tilesN}u) * ${tm}u + (li / ${cols}u) * ${rm}u;`);
-      em.line(`let n0 = (tile % ${tilesN}u) * ${tn}u + (li % ${cols}u) * ${rn}u;`);
-      em.line(`let tm0 = (tile / ${tilesN}u) * ${tm}u;`);
-      em.line(`let tn0 = (tile % ${tilesN}u) * ${tn}u;`);
-      em.line(`let ar = (li / ${cols}u) * ${rm}u;`);
-      em.line(`let bc = (li % ${cols}u) * ${rn}u;`);
-      // Accumulators are separate variables: dynamically indexed arrays cost lavapipe seconds to compile.
-      for (let i = 0; i < rm; i++) for (let j = 0; j < v4; j++) em.line(`var acc${i}_${j} = vec4<f32>(0.0);`);
-      em.block(`for (var k0 = 0u; k0 < ${c.k}u; k0 += ${tk}u)`, () => {
-        em.block(`for (var e = li; e < ${tm * tk}u; e += ${threads}u)`, () => {
-          em.line(`let am = e / ${tk}u;`);
-          em.line(`let ak = e % ${tk}u;`);
-          em.line('var av = 0.0;');
-          em.block(`if (tm0 + am < ${c.m}u && k0 + ak < ${c.k}u)`, () => em.line(`av = ${c.a(em, 'bt', '(tm0 + am)', '(k0 + ak)')};`));
-          em.line(`As[ak * ${tm}u + am] = av;`);
+      // Consecutive workgroups share a column block (B's columns stay in cache) and walk the rows.
+      em.line(`let bt = wid / ${rowTiles * colTiles}u;`);
+      em.line(`let tile = wid % ${rowTiles * colTiles}u;`);
+      em.line(`let m0 = (tile % ${rowTiles}u) * ${rm}u;`);
+      const [laneStep, colStep] = tile.adjacent === true ? [rn, 1] : [1, LANES];
+      em.line(`let n0 = (tile / ${rowTiles}u) * ${LANES * rn}u + li * ${laneStep}u;`);
+      // Loads use clamped rows and columns (always in range); the epilogue drops the extra ones.
+      for (const i of rows) em.line(`let row${i} = min(m0 + ${i}u, ${c.m - 1}u);`);
+      for (const j of cols) em.line(`let col${j} = min(n0 + ${j * colStep}u, ${c.n - 1}u);`);
+      for (const i of rows) for (const j of cols) em.line(`var acc${i}_${j} = 0.0;`);
+      // An empty contraction (k = 0) leaves zeros; its loaders would index empty tensors.
+      if (c.k > 0) {
+        const ctx = cols.map((j) => c.col(em, 'bt', `col${j}`));
+        em.block(`for (var k = 0u; k < ${c.k}u; k++)`, () => {
+          const as = rows.map((i) => c.a(em, 'bt', `row${i}`, 'k'));
+          const bs = cols.map((j) => c.b(em, 'bt', 'k', ctx[j]!));
+          for (const i of rows) for (const j of cols) em.line(`acc${i}_${j} = fma(${as[i]}, ${bs[j]}, acc${i}_${j});`);
         });
-        em.block(`for (var e = li; e < ${tn * tk}u; e += ${threads}u)`, () => {
-          em.line(`let bk = e / ${tn}u;`);
-          em.line(`let bn = e % ${tn}u;`);
-          em.line('var bv = 0.0;');
-          em.block(`if (tn0 + bn < ${c.n}u && k0 + bk < ${c.k}u)`, () => em.line(`bv = ${c.b(em, 'bt', '(k0 + bk)', '(tn0 + bn)')};`));
-          em.line(`Bs[bk * ${tn}u + bn] = bv;`);
-        });
-        em.line('workgroupBarrier();');
-        em.block(`for (var kk = 0u; kk < ${tk}u; kk++)`, () => {
-          em.line(`let bo = kk * ${tn}u + bc;`);
-          for (let j = 0; j < v4; j++) em.line(`let b${j} = vec4<f32>(Bs[bo + ${4 * j}u], Bs[bo + ${4 * j + 1}u], Bs[bo + ${4 * j + 2}u], Bs[bo + ${4 * j + 3}u]);`);
-          em.line(`let ao = kk * ${tm}u + ar;`);
-          for (let i = 0; i < rm; i++) {
-            em.line(`let a${i} = vec4<f32>(As[ao + ${i}u]);`);
-            for (let j = 0; j < v4; j++) em.line(`acc${i}_${j} = fma(a${i}, b${j}, acc${i}_${j});`);
-          }
-        });
-        em.line('workgroupBarrier();');
-      });
-      for (let i = 0; i < rm; i++) {
-        for (let j = 0; j < rn; j++) {
-          em.block(`if (m0 + ${i}u < ${c.m}u && n0 + ${j}u < ${c.n}u)`, () => {
-            const oi = em.index(c.out('bt', `(m0 + ${i}u)`, `(n0 + ${j}u)`));
-            em.define(heavy, oi, `acc${i}_${Math.floor(j / 4)}.${'xyzw'[j % 4]}`);
+      }
+      for (const i of rows) {
+        for (const j of cols) {
+          em.block(`if (m0 + ${i}u < ${c.m}u && n0 + ${j * colStep}u < ${c.n}u)`, () => {
+            const oi = em.index(c.out('bt', `row${i}`, `col${j}`));
+            em.define(heavy, oi, `acc${i}_${j}`);
             store(oi, em.value(root, oi));
           });
         }

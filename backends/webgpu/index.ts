@@ -16,7 +16,7 @@ import { buildKernel, foldGrid, type KernelSource } from './kernel.ts';
 import { BufferPool, bindingBytes, planMemory, type MemoryPlan } from './memory.ts';
 import { PipelineCache } from './pipelines.ts';
 import { reduceBody } from './reduce.ts';
-import { TILE_CANDIDATES, chooseTile } from './tiles.ts';
+import { TILE_CANDIDATES, cachedTiles, chooseTile } from './tiles.ts';
 import { checkDType } from './wgsl.ts';
 
 export class WebGpuBuffer implements DeviceBuffer {
@@ -74,6 +74,11 @@ export function generateKernels(program: Program, maxStorageBuffers: number, til
   }
 }
 
+/** Identifies an adapter in the tile-tuning cache. */
+export function adapterKey(ctx: GpuContext): string {
+  return Object.values(ctx.adapterInfo).join(' / ') || 'unknown adapter';
+}
+
 /** A kernel for an empty output: nothing to compute, nothing to build. */
 function emptyKernel(program: Program, root: number): KernelSource {
   return { label: `${program.name}/empty${root}`, wgsl: '', reads: [], writes: root, workgroups: 0, overused: new Set() };
@@ -92,7 +97,7 @@ export class WebGpuBackend implements Backend {
   ) {
     this.pool = new BufferPool(ctx.device, 1 << 30);
     this.pipelines = new PipelineCache(ctx);
-    this.tiles = options.tiles ?? TILE_CANDIDATES;
+    this.tiles = options.tiles ?? cachedTiles(adapterKey(ctx)) ?? TILE_CANDIDATES;
   }
 
   compile(program: Program): WebGpuExecutable {
@@ -251,6 +256,7 @@ export class WebGpuBackend implements Backend {
       limits: this.ctx.limits,
       features: [...this.ctx.features].sort(),
       pipelinesCached: this.pipelines.size,
+      gemmTiles: this.tiles,
     };
   }
 

@@ -1,27 +1,52 @@
 /**
- * Tile shapes for the GEMM kernel, chosen per device: a small table of candidates, ranked once per
- * adapter by a short tuning run (see `tuneTiles`), then picked per problem so that small matrices
- * do not pay for mostly empty tiles.
+ * Tile shapes for the GEMM kernel, chosen per device: a small table of candidates, ranked per
+ * adapter (a short tuning run, `npx tsx bench/tune.ts`, writes the ranking to a cache file that the
+ * backend reads), then picked per problem so that small matrices do not pay for empty tiles.
  */
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import type { Tile } from './gemm.ts';
 
-/** Candidates, largest first; each satisfies the kernel's constraints (rn % 4 == 0, tk * tn % 4 == 0). */
+/** Candidates, in the order measured best on lavapipe (rows per workgroup x columns per lane). */
 export const TILE_CANDIDATES: readonly Tile[] = [
-  { tm: 64, tn: 64, tk: 16, rm: 4, rn: 4 },
-  { tm: 64, tn: 64, tk: 8, rm: 8, rn: 8 },
-  { tm: 32, tn: 64, tk: 16, rm: 4, rn: 8 },
-  { tm: 32, tn: 32, tk: 16, rm: 4, rn: 4 },
-  { tm: 16, tn: 32, tk: 16, rm: 2, rn: 4 },
-  { tm: 16, tn: 16, tk: 16, rm: 1, rn: 4 },
+  { rm: 8, rn: 4 },
+  { rm: 8, rn: 8, adjacent: true },
+  { rm: 16, rn: 2 },
+  { rm: 4, rn: 4 },
+  { rm: 8, rn: 2 },
+  { rm: 4, rn: 2 },
+  { rm: 8, rn: 1 },
+  { rm: 4, rn: 1 },
+  { rm: 2, rn: 1 },
+  { rm: 1, rn: 1 },
 ];
+
+/** Where tuned rankings live, one entry per adapter description. */
+export function tileCachePath(): string {
+  return process.env['TESSERA_TILE_CACHE'] ?? join(homedir(), '.cache', 'tessera', 'tiles.json');
+}
+
+/** The tuned ranking for `adapter`, if a tuning run has stored one. */
+export function cachedTiles(adapter: string): Tile[] | undefined {
+  const path = tileCachePath();
+  if (!existsSync(path)) return undefined;
+  try {
+    const all = JSON.parse(readFileSync(path, 'utf8')) as Record<string, Tile[]>;
+    const hit = all[adapter];
+    return Array.isArray(hit) && hit.every((t) => Number.isInteger(t.rm) && Number.isInteger(t.rn)) ? hit : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Fraction of a tile grid's work that is real. */
 function occupancy(t: Tile, m: number, n: number): number {
-  return (m * n) / (Math.ceil(m / t.tm) * t.tm * Math.ceil(n / t.tn) * t.tn);
+  return (m * n) / (Math.ceil(m / t.rm) * t.rm * Math.ceil(n / (64 * t.rn)) * 64 * t.rn);
 }
 
-/** The first tile in `ranked` that wastes little on an m x n output (falls back to the smallest). */
+/** The first tile in `ranked` that wastes little on an m x n output (else the least wasteful). */
 export function chooseTile(ranked: readonly Tile[], m: number, n: number): Tile {
-  for (const t of ranked) if (occupancy(t, m, n) >= 0.7) return t;
+  for (const t of ranked) if (occupancy(t, m, n) >= 0.75) return t;
   return [...ranked].sort((a, b) => occupancy(b, m, n) - occupancy(a, m, n))[0]!;
 }
