@@ -73,89 +73,167 @@ function inputPos(o: number, tap: number, axis: 0 | 1, a: ConvAttrs): number {
   return o * a.stride[axis] - a.padding[axis] + tap * a.dilation[axis];
 }
 
-/** y = conv2d(x, w) of shape [N, O, OH, OW]. */
+/**
+ * Unfolds one image's group of input channels into columns (im2col): row k = (c, ky, kx) holds,
+ * for every output position p = (oy, ox), the input value that tap reads (0 in the padding). Every
+ * convolution below is then a product with contiguous inner loops over positions.
+ */
+function im2col(x: TypedArray, n: number, group: number, g: ConvGeometry, cols: Float64Array): void {
+  const a = g.attrs;
+  const positions = g.oh * g.ow;
+  cols.fill(0);
+  for (let c = 0; c < g.cg; c++) {
+    const xPlane = (n * g.inChannels + group * g.cg + c) * g.h * g.w;
+    for (let ky = 0; ky < g.kh; ky++) {
+      const [oy0, oy1] = validRange(ky, g.h, g.oh, 0, a);
+      for (let kx = 0; kx < g.kw; kx++) {
+        const [ox0, ox1] = validRange(kx, g.w, g.ow, 1, a);
+        const row = ((c * g.kh + ky) * g.kw + kx) * positions;
+        const sx = a.stride[1];
+        for (let oy = oy0; oy < oy1; oy++) {
+          const xRow = xPlane + inputPos(oy, ky, 0, a) * g.w + inputPos(0, kx, 1, a);
+          const cRow = row + oy * g.ow;
+          for (let ox = ox0; ox < ox1; ox++) cols[cRow + ox] = x[xRow + ox * sx]!;
+        }
+      }
+    }
+  }
+}
+
+/** The transpose of im2col: adds each column entry back onto the input position it was read from. */
+function col2imAdd(cols: Float64Array, n: number, group: number, g: ConvGeometry, dx: Float64Array): void {
+  const a = g.attrs;
+  const positions = g.oh * g.ow;
+  for (let c = 0; c < g.cg; c++) {
+    const xPlane = (n * g.inChannels + group * g.cg + c) * g.h * g.w;
+    for (let ky = 0; ky < g.kh; ky++) {
+      const [oy0, oy1] = validRange(ky, g.h, g.oh, 0, a);
+      for (let kx = 0; kx < g.kw; kx++) {
+        const [ox0, ox1] = validRange(kx, g.w, g.ow, 1, a);
+        const row = ((c * g.kh + ky) * g.kw + kx) * positions;
+        const sx = a.stride[1];
+        for (let oy = oy0; oy < oy1; oy++) {
+          const xRow = xPlane + inputPos(oy, ky, 0, a) * g.w + inputPos(0, kx, 1, a);
+          const cRow = row + oy * g.ow;
+          for (let ox = ox0; ox < ox1; ox++) dx[xRow + ox * sx]! += cols[cRow + ox]!;
+        }
+      }
+    }
+  }
+}
+
+/** y = conv2d(x, w) of shape [N, O, OH, OW]: per image and group, y = W (im2col x). */
 export function conv2d(x: TypedArray, w: TypedArray, xShape: Shape, wShape: Shape, yShape: Shape, attrs: ConvAttrs, y: TypedArray): void {
   const g = geometry(xShape, wShape, yShape, attrs);
-  const plane = new Float64Array(g.oh * g.ow);
+  const positions = g.oh * g.ow;
+  const taps = g.cg * g.kh * g.kw;
+  const cols = new Float64Array(taps * positions);
+  const acc = new Float64Array(positions);
   for (let n = 0; n < g.batch; n++) {
-    for (let o = 0; o < g.outChannels; o++) {
-      const group = Math.floor(o / g.og);
-      plane.fill(0);
-      for (let c = 0; c < g.cg; c++) {
-        const xPlane = (n * g.inChannels + group * g.cg + c) * g.h * g.w;
-        for (let ky = 0; ky < g.kh; ky++) {
-          const [oy0, oy1] = validRange(ky, g.h, g.oh, 0, attrs);
-          for (let kx = 0; kx < g.kw; kx++) {
-            const [ox0, ox1] = validRange(kx, g.w, g.ow, 1, attrs);
-            const wv = w[((o * g.cg + c) * g.kh + ky) * g.kw + kx]!;
-            const sx = attrs.stride[1];
-            for (let oy = oy0; oy < oy1; oy++) {
-              const xRow = xPlane + inputPos(oy, ky, 0, attrs) * g.w + inputPos(0, kx, 1, attrs);
-              const pRow = oy * g.ow;
-              for (let ox = ox0; ox < ox1; ox++) plane[pRow + ox]! += wv * x[xRow + ox * sx]!;
-            }
-          }
+    for (let group = 0; group < g.groups; group++) {
+      im2col(x, n, group, g, cols);
+      for (let o = group * g.og; o < (group + 1) * g.og; o++) {
+        acc.fill(0);
+        const wRow = o * taps;
+        // Four taps per pass: one read-modify-write of acc per four multiply-adds.
+        let k = 0;
+        for (; k + 4 <= taps; k += 4) {
+          const w0 = w[wRow + k]!, w1 = w[wRow + k + 1]!, w2 = w[wRow + k + 2]!, w3 = w[wRow + k + 3]!;
+          const c0 = k * positions, c1 = c0 + positions, c2 = c1 + positions, c3 = c2 + positions;
+          for (let p = 0; p < positions; p++) acc[p]! += w0 * cols[c0 + p]! + w1 * cols[c1 + p]! + w2 * cols[c2 + p]! + w3 * cols[c3 + p]!;
         }
+        for (; k < taps; k++) {
+          const wv = w[wRow + k]!;
+          const cRow = k * positions;
+          for (let p = 0; p < positions; p++) acc[p]! += wv * cols[cRow + p]!;
+        }
+        y.set(acc, (n * g.outChannels + o) * positions);
       }
-      y.set(plane, (n * g.outChannels + o) * g.oh * g.ow);
     }
   }
 }
 
-/** dx = conv2dGradInput(dy, w) of shape xShape = [N, C, H, W]: every dy element scattered back along the conv's index map. */
+/** dx = conv2dGradInput(dy, w) of shape xShape = [N, C, H, W]: per image and group, col2im(Wᵀ dy). */
 export function conv2dGradInput(dy: TypedArray, w: TypedArray, dyShape: Shape, wShape: Shape, xShape: Shape, attrs: ConvAttrs, dx: TypedArray): void {
   const g = geometry(xShape, wShape, dyShape, attrs);
-  const plane = new Float64Array(g.h * g.w);
+  const positions = g.oh * g.ow;
+  const taps = g.cg * g.kh * g.kw;
+  const cols = new Float64Array(taps * positions);
+  const dyRows = new Float64Array(4 * positions);
+  const acc = new Float64Array(g.batch * g.inChannels * g.h * g.w);
   for (let n = 0; n < g.batch; n++) {
-    for (let ci = 0; ci < g.inChannels; ci++) {
-      const group = Math.floor(ci / g.cg);
-      const c = ci - group * g.cg;
-      plane.fill(0);
-      for (let o = group * g.og; o < (group + 1) * g.og; o++) {
-        const dyPlane = (n * g.outChannels + o) * g.oh * g.ow;
-        for (let ky = 0; ky < g.kh; ky++) {
-          const [oy0, oy1] = validRange(ky, g.h, g.oh, 0, attrs);
-          for (let kx = 0; kx < g.kw; kx++) {
-            const [ox0, ox1] = validRange(kx, g.w, g.ow, 1, attrs);
-            const wv = w[((o * g.cg + c) * g.kh + ky) * g.kw + kx]!;
-            const sx = attrs.stride[1];
-            for (let oy = oy0; oy < oy1; oy++) {
-              const pRow = inputPos(oy, ky, 0, attrs) * g.w + inputPos(0, kx, 1, attrs);
-              const dyRow = dyPlane + oy * g.ow;
-              for (let ox = ox0; ox < ox1; ox++) plane[pRow + ox * sx]! += wv * dy[dyRow + ox]!;
-            }
+    for (let group = 0; group < g.groups; group++) {
+      cols.fill(0);
+      // Four output channels per pass: one read-modify-write of a column row per four multiply-adds.
+      let o = group * g.og;
+      const end = (group + 1) * g.og;
+      for (; o + 4 <= end; o += 4) {
+        for (let j = 0; j < 4; j++) {
+          const src = (n * g.outChannels + o + j) * positions;
+          for (let p = 0; p < positions; p++) dyRows[j * positions + p] = dy[src + p]!;
+        }
+        for (let k = 0; k < taps; k++) {
+          const w0 = w[o * taps + k]!, w1 = w[(o + 1) * taps + k]!, w2 = w[(o + 2) * taps + k]!, w3 = w[(o + 3) * taps + k]!;
+          const cRow = k * positions;
+          for (let p = 0; p < positions; p++) {
+            cols[cRow + p]! += w0 * dyRows[p]! + w1 * dyRows[positions + p]! + w2 * dyRows[2 * positions + p]! + w3 * dyRows[3 * positions + p]!;
           }
         }
       }
-      dx.set(plane, (n * g.inChannels + ci) * g.h * g.w);
+      for (; o < end; o++) {
+        const dyRow = (n * g.outChannels + o) * positions;
+        const wRow = o * taps;
+        for (let k = 0; k < taps; k++) {
+          const wv = w[wRow + k]!;
+          const cRow = k * positions;
+          for (let p = 0; p < positions; p++) cols[cRow + p]! += wv * dy[dyRow + p]!;
+        }
+      }
+      col2imAdd(cols, n, group, g, acc);
     }
   }
+  dx.set(acc);
 }
 
-/** dw = conv2dGradWeight(x, dy) of shape wShape = [O, C/groups, KH, KW]: x correlated with dy. */
+/** dw = conv2dGradWeight(x, dy) of shape wShape = [O, C/groups, KH, KW]: Σ_n dy (im2col x)ᵀ. */
 export function conv2dGradWeight(x: TypedArray, dy: TypedArray, xShape: Shape, dyShape: Shape, wShape: Shape, attrs: ConvAttrs, dw: TypedArray): void {
   const g = geometry(xShape, wShape, dyShape, attrs);
-  const sx = attrs.stride[1];
-  for (let o = 0; o < g.outChannels; o++) {
-    const group = Math.floor(o / g.og);
-    for (let c = 0; c < g.cg; c++) {
-      for (let ky = 0; ky < g.kh; ky++) {
-        const [oy0, oy1] = validRange(ky, g.h, g.oh, 0, attrs);
-        for (let kx = 0; kx < g.kw; kx++) {
-          const [ox0, ox1] = validRange(kx, g.w, g.ow, 1, attrs);
-          let acc = 0;
-          for (let n = 0; n < g.batch; n++) {
-            const xPlane = (n * g.inChannels + group * g.cg + c) * g.h * g.w;
-            const dyPlane = (n * g.outChannels + o) * g.oh * g.ow;
-            for (let oy = oy0; oy < oy1; oy++) {
-              const xRow = xPlane + inputPos(oy, ky, 0, attrs) * g.w + inputPos(0, kx, 1, attrs);
-              const dyRow = dyPlane + oy * g.ow;
-              for (let ox = ox0; ox < ox1; ox++) acc += dy[dyRow + ox]! * x[xRow + ox * sx]!;
-            }
+  const positions = g.oh * g.ow;
+  const taps = g.cg * g.kh * g.kw;
+  const cols = new Float64Array(taps * positions);
+  const acc = new Float64Array(g.outChannels * taps);
+  const dyRowBuf = new Float64Array(positions);
+  for (let n = 0; n < g.batch; n++) {
+    for (let group = 0; group < g.groups; group++) {
+      im2col(x, n, group, g, cols);
+      for (let o = group * g.og; o < (group + 1) * g.og; o++) {
+        const dyRow = (n * g.outChannels + o) * positions;
+        for (let p = 0; p < positions; p++) dyRowBuf[p] = dy[dyRow + p]!;
+        // Four taps per pass: each dy value is loaded once for four dot products.
+        let k = 0;
+        for (; k + 4 <= taps; k += 4) {
+          const c0 = k * positions, c1 = c0 + positions, c2 = c1 + positions, c3 = c2 + positions;
+          let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          for (let p = 0; p < positions; p++) {
+            const d = dyRowBuf[p]!;
+            s0 += d * cols[c0 + p]!;
+            s1 += d * cols[c1 + p]!;
+            s2 += d * cols[c2 + p]!;
+            s3 += d * cols[c3 + p]!;
           }
-          dw[((o * g.cg + c) * g.kh + ky) * g.kw + kx] = acc;
+          acc[o * taps + k]! += s0;
+          acc[o * taps + k + 1]! += s1;
+          acc[o * taps + k + 2]! += s2;
+          acc[o * taps + k + 3]! += s3;
+        }
+        for (; k < taps; k++) {
+          const cRow = k * positions;
+          let s = 0;
+          for (let p = 0; p < positions; p++) s += dyRowBuf[p]! * cols[cRow + p]!;
+          acc[o * taps + k]! += s;
         }
       }
     }
   }
+  dw.set(acc);
 }
