@@ -6,15 +6,16 @@
  * function of (seed, step), so a resumed run draws exactly what an uninterrupted one would.
  */
 import { ShapeError } from '../core/index.ts';
+import { mixSeed, splitmix32 } from './data/prng.ts';
 
 export interface PatchScheduleOptions {
   readonly height: number;
   readonly width: number;
   /** Probability of a full-resolution step (`real_p`, default 0.5). */
   readonly realP: number;
-  /** Divisors of the resolution for the three sizes, default [4, 2, 1] (R/4, R/2, R). */
-  readonly divisors?: readonly [number, number, number];
-  /** 'auto': R / size (x4 for R/4, x2 for R/2, as the paper at R = 64); or a factor per divisor. */
+  /** The three patch heights (small, medium, full), default [H/4, H/2, H]; widths keep the aspect ratio. */
+  readonly sizes?: readonly [number, number, number];
+  /** 'auto': H / size images per base sample (x4 for R/4, x2 for R/2, as the paper); or a factor per size. */
   readonly batchMultiplier?: 'auto' | Readonly<Record<string, number>>;
   /** R/4 for the first 20% of training, R/2 until 50%, then R (the paper's ablation). */
   readonly progressive?: boolean;
@@ -22,45 +23,44 @@ export interface PatchScheduleOptions {
 }
 
 export interface PatchChoice {
-  /** Resolution divisor: 1 is the full image. */
-  readonly divisor: number;
   readonly height: number;
   readonly width: number;
   /** Samples in this step's batch. */
   readonly batchSize: number;
 }
 
-/** SplitMix32-style hash of (seed, step, stream) to a uniform in [0, 1): stateless, so resumable. */
+/** A uniform in [0, 1) from (seed, step, stream): stateless, so a resumed run draws the same. */
 export function hashUniform(seed: number, step: number, stream: number): number {
-  let h = (Math.imul(seed | 0, 0x9e3779b1) ^ Math.imul(step | 0, 0x85ebca6b) ^ Math.imul(stream | 0, 0xc2b2ae35)) >>> 0;
-  h = Math.imul(h ^ (h >>> 16), 0x21f0aaad);
-  h = Math.imul(h ^ (h >>> 15), 0x735a2d97);
-  h ^= h >>> 15;
-  return (h >>> 0) / 4294967296;
+  return splitmix32(mixSeed(seed, step, stream))() / 4294967296;
+}
+
+export function defaultPatchSizes(height: number): [number, number, number] {
+  return [Math.max(1, Math.floor(height / 4)), Math.max(1, Math.floor(height / 2)), height];
 }
 
 export function patchChoice(o: PatchScheduleOptions, step: number, seed: number, baseBatch: number): PatchChoice {
-  const divisors = o.divisors ?? [4, 2, 1];
+  const sizes = o.sizes ?? defaultPatchSizes(o.height);
   if (!(o.realP >= 0 && o.realP <= 1)) throw new ShapeError(`patch schedule: real_p must be in [0, 1], got ${o.realP}`);
-  let divisor: number;
+  for (const s of sizes) {
+    if (!Number.isInteger(s) || s < 1 || s > o.height) throw new ShapeError(`patch schedule: patch size ${s} must be an integer in [1, ${o.height}]`);
+  }
+  let size: number;
   if (o.progressive === true) {
     const total = o.totalSteps ?? 0;
     if (total <= 0) throw new ShapeError('patch schedule: the progressive schedule needs totalSteps > 0');
     const frac = step / total;
-    divisor = frac < 0.2 ? divisors[0] : frac < 0.5 ? divisors[1] : divisors[2];
+    size = frac < 0.2 ? sizes[0] : frac < 0.5 ? sizes[1] : sizes[2];
   } else {
     const u = hashUniform(seed, step, 0);
     const p0 = (1 - o.realP) * (2 / 5);
     const p1 = (1 - o.realP) * (3 / 5);
-    divisor = u < p0 ? divisors[0] : u < p0 + p1 ? divisors[1] : divisors[2];
+    size = u < p0 ? sizes[0] : u < p0 + p1 ? sizes[1] : sizes[2];
   }
-  const height = Math.floor(o.height / divisor);
-  const width = Math.floor(o.width / divisor);
-  if (height < 1 || width < 1) throw new ShapeError(`patch schedule: divisor ${divisor} leaves no pixels of ${o.height}x${o.width}`);
+  const width = size === o.height ? o.width : Math.max(1, Math.round((size * o.width) / o.height));
   const m = o.batchMultiplier ?? 'auto';
-  const mult = m === 'auto' ? divisor : m[String(divisor)] ?? 1;
-  if (!Number.isInteger(mult) || mult < 1) throw new ShapeError(`patch schedule: batch multiplier for divisor ${divisor} must be an integer >= 1, got ${mult}`);
-  return { divisor, height, width, batchSize: baseBatch * mult };
+  const mult = m === 'auto' ? Math.max(1, Math.round(o.height / size)) : m[String(size)] ?? 1;
+  if (!Number.isInteger(mult) || mult < 1) throw new ShapeError(`patch schedule: batch multiplier for patch size ${size} must be an integer >= 1, got ${mult}`);
+  return { height: size, width, batchSize: baseBatch * mult };
 }
 
 export interface Crops {

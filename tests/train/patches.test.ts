@@ -8,28 +8,31 @@ test('patch sizes follow ((1-p)2/5, (1-p)3/5, p) and are a pure function of (see
   const n = 20000;
   for (let s = 0; s < n; s++) {
     const c = patchChoice(o, s, 7, 4);
-    counts.set(c.divisor, (counts.get(c.divisor) ?? 0) + 1);
-    assert.equal(c.batchSize, 4 * c.divisor);
-    assert.equal(c.height, 32 / c.divisor);
+    counts.set(c.height, (counts.get(c.height) ?? 0) + 1);
+    assert.equal(c.batchSize, 4 * (32 / c.height));
+    assert.equal(c.width, c.height);
   }
-  const expected = new Map([[4, 0.2], [2, 0.3], [1, 0.5]]);
+  const expected = new Map([[8, 0.2], [16, 0.3], [32, 0.5]]);
   for (const [d, p] of expected) {
     const f = (counts.get(d) ?? 0) / n;
-    assert.ok(Math.abs(f - p) < 4 * Math.sqrt((p * (1 - p)) / n), `divisor ${d}: frequency ${f} vs ${p}`);
+    assert.ok(Math.abs(f - p) < 4 * Math.sqrt((p * (1 - p)) / n), `size ${d}: frequency ${f} vs ${p}`);
   }
   assert.deepEqual(patchChoice(o, 123, 7, 4), patchChoice(o, 123, 7, 4));
 });
 
 test('real_p = 1 always gives the full image; the progressive schedule follows 20% / 50%', () => {
-  for (let s = 0; s < 100; s++) assert.equal(patchChoice({ height: 32, width: 48, realP: 1 }, s, 1, 2).divisor, 1);
+  for (let s = 0; s < 100; s++) assert.deepEqual(patchChoice({ height: 32, width: 48, realP: 1 }, s, 1, 2), { height: 32, width: 48, batchSize: 2 });
+  assert.deepEqual(patchChoice({ height: 32, width: 48, realP: 0, sizes: [8, 8, 8] }, 0, 1, 2), { height: 8, width: 12, batchSize: 8 });
   const o = { height: 32, width: 32, realP: 0.5, progressive: true, totalSteps: 100 };
-  assert.deepEqual([0, 19, 20, 49, 50, 99].map((s) => patchChoice(o, s, 1, 1).divisor), [4, 4, 2, 2, 1, 1]);
+  assert.deepEqual([0, 19, 20, 49, 50, 99].map((s) => patchChoice(o, s, 1, 1).height), [8, 8, 16, 16, 32, 32]);
 });
 
 test('any patch size works, including ones missing from the reference code table (8 px at R = 32)', () => {
-  const c = patchChoice({ height: 32, width: 32, realP: 0, divisors: [4, 4, 4], batchMultiplier: { 4: 3 } }, 0, 0, 2);
-  assert.deepEqual(c, { divisor: 4, height: 8, width: 8, batchSize: 6 });
-  assert.throws(() => patchChoice({ height: 32, width: 32, realP: 0, batchMultiplier: { 4: 0.5, 2: 0.5 } }, 0, 0, 2), /batch multiplier for divisor/);
+  const c = patchChoice({ height: 32, width: 32, realP: 0, sizes: [8, 8, 8], batchMultiplier: { 8: 3 } }, 0, 0, 2);
+  assert.deepEqual(c, { height: 8, width: 8, batchSize: 6 });
+  assert.deepEqual(patchChoice({ height: 40, width: 40, realP: 0, sizes: [5, 5, 5] }, 0, 0, 1), { height: 5, width: 5, batchSize: 8 });
+  assert.throws(() => patchChoice({ height: 32, width: 32, realP: 0, sizes: [8, 8, 8], batchMultiplier: { 8: 0.5 } }, 0, 0, 2), /batch multiplier for patch size 8/);
+  assert.throws(() => patchChoice({ height: 32, width: 32, realP: 0, sizes: [0, 8, 32] }, 0, 0, 2), /patch size 0 must be/);
 });
 
 test('crops are cut at uniform corners inside the image and copy the right pixels', () => {

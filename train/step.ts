@@ -1,0 +1,138 @@
+/**
+ * One training step as one compiled program: EDM's loss on a batch of patches, its gradient, the
+ * optimizer update and the EMA (Karras et al. 2022, training/training_loop.py; Patch Diffusion's
+ * patch-conditioned variant). `step(state, batch) -> state'` with the old state donated, so training
+ * is a fold whose memory stays flat while the API stays immutable.
+ */
+import {
+  add, jit, random, reshape, scalar, tensor, zerosLike, type BackendName, type PyTree, type Tensor,
+} from '../core/index.ts';
+import { valueAndGrad } from '../autodiff/index.ts';
+import { patchCoordinates } from '../models/patch.ts';
+import { patchModel, type PatchModelParams } from '../models/precond.ts';
+import { frozenParameterPaths } from '../models/songunet.ts';
+import { leafPaths, flatten, unflatten } from '../core/pytree.ts';
+import type { TrainingConfig } from './config.ts';
+import { edmLoss } from './loss.ts';
+import { adam, applyUpdates, chain, clipByGlobalNorm, edmLearningRate, emaUpdate, replaceNonFinite, type GradientTransformation, type Params } from './optim.ts';
+
+export interface TrainState {
+  readonly params: PatchModelParams;
+  readonly ema: PatchModelParams;
+  readonly opt: PyTree<Tensor>;
+  /** Samples (patches) shown so far, float32 scalar: drives the lr ramp-up and the EMA ramp-up. */
+  readonly imagesSeen: Tensor;
+  /** The run's PRNG key, split once per step. */
+  readonly key: Tensor;
+}
+
+/** One step's data: patches with their corners in the full image. */
+export interface StepBatch {
+  /** [B, C, h, w] in [-1, 1]. */
+  readonly images: Tensor;
+  /** int32 [B]: each patch's top-left corner in the full image. */
+  readonly top: Tensor;
+  readonly left: Tensor;
+}
+
+export interface StepMetrics {
+  readonly loss: Tensor;
+  /** Running count of non-finite gradient entries replaced by zero. */
+  readonly replaced: Tensor;
+}
+
+/** The model a config describes; `kind: 'edm'` is the plain EDM baseline (no coordinates). */
+export function buildModel(config: TrainingConfig) {
+  const m = config.model;
+  const [height] = typeof m.img_resolution === 'number' ? [m.img_resolution] : m.img_resolution;
+  return patchModel({
+    imgResolution: height,
+    imgChannels: m.img_channels,
+    useCoords: m.kind === 'patch' && m.use_coords,
+    sigmaData: config.train.sigma_data,
+    labelDim: m.label_dim,
+    network: {
+      modelChannels: m.model_channels, channelMult: m.channel_mult, numBlocks: m.num_blocks, attnResolutions: m.attn_resolutions,
+      dropout: m.dropout, channelMultEmb: m.channel_mult_emb, channelMultNoise: m.channel_mult_noise, embeddingType: m.embedding_type,
+      encoderType: m.encoder_type, decoderType: m.decoder_type, resampleFilter: m.resample_filter, augmentDim: m.augment_dim,
+    },
+  });
+}
+
+export type Model = ReturnType<typeof buildModel>;
+
+export function fullSize(config: TrainingConfig): { height: number; width: number } {
+  const r = config.model.img_resolution;
+  return typeof r === 'number' ? { height: r, width: r } : { height: r[0], width: r[1] };
+}
+
+function optimizer(config: TrainingConfig, imagesSeen: Tensor): GradientTransformation<PyTree<Tensor>[]> {
+  const t = config.train;
+  return chain(
+    replaceNonFinite(),
+    ...(t.grad_clip === undefined ? [] : [clipByGlobalNorm(t.grad_clip)]),
+    adam({ lr: () => edmLearningRate(t.lr, t.lr_rampup_images, imagesSeen) }),
+  );
+}
+
+/** A fresh state: params from the key, EMA equal to the params, zeroed optimizer state. */
+export function initState(model: Model, config: TrainingConfig): TrainState {
+  const [kParams, kRun] = random.split(random.key(config.train.seed), 2) as [Tensor, Tensor];
+  const params = model.init(kParams);
+  return {
+    params,
+    ema: params,
+    opt: optimizer(config, scalar(0)).init(params),
+    imagesSeen: scalar(0),
+    key: kRun,
+  };
+}
+
+/** Zeroes the updates of buffers that EDM does not train (the Fourier embedding's frequencies). */
+function maskFrozen(updates: Params, frozen: readonly string[]): Params {
+  if (frozen.length === 0) return updates;
+  const { leaves, def } = flatten(updates);
+  const paths = leafPaths(def);
+  return unflatten(def, leaves.map((u, i) => (frozen.some((f) => paths[i]!.endsWith(f)) ? zerosLike(u) : u)));
+}
+
+/** The pure step function (before jit), exposed for tests and for users composing their own. */
+export function stepFunction(model: Model, config: TrainingConfig) {
+  const { height, width } = fullSize(config);
+  const useCoords = config.model.kind === 'patch' && config.model.use_coords;
+  const frozen = frozenParameterPaths({ embeddingType: config.model.embedding_type });
+  const lossOptions = { pMean: config.train.P_mean, pStd: config.train.P_std, sigmaData: config.train.sigma_data };
+  const t = config.train;
+  return (state: TrainState, batch: StepBatch): { state: TrainState; metrics: StepMetrics } => {
+    const [kNext, kLoss, kDropout] = random.split(state.key, 3) as [Tensor, Tensor, Tensor];
+    const [b, , h, w] = batch.images.shape as [number, number, number, number];
+    const coords = useCoords ? patchCoordinates({ height, width }, batch.top, batch.left, { h, w }) : undefined;
+    const lossOf = (params: PatchModelParams): Tensor =>
+      edmLoss(
+        (x, sigma) => model.apply(params, x, reshape(sigma, [b]), { coords, train: true, key: kDropout }),
+        batch.images, kLoss, lossOptions,
+      );
+    const [loss, grads] = valueAndGrad(lossOf)(state.params);
+    const opt = optimizer(config, state.imagesSeen);
+    const [updates, optState] = opt.update(grads as Params, state.opt as PyTree<Tensor>[], state.params);
+    const params = applyUpdates(state.params, maskFrozen(updates, frozen)) as PatchModelParams;
+    // EDM updates the EMA with the count before this batch, then advances it.
+    const ema = emaUpdate(state.ema, params, state.imagesSeen, b, t.ema_halflife_images, t.ema_rampup_ratio) as PatchModelParams;
+    const replaced = (optState as [{ replaced: Tensor }])[0].replaced;
+    return {
+      state: { params, ema, opt: optState, imagesSeen: add(state.imagesSeen, b), key: kNext },
+      metrics: { loss, replaced },
+    };
+  };
+}
+
+/** The compiled step; the old state is donated to the new one. */
+export function compileStep(model: Model, config: TrainingConfig, backend?: BackendName) {
+  return jit(stepFunction(model, config), { donate: [0], backend, name: 'trainStep' });
+}
+
+/** Host patches to a step batch. */
+export function stepBatch(patches: Float32Array, shape: readonly [number, number, number, number], top: Int32Array, left: Int32Array): StepBatch {
+  return { images: tensor(patches, shape), top: tensor(top, [shape[0]], 'int32'), left: tensor(left, [shape[0]], 'int32') };
+}
+
