@@ -1,0 +1,28 @@
+/** Every TypeScript snippet in the README runs as written (on the default backend) and exits cleanly. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const root = join(import.meta.dirname, '..');
+const readme = await readFile(join(root, 'README.md'), 'utf8');
+const snippets = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
+
+test('the README has runnable snippets', () => {
+  assert.ok(snippets.length >= 4, `found ${snippets.length} snippets`);
+});
+
+snippets.forEach((code, i) => {
+  const title = code.split('\n').find((l) => l.startsWith('import'))?.slice(0, 60) ?? '';
+  test(`README snippet ${i + 1} runs: ${title}`, async () => {
+    // Inside the package, so `import ... from 'tessera'` resolves to this checkout.
+    const dir = join(root, 'tests', '.readme');
+    await mkdir(dir, { recursive: true });
+    const file = join(dir, `snippet-${i + 1}.ts`);
+    await writeFile(file, code);
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', file], { cwd: root, timeout: 600_000 });
+    assert.ok(stdout.trim().length > 0, 'the snippet printed its result');
+  });
+});

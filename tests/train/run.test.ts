@@ -1,0 +1,79 @@
+/**
+ * End to end on the CPU backend with a tiny model: a short run writes its log, samples, loss plot
+ * and checkpoints; resuming continues bit for bit; a non-finite loss stops the run and leaves the
+ * last good checkpoint intact.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import '../../index.ts';
+import { flatten, type Tensor } from '../../core/index.ts';
+import { latestCheckpoint, loadCheckpoint } from '../../train/checkpoint.ts';
+import { resolveConfig } from '../../train/config.ts';
+import { orThrow } from '../../train/errors.ts';
+import { trainRun } from '../../train/run.ts';
+
+const tiny = (over: Record<string, unknown> = {}) =>
+  orThrow(resolveConfig({
+    backend: 'cpu',
+    model: { model_channels: 4, channel_mult: [1, 2], num_blocks: 1, attn_resolutions: [4], dropout: 0.1, channel_mult_emb: 2 },
+    data: { name: 'mnist', resolution: 8, limit: 64 },
+    train: {
+      batch_size: 2, steps: 6, lr: 0.01, lr_rampup_images: 8, ema_halflife_images: 16, ema_rampup_ratio: 0.5,
+      log_every: 1, sample_every: 6, checkpoint_every: 3, keep_checkpoints: 5, ...over,
+    },
+  }, {}));
+
+async function leaves(tree: unknown): Promise<number[][]> {
+  return Promise.all((flatten(tree as never).leaves as Tensor[]).map(async (t) => Array.from(await t.data())));
+}
+
+test('a short run writes log, sample grid, loss plot and checkpoints', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-run-'));
+  const result = await trainRun({ runDir: dir, config: tiny(), gridSamples: 4, sampleSteps: 3 });
+  assert.equal(result.step, 6);
+  assert.equal(result.log.length, 6);
+  assert.ok(result.log.every((l) => Number.isFinite(l.loss) && l.loss > 0));
+  // Patch sizes 2, 4 and 8 at R = 8 all occur in a few steps, with the batch multiplier.
+  assert.ok(new Set(result.log.map((l) => l.patch)).size >= 2, `patch sizes seen: ${result.log.map((l) => l.patch)}`);
+  const files = await readdir(dir);
+  for (const f of ['config.json', 'log.jsonl', 'loss.svg', 'samples-0000006.png', 'checkpoint-000000003', 'checkpoint-000000006']) {
+    assert.ok(files.includes(f), `${f} in ${files}`);
+  }
+  const logLines = (await readFile(join(dir, 'log.jsonl'), 'utf8')).trim().split('\n');
+  assert.equal(logLines.length, 6);
+  const ck = orThrow(await loadCheckpoint(join(dir, 'checkpoint-000000006'), { expectedConfig: tiny() }));
+  assert.equal(ck.step, 6);
+  assert.deepEqual(await leaves(ck.trees['params']), await leaves(result.state.params));
+});
+
+test('training 2N steps equals training N, stopping, resuming and training N more, bit for bit', async () => {
+  const config = tiny();
+  const straight = await trainRun({ runDir: await mkdtemp(join(tmpdir(), 'tessera-a-')), config, gridSamples: 0 });
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-b-'));
+  await trainRun({ runDir: dir, config, gridSamples: 0, stopAfter: 3 });
+  const resumed = await trainRun({ runDir: dir, config, gridSamples: 0, resume: true });
+  assert.equal(resumed.step, 6);
+  assert.deepEqual(await leaves(resumed.state.params), await leaves(straight.state.params));
+  assert.deepEqual(await leaves(resumed.state.ema), await leaves(straight.state.ema));
+  assert.deepEqual(await leaves(resumed.state.opt), await leaves(straight.state.opt));
+  assert.deepEqual(resumed.log.map((l) => l.loss), straight.log.map((l) => l.loss));
+});
+
+test('a non-finite loss stops the run with a clear message and the last good checkpoint intact', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-nan-'));
+  await trainRun({ runDir: dir, config: tiny({ steps: 3 }), gridSamples: 0 });
+  const good = await latestCheckpoint(dir);
+  // sigma = exp(100 + ...) overflows float32: the loss is not finite at the first step.
+  await assert.rejects(trainRun({ runDir: dir, config: tiny({ steps: 3, P_mean: 100 }), gridSamples: 0 }), /step 1: the loss is (NaN|Infinity); stopping\. The last good checkpoint/);
+  assert.equal(await latestCheckpoint(dir), good);
+  assert.ok(orThrow(await loadCheckpoint(good!)).step === 3);
+});
+
+test('resume refuses a checkpoint written with another config, naming the path', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-cfg-'));
+  await trainRun({ runDir: dir, config: tiny({ steps: 3 }), gridSamples: 0 });
+  await assert.rejects(trainRun({ runDir: dir, config: tiny({ steps: 3, lr: 0.02 }), gridSamples: 0, resume: true }), /train\.lr/);
+});
