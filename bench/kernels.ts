@@ -199,14 +199,17 @@ for (const c of selected) {
 const header = ['benchmark', 'tessera median ms', 'tessera', 'tf.js median ms', 'tf.js', 'speedup vs tf.js'];
 const table = [header, header.map(() => '---'), ...rows].map((r) => `| ${r.join(' | ')} |`).join('\n');
 const adapter = backend.describe()['adapter'] as Record<string, string>;
-const machine = `${os.cpus().length} CPU cores (${os.cpus()[0]?.model ?? 'unknown'}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; adapter: ${Object.values(adapter).join(', ') || 'unknown'}`;
+const load = os.loadavg().map((l) => l.toFixed(1)).join(', ');
+const machine = `${os.cpus().length} CPU cores (${os.cpus()[0]?.model ?? 'unknown'}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; adapter: ${Object.values(adapter).join(', ') || 'unknown'}; load average at the end: ${load}`;
 console.log(`\n${table}\n\n${machine}`);
 if (filter === undefined) {
   writeFileSync(
     new URL('./RESULTS.md', import.meta.url),
     `# Kernel benchmarks\n\nMeasured with \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}.\n\nMachine: ${machine}.\n\n` +
       'Each iteration runs the op and reads the whole result back (both libraries pay the same transfer); medians over at least 3 iterations after warm-up. ' +
-      'Convolutions: Tessera NCHW/OIHW, TF.js NHWC/HWIO, same FLOPs. Speedup = TF.js time / Tessera time.\n\n' +
+      'Convolutions: Tessera NCHW/OIHW, TF.js NHWC/HWIO, same FLOPs. Speedup = TF.js time / Tessera time. ' +
+      'When the load average is above the core count the machine was shared with other jobs: absolute rates are then several times ' +
+      'below an idle machine and the ratios are noisy (the two libraries run one after the other, not interleaved).\n\n' +
       `${table}\n`,
   );
 }

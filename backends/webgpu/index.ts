@@ -11,7 +11,7 @@ import type { DeviceBuffer } from '../../core/tensor.ts';
 import { acquireDevice, type GpuContext } from './device.ts';
 import { elementwiseBody } from './elementwise.ts';
 import { planFusion, splitCandidate } from './fusion.ts';
-import { gemmBody, gemmShape } from './gemm.ts';
+import { gemmBody, gemmShape, type Tile } from './gemm.ts';
 import { buildKernel, foldGrid, type KernelSource } from './kernel.ts';
 import { BufferPool, bindingBytes, planMemory, type MemoryPlan } from './memory.ts';
 import { PipelineCache } from './pipelines.ts';
@@ -42,11 +42,11 @@ interface WebGpuExecutable extends Executable {
 
 export interface WebGpuOptions {
   /** Tile candidates in order of preference (default: the built-in table). */
-  readonly tiles?: readonly import('./gemm.ts').Tile[];
+  readonly tiles?: readonly Tile[];
 }
 
 /** Kernel sources for a program, materializing more nodes until every kernel is within limits. */
-export function generateKernels(program: Program, maxStorageBuffers: number, tiles: readonly import('./gemm.ts').Tile[]): KernelSource[] {
+export function generateKernels(program: Program, maxStorageBuffers: number, tiles: readonly Tile[]): KernelSource[] {
   const forced = new Set<number>();
   for (let attempt = 0; ; attempt++) {
     const plan = planFusion(program, forced);
@@ -89,7 +89,7 @@ export class WebGpuBackend implements Backend {
   readonly dtypes: ReadonlySet<DType> = new Set<DType>(['float32', 'int32', 'bool']);
   private readonly pool: BufferPool;
   private readonly pipelines: PipelineCache;
-  private readonly tiles: readonly import('./gemm.ts').Tile[];
+  private readonly tiles: readonly Tile[];
 
   constructor(
     readonly ctx: GpuContext,

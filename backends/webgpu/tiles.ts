@@ -8,11 +8,13 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Tile } from './gemm.ts';
 
-/** Candidates, in the order measured best on lavapipe (rows per workgroup x columns per lane). */
+/** Candidates (rows per workgroup x columns per lane), in the order measured best on lavapipe. */
 export const TILE_CANDIDATES: readonly Tile[] = [
-  { rm: 8, rn: 4 },
   { rm: 8, rn: 8, adjacent: true },
-  { rm: 16, rn: 2 },
+  { rm: 8, rn: 8 },
+  { rm: 16, rn: 8, adjacent: true },
+  { rm: 8, rn: 4 },
+  { rm: 16, rn: 4, adjacent: true },
   { rm: 4, rn: 4 },
   { rm: 8, rn: 2 },
   { rm: 4, rn: 2 },
