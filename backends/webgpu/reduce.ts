@@ -1,8 +1,9 @@
 /**
  * Reductions (sum, max) with their prologue (the fused expression they read) and epilogue (the
- * same-index chain from the reduction to the kernel's root). Many short rows: one invocation per
- * output element. Few or long rows: one workgroup per output, strided partial results combined by
- * a tree in workgroup memory.
+ * same-index chain from the reduction to the kernel's root). Usually one invocation per output
+ * element; only for fewer than 64 long rows (where that would leave the device idle) one workgroup
+ * per output, strided partial results combined by a tree in workgroup memory. Barrier trees are
+ * slow to compile and run on lavapipe, so they are kept to the case that needs them.
  */
 import type { Program } from '../../core/program.ts';
 import { sizeOf, stridesOf } from '../../core/shape.ts';
@@ -59,7 +60,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
   const { kept, reduced } = runs(inShape, axes);
   const t = valueType(h.dtype);
   const identity = reduceIdentity(fn, h.dtype);
-  const tree = rowSize >= 4096 || (rowSize >= 256 && outSize < 2048);
+  const tree = outSize < 64 && rowSize >= 256;
 
   const accumulate = (em: Emitter, base: string, start: string, step: number): void => {
     em.line(`var acc: ${t} = ${identity};`);
