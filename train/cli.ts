@@ -13,7 +13,7 @@ import { restoreLike, sampleGrid, trainRun } from './run.ts';
 import { buildModel, initState } from './step.ts';
 
 const USAGE = `usage:
-  tessera train [--config FILE] [--run DIR] [--resume] [--stop-after N] [--section.key=value ...]
+  tessera train [--config FILE] [--run DIR] [--resume] [--stop-after N] [--backend cpu|webgpu] [--section.key=value ...]
   tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png]
   tessera info`;
 
@@ -30,7 +30,7 @@ function parseArgs(argv: readonly string[], flags: readonly string[], switches: 
       const value = m[2] ?? argv[++i];
       if (value === undefined) throw new TesseraError(`--${m[1]} needs a value\n${USAGE}`);
       opts.set(m[1]!, value);
-    } else if (arg.startsWith('--') && arg.includes('.')) {
+    } else if (arg.startsWith('--') && (arg.includes('.') || arg.startsWith('--backend='))) {
       rest.push(arg);
     } else {
       throw new TesseraError(`unknown argument '${arg}'\n${USAGE}`);
@@ -47,7 +47,8 @@ function positiveInt(name: string, value: string | undefined, dflt: number): num
 }
 
 async function train(argv: readonly string[]): Promise<void> {
-  const { opts, rest } = parseArgs(argv, ['config', 'run', 'stop-after', 'grid'], ['resume']);
+  const { opts, rest } = parseArgs(argv, ['config', 'run', 'stop-after', 'grid', 'backend'], ['resume']);
+  if (opts.has('backend')) rest.push(`--backend=${opts.get('backend')}`);
   const resume = opts.get('resume') === 'true';
   const runDir = resolve(opts.get('run') ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-')));
   let config: TrainingConfig;
