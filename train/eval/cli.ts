@@ -1,0 +1,43 @@
+/**
+ * `tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0]
+ * [--backend cpu|webgpu]`: samples N images from a checkpoint's EMA params and writes FD, KID and
+ * precision/recall against the dataset's real images as JSON (to --out, and to stdout).
+ */
+import { writeFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { setDefaultBackend, TesseraError } from '../../core/index.ts';
+import { evaluateCheckpoint } from './evaluate.ts';
+
+export const EVAL_USAGE = 'tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0] [--backend cpu|webgpu]';
+
+function count(name: string, value: string | undefined, dflt?: number): number | undefined {
+  if (value === undefined) return dflt;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new TesseraError(`eval: --${name} expects an integer >= 1, got '${value}'\n  ${EVAL_USAGE}`);
+  return n;
+}
+
+export async function evalCommand(argv: readonly string[]): Promise<void> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: {
+        checkpoint: { type: 'string' }, samples: { type: 'string' }, out: { type: 'string' }, steps: { type: 'string' },
+        real: { type: 'string' }, seed: { type: 'string' }, backend: { type: 'string' },
+      },
+    }));
+  } catch (e) {
+    throw new TesseraError(`eval: ${(e as Error).message}\n  ${EVAL_USAGE}`);
+  }
+  if (values.checkpoint === undefined) throw new TesseraError(`eval: --checkpoint is required\n  ${EVAL_USAGE}`);
+  const samples = count('samples', values.samples);
+  if (samples === undefined) throw new TesseraError(`eval: --samples is required\n  ${EVAL_USAGE}`);
+  if (values.backend !== undefined) setDefaultBackend(values.backend);
+  const { result } = await evaluateCheckpoint(values.checkpoint, {
+    samples, steps: count('steps', values.steps, 18), real: count('real', values.real), seed: values.seed === undefined ? 0 : count('seed', values.seed),
+  });
+  const json = JSON.stringify(result, null, 2) + '\n';
+  if (values.out !== undefined) await writeFile(values.out, json);
+  process.stdout.write(json);
+}
