@@ -104,6 +104,15 @@ export class WebGpuBackend implements Backend {
     this.ctx.checkAlive(`compiling ${program.name}`);
     for (const nd of program.nodes) checkDType(nd.dtype, program.name);
     const sources = generateKernels(program, this.ctx.limits.maxStorageBuffersPerShaderStage, this.tiles);
+    const maxBinding = this.ctx.limits.maxStorageBufferBindingSize;
+    for (const s of sources) {
+      for (const n of [...s.reads, s.writes]) {
+        const bytes = bindingBytes(sizeOf(program.nodes[n]!.shape));
+        if (s.workgroups > 0 && bytes > maxBinding) {
+          throw new BackendError(`${s.label}: a ${fmtShape(program.nodes[n]!.shape)} tensor needs ${bytes} bytes, over the device's binding limit of ${maxBinding}`);
+        }
+      }
+    }
     const kernels = sources.map((source) => ({ source, pipeline: source.workgroups === 0 ? undefined : this.pipelines.get(source.label, source.wgsl) }));
     return { program, kernels, memory: planMemory(program, sources) };
   }
@@ -216,18 +225,16 @@ export class WebGpuBackend implements Backend {
     }
 
     const device = this.ctx.device;
-    const maxBinding = this.ctx.limits.maxStorageBufferBindingSize;
     const maxDim = this.ctx.limits.maxComputeWorkgroupsPerDimension;
     this.ctx.scoped(`program ${program.name}`, () => {
       const enc = device.createCommandEncoder({ label: program.name });
       const pass = enc.beginComputePass({ label: program.name });
       for (const { source, pipeline } of exe.kernels) {
         if (pipeline === undefined) continue;
-        const entries = [...source.reads, source.writes].map((n, binding) => {
-          const bytes = bindingBytes(sizeOf(nodes[n]!.shape));
-          if (bytes > maxBinding) throw new BackendError(`${source.label}: a ${fmtShape(nodes[n]!.shape)} tensor needs ${bytes} bytes, over the device's binding limit of ${maxBinding}`);
-          return { binding, resource: { buffer: where.get(n)!, offset: 0, size: bytes } };
-        });
+        const entries = [...source.reads, source.writes].map((n, binding) => ({
+          binding,
+          resource: { buffer: where.get(n)!, offset: 0, size: bindingBytes(sizeOf(nodes[n]!.shape)) },
+        }));
         const group = device.createBindGroup({ label: source.label, layout: pipeline.getBindGroupLayout(0), entries });
         pass.setPipeline(pipeline);
         pass.setBindGroup(0, group);
