@@ -48,11 +48,7 @@ export function dispose(t: Tensor): void {
   }
 }
 
-Object.defineProperty(Tensor.prototype, Symbol.dispose, {
-  value(this: Tensor) {
-    dispose(this);
-  },
-});
+evaluation.dispose = dispose;
 
 /** Host tensors uploaded to a backend, kept while the tensor lives. */
 const uploads = new WeakMap<Tensor, { buffers: Map<string, DeviceBuffer>; releases: Map<string, () => void> }>();

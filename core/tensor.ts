@@ -84,8 +84,10 @@ export type Storage =
 /** Hooks set by the evaluation module (kept out of this file to avoid an import cycle). */
 export const evaluation: {
   data: (t: Tensor) => Promise<TypedArray>;
+  dispose: (t: Tensor) => void;
 } = {
   data: () => Promise.reject(new TesseraError('evaluation is not initialised: import tessera from its index')),
+  dispose: () => undefined,
 };
 
 let nextId = 0;
@@ -147,6 +149,11 @@ export class Tensor {
   /** Evaluates (if needed) and reads the values back to the host. */
   data(): Promise<TypedArray> {
     return evaluation.data(this);
+  }
+
+  /** Frees the tensor's device memory now (`using t = ...`); reading it afterwards fails. */
+  [Symbol.dispose](): void {
+    evaluation.dispose(this);
   }
 
   /** Reads a one-element tensor as a number. */
