@@ -2,10 +2,12 @@
  * `tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0]
  * [--backend cpu|webgpu]`: samples N images from a checkpoint's EMA params and writes FD, KID and
  * precision/recall against the dataset's real images as JSON (to --out, and to stdout).
+ * Sampling and features run on --backend, else the default backend (TESSERA_BACKEND, or WebGPU
+ * when an adapter exists).
  */
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { setDefaultBackend, TesseraError } from '../../core/index.ts';
+import { setDefaultBackend, TesseraError } from '../../index.ts';
 import { evaluateCheckpoint } from './evaluate.ts';
 
 export const EVAL_USAGE = 'tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0] [--backend cpu|webgpu]';

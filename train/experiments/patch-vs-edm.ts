@@ -14,7 +14,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import '../../index.ts';
+import { setDefaultBackend } from '../../index.ts';
 import { parameterCount } from '../../models/nn.ts';
 import { listCheckpoints } from '../checkpoint.ts';
 import { resolveConfig, type TrainingConfig } from '../config.ts';
@@ -188,6 +188,8 @@ async function writePlots(o: ExperimentOptions, outcomes: readonly RunOutcome[])
 
 export async function runExperiment(o: ExperimentOptions): Promise<RunOutcome[]> {
   const began = performance.now();
+  // Sampling and features run on the experiment's backend too (jit uses the default one).
+  setDefaultBackend(o.backend);
   await mkdir(o.out, { recursive: true });
   await mkdir(dirname(o.doc), { recursive: true });
   const outcomes: RunOutcome[] = [];
