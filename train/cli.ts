@@ -9,12 +9,14 @@ import { getBackend, registeredBackends, TesseraError } from '../core/index.ts';
 import { latestCheckpoint, loadCheckpoint } from './checkpoint.ts';
 import { resolveConfig, loadConfig, type TrainingConfig } from './config.ts';
 import { orThrow } from './errors.ts';
+import { EVAL_USAGE, evalCommand } from './eval/cli.ts';
 import { restoreLike, sampleGrid, trainRun } from './run.ts';
 import { buildModel, initState } from './step.ts';
 
 const USAGE = `usage:
   tessera train [--config FILE] [--run DIR] [--resume] [--stop-after N] [--backend cpu|webgpu] [--section.key=value ...]
   tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png]
+  ${EVAL_USAGE}
   tessera info`;
 
 /** Splits `--flag value` / `--flag=value` options from config overrides (`--a.b=v`, which contain a dot). */
@@ -103,6 +105,8 @@ async function main(argv: readonly string[]): Promise<void> {
       return train(rest);
     case 'sample':
       return sample(rest);
+    case 'eval':
+      return evalCommand(rest);
     case 'info':
       return info();
     default:
