@@ -113,30 +113,47 @@ export function planFusion(program: Program, forced: ReadonlySet<number>): Fusio
 }
 
 /**
- * The inlined node of a kernel whose removal (by materializing it) takes the most buffer bindings
- * away from the kernel, or undefined when no inner node can help.
+ * Inlined nodes of a kernel to materialize so that it binds at most `maxReads` buffers: repeatedly
+ * the largest inner subexpression that reads at most `maxReads` buffers itself (so the piece split
+ * off fits at once), else the one that takes the most bindings away. Empty when no inner node helps.
  */
-export function splitCandidate(program: Program, plan: FusionPlan, kernel: KernelPlan): number | undefined {
+export function splitCandidates(program: Program, plan: FusionPlan, kernel: KernelPlan, maxReads: number): number[] {
   const nodes = program.nodes;
-  const leaves = new Map<number, Set<number>>();
-  const leafSet = (n: number): Set<number> => {
-    const hit = leaves.get(n);
-    if (hit !== undefined) return hit;
-    const s = new Set<number>();
-    if (plan.materialized.has(n) && n !== kernel.root) s.add(n);
-    else for (const j of nodes[n]!.inputs) leafSet(j).forEach((x) => s.add(x));
-    leaves.set(n, s);
-    return s;
-  };
-  const total = leafSet(kernel.root).size;
-  let best: number | undefined;
-  let bestSize = 1;
-  for (const [n, s] of leaves) {
-    if (n === kernel.root || n === kernel.heavy || plan.materialized.has(n)) continue;
-    if (s.size > bestSize && s.size < total) {
-      best = n;
-      bestSize = s.size;
+  const cut = new Set<number>();
+  const out: number[] = [];
+  for (let round = 0; round < nodes.length; round++) {
+    const leaves = new Map<number, Set<number>>();
+    const leafSet = (n: number): Set<number> => {
+      const hit = leaves.get(n);
+      if (hit !== undefined) return hit;
+      const s = new Set<number>();
+      if ((plan.materialized.has(n) || cut.has(n)) && n !== kernel.root) s.add(n);
+      else for (const j of nodes[n]!.inputs) leafSet(j).forEach((x) => s.add(x));
+      leaves.set(n, s);
+      return s;
+    };
+    const total = leafSet(kernel.root).size;
+    if (total <= maxReads) break;
+    let fit: number | undefined;
+    let fitSize = 1;
+    let best: number | undefined;
+    let bestSize = 1;
+    for (const [n, s] of leaves) {
+      if (n === kernel.root || n === kernel.heavy || plan.materialized.has(n) || cut.has(n)) continue;
+      if (s.size > fitSize && s.size <= maxReads && s.size < total) {
+        fit = n;
+        fitSize = s.size;
+      }
+      if (s.size > bestSize && s.size < total) {
+        best = n;
+        bestSize = s.size;
+      }
     }
+    const c = fit ?? best;
+    if (c === undefined) break;
+    cut.add(c);
+    out.push(c);
+    if (fit === undefined) break; // the piece split off is itself too wide: the next attempt splits it
   }
-  return best;
+  return out;
 }

@@ -10,7 +10,7 @@ import { sizeOf, type Shape } from '../../core/shape.ts';
 import type { DeviceBuffer } from '../../core/tensor.ts';
 import { acquireDevice, type GpuContext } from './device.ts';
 import { elementwiseBody } from './elementwise.ts';
-import { planFusion, splitCandidate } from './fusion.ts';
+import { planFusion, splitCandidates, type FusionPlan, type KernelPlan } from './fusion.ts';
 import { gemmBody, gemmShape, type Tile } from './gemm.ts';
 import { buildKernel, foldGrid, type KernelSource } from './kernel.ts';
 import { BufferPool, bindingBytes, planMemory, type MemoryPlan } from './memory.ts';
@@ -48,30 +48,43 @@ export interface WebGpuOptions {
 /** Kernel sources for a program, materializing more nodes until every kernel is within limits. */
 export function generateKernels(program: Program, maxStorageBuffers: number, tiles: readonly Tile[]): KernelSource[] {
   const forced = new Set<number>();
+  // Sources by root from earlier attempts: a kernel is rebuilt only when the plan changed for a
+  // node it looked at (each attempt forces a few nodes, so rebuilding everything is quadratic).
+  const cache = new Map<number, { heavy: number | undefined; source: KernelSource; materialized: boolean[] }>();
   for (let attempt = 0; ; attempt++) {
     const plan = planFusion(program, forced);
     const sources = plan.kernels.map((k) => {
-      const node = program.nodes[k.root]!;
-      if (sizeOf(node.shape) === 0) return emptyKernel(program, k.root);
-      if (k.heavy === undefined) return buildKernel(program, plan, k, elementwiseBody(k.root, node));
-      if (program.nodes[k.heavy]!.prim.op === 'reduce') return buildKernel(program, plan, k, reduceBody(program, k.root, k.heavy));
-      const s = gemmShape(program, k.heavy);
-      return buildKernel(program, plan, k, gemmBody(program, k.root, k.heavy, chooseTile(tiles, s.m, s.n)));
+      const hit = cache.get(k.root);
+      if (hit !== undefined && hit.heavy === k.heavy && (hit.source.touched ?? []).every((n, i) => plan.materialized.has(n) === hit.materialized[i])) {
+        return hit.source;
+      }
+      const source = kernelSource(program, plan, k, tiles);
+      cache.set(k.root, { heavy: k.heavy, source, materialized: (source.touched ?? []).map((n) => plan.materialized.has(n)) });
+      return source;
     });
     const before = forced.size;
     sources.forEach((s, i) => {
       s.overused.forEach((n) => forced.add(n));
       if (s.reads.length + 1 > maxStorageBuffers) {
-        const c = splitCandidate(program, plan, plan.kernels[i]!);
-        if (c === undefined) {
+        const cs = splitCandidates(program, plan, plan.kernels[i]!, maxStorageBuffers - 1);
+        if (cs.length === 0) {
           throw new BackendError(`${s.label}: needs ${s.reads.length + 1} storage buffers, the device allows ${maxStorageBuffers}, and the kernel cannot be split`);
         }
-        forced.add(c);
+        cs.forEach((c) => forced.add(c));
       }
     });
     if (forced.size === before) return sources;
     if (attempt > program.nodes.length) throw new BackendError(`${program.name}: kernel fusion did not converge`);
   }
+}
+
+function kernelSource(program: Program, plan: FusionPlan, k: KernelPlan, tiles: readonly Tile[]): KernelSource {
+  const node = program.nodes[k.root]!;
+  if (sizeOf(node.shape) === 0) return emptyKernel(program, k.root);
+  if (k.heavy === undefined) return buildKernel(program, plan, k, elementwiseBody(k.root, node));
+  if (program.nodes[k.heavy]!.prim.op === 'reduce') return buildKernel(program, plan, k, reduceBody(program, k.root, k.heavy));
+  const s = gemmShape(program, k.heavy);
+  return buildKernel(program, plan, k, gemmBody(program, k.root, k.heavy, chooseTile(tiles, s.m, s.n)));
 }
 
 /** Identifies an adapter in the tile-tuning cache. */

@@ -20,6 +20,11 @@ export interface KernelSource {
   readonly workgroups: number;
   /** Nodes the generator wants materialized before it can produce this kernel within limits. */
   readonly overused: ReadonlySet<number>;
+  /**
+   * Every node whose materialization the generator looked at: the source depends on the fusion plan
+   * only through these, so a later plan that agrees on them yields the same kernel.
+   */
+  readonly touched?: readonly number[];
 }
 
 /** The body of a kernel, written against an emitter whose materialized nodes are bound. */
@@ -38,7 +43,9 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
   const nodes = program.nodes;
   const reads: number[] = [];
   const names = new Map<number, string>();
+  const touched = new Set<number>();
   const em = new Emitter(nodes, (n) => {
+    touched.add(n);
     if (n === k.root || !plan.materialized.has(n)) return undefined;
     let name = names.get(n);
     if (name === undefined) {
@@ -69,7 +76,7 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
     '',
   ].join('\n');
   const label = `${program.name}/${body.kind}${k.root}`;
-  return { label, wgsl, reads, writes: k.root, workgroups: body.workgroups, overused: em.overused };
+  return { label, wgsl, reads, writes: k.root, workgroups: body.workgroups, overused: em.overused, touched: [...touched] };
 }
 
 /** Splits a linear workgroup count into a grid within `maxPerDim` per dimension. */
