@@ -217,6 +217,7 @@ export function gemmBody(program: Program, root: number, heavy: number, tile: Ti
   return {
     kind: c.kind,
     workgroupSize: LANES,
+    opaqueOne: true,
     workgroups: c.batch * rowTiles * colTiles,
     emit(em, store) {
       // Consecutive workgroups share a column block (B's columns stay in cache) and walk the rows.
@@ -232,7 +233,7 @@ export function gemmBody(program: Program, root: number, heavy: number, tile: Ti
       // An empty contraction (k = 0) leaves zeros; its loaders would index empty tensors.
       if (c.k > 0) {
         const ctx = cols.map((j) => c.col(em, 'bt', `col${j}`));
-        em.block(`for (var k = 0u; k < ${c.k}u; k++)`, () => {
+        em.block(`for (var k = 0u; k < ${c.k}u * one; k++)`, () => {
           const as = rows.map((i) => c.a(em, 'bt', `row${i}`, 'k'));
           const bs = cols.map((j) => c.b(em, 'bt', 'k', ctx[j]!));
           for (const i of rows) for (const j of cols) em.line(`acc${i}_${j} = fma(${as[i]}, ${bs[j]}, acc${i}_${j});`);

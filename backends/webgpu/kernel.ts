@@ -32,6 +32,8 @@ export interface KernelBody {
   readonly kind: string;
   readonly workgroupSize: number;
   readonly workgroups: number;
+  /** Defines `one`, a 1 the shader compiler cannot fold, for loop bounds it should not unroll. */
+  readonly opaqueOne?: boolean;
   /** Module-scope declarations (workgroup memory). */
   readonly decls?: string;
   /** Emits the body; `wid` is the linear workgroup id, `li` the local invocation index. */
@@ -58,6 +60,9 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
   const root = nodes[k.root]!;
   em.line(`let wid = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;`);
   em.line(`if (wid >= ${body.workgroups}u) { return; }`);
+  // A 1 that the shader compiler cannot see through (the output binding is never empty): loop
+  // bounds multiplied by it are not constants, so LLVM (lavapipe) does not unroll long loops.
+  if (body.opaqueOne === true) em.line('let one = min(arrayLength(&out), 1u);');
   body.emit(em, (index, value) => em.line(`out[${index}] = ${toStorage(root.dtype, value)};`));
   const code = em.code();
   const decl = [

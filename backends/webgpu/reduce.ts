@@ -65,7 +65,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
   const accumulate = (em: Emitter, base: string, start: string, step: number): void => {
     em.line(`var acc: ${t} = ${identity};`);
     if (rowSize === 0) return;
-    em.block(`for (var r = ${start}; r < ${rowSize}u; r += ${step}u)`, () => {
+    em.block(`for (var r = ${start}; r < ${rowSize}u * one; r += ${step}u)`, () => {
       const j = em.index(`${base} + ${offset(em, 'r', reduced)}`);
       em.line(`acc = ${reduceStep(fn, h.dtype, 'acc', em.value(input, j))};`);
     });
@@ -75,6 +75,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
     return {
       kind: 'reduce',
       workgroupSize: THREAD_WG,
+      opaqueOne: true,
       workgroups: Math.ceil(outSize / THREAD_WG),
       emit(em, store) {
         em.line(`let o = wid * ${THREAD_WG}u + li;`);
@@ -89,6 +90,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
   return {
     kind: 'reduce',
     workgroupSize: TREE_WG,
+    opaqueOne: true,
     workgroups: outSize,
     decls: `var<workgroup> partial: array<${t}, ${TREE_WG}>;`,
     emit(em, store) {
