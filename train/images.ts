@@ -14,6 +14,8 @@ export interface GridOptions {
   readonly padding?: number;
   /** Grey level 0..255 of the padding (default 255, white). */
   readonly background?: number;
+  /** Each image pixel becomes scale x scale PNG pixels (nearest neighbour; default 1), so small samples stay visible. */
+  readonly scale?: number;
 }
 
 /** The 8-bit value of a sample value in [-1, 1]. */
@@ -32,20 +34,22 @@ export function imageGridPng(images: Float32Array, shape: readonly [number, numb
   const columns = options.columns ?? Math.ceil(Math.sqrt(n));
   const padding = options.padding ?? 2;
   const background = options.background ?? 255;
+  const scale = options.scale ?? 1;
+  if (!Number.isInteger(scale) || scale < 1) throw new DataError(`imageGridPng: scale must be an integer >= 1, got ${scale}`);
   const rows = Math.ceil(n / columns);
-  const width = columns * (w + padding) + padding;
-  const height = rows * (h + padding) + padding;
+  const width = columns * (w * scale + padding) + padding;
+  const height = rows * (h * scale + padding) + padding;
   const png = new PNG({ width, height, colorType: 6 });
   png.data.fill(background);
   for (let p = 3; p < png.data.length; p += 4) png.data[p] = 255;
   for (let i = 0; i < n; i++) {
-    const x0 = padding + (i % columns) * (w + padding);
-    const y0 = padding + Math.floor(i / columns) * (h + padding);
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
+    const x0 = padding + (i % columns) * (w * scale + padding);
+    const y0 = padding + Math.floor(i / columns) * (h * scale + padding);
+    for (let y = 0; y < h * scale; y++) {
+      for (let x = 0; x < w * scale; x++) {
         const at = 4 * ((y0 + y) * width + x0 + x);
         for (let ch = 0; ch < 3; ch++) {
-          const src = ((i * c + (c === 1 ? 0 : ch)) * h + y) * w + x;
+          const src = ((i * c + (c === 1 ? 0 : ch)) * h + Math.floor(y / scale)) * w + Math.floor(x / scale);
           png.data[at + ch] = toPixel(images[src]!);
         }
       }

@@ -150,7 +150,8 @@ function formatEta(seconds: number): string {
 export async function sampleGrid(model: Model, params: TrainState['ema'], config: TrainingConfig, count: number, steps: number, seed: number): Promise<Uint8Array> {
   const { height, width } = fullSize(config);
   const x = await heunSampler(makeDenoiser(params, model), { key: random.key(seed), shape: [count, config.model.img_channels, height, width], numSteps: steps });
-  return imageGridPng((await x.data()) as Float32Array, [count, config.model.img_channels, height, width]);
+  // Small images are drawn at least 64 pixels tall, so a 16x16 sample is visible as it is.
+  return imageGridPng((await x.data()) as Float32Array, [count, config.model.img_channels, height, width], { scale: Math.max(1, Math.floor(64 / height)) });
 }
 
 /** Trains per the config, writing everything to the run folder. */

@@ -40,3 +40,15 @@ test('images: grey images fill all three colour channels; bad shapes are rejecte
   assert.throws(() => imageGridPng(new Float32Array(5), [1, 1, 2, 2]), /5 values do not fill shape \[1,1,2,2\]/);
   assert.throws(() => imageGridPng(new Float32Array(8), [1, 2, 2, 2]), /1 or 3 channels, got 2/);
 });
+
+test('scale draws each pixel as a scale x scale block', () => {
+  const png = PNG.sync.read(Buffer.from(imageGridPng(new Float32Array([1, -1, 0, 0.5]), [1, 1, 2, 2], { padding: 1, scale: 3 })));
+  assert.equal(png.width, 1 + 6 + 1);
+  assert.equal(png.height, 8);
+  const grey = (x: number, y: number) => png.data[4 * (y * png.width + x)];
+  // Image pixel (row 0, col 1) = -1 -> 0 covers PNG pixels x in [4, 7), y in [1, 4).
+  for (let y = 1; y < 4; y++) for (let x = 4; x < 7; x++) assert.equal(grey(x, y), 0);
+  assert.equal(grey(1, 1), toPixel(1));
+  assert.equal(grey(6, 6), toPixel(0.5));
+  assert.throws(() => imageGridPng(new Float32Array(4), [1, 1, 2, 2], { scale: 0 }), /scale must be an integer >= 1, got 0/);
+});
