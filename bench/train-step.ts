@@ -1,12 +1,13 @@
 /**
- * One training step of the demo diffusion UNet (train/configs/demo.json) on WebGPU and on the CPU,
- * in the same process: the patch model at the three patch sizes a Patch Diffusion run uses (16, 8,
- * 4 with batch multipliers 1, 2, 4 at base batch 32) and the full-image EDM baseline at 32x32.
+ * One training step of the demo diffusion UNet (train/configs/demo.json, or --config) on WebGPU and
+ * on the CPU, in the same process: the patch model at the three patch sizes a Patch Diffusion run
+ * uses (R, R/2, R/4 with batch multipliers 1, 2, 4 at the config's batch size) and the full-image
+ * EDM baseline (no coordinates) at R, with the same network.
  * Prints, per case and backend: codegen/compile ms, kernels per step and distinct pipelines, the
  * first run (which on lavapipe includes compiling every new pipeline), and the median steady-state
  * step with images/s; then the webgpu/cpu ratio.
  *
- *   npx tsx bench/train-step.ts [--cases patch16,patch8,patch4,edm32] [--backends webgpu,cpu] [--steps 3] [--shader-cache]
+ *   npx tsx bench/train-step.ts [--config FILE] [--cases patchR,patchR/2,patchR/4,edm] [--backends webgpu,cpu] [--steps 3] [--shader-cache]
  */
 import '../index.ts';
 import { readFileSync } from 'node:fs';
@@ -14,13 +15,14 @@ import { getBackend, buildProgram, realize, flatten } from '../core/index.ts';
 import type { Backend } from '../core/backend.ts';
 import { resolveConfig } from '../train/config.ts';
 import { orThrow } from '../train/errors.ts';
-import { buildModel, initState, stepFunction, stepBatch } from '../train/step.ts';
+import { buildModel, fullSize, initState, stepFunction, stepBatch } from '../train/step.ts';
 
 const arg = (name: string, dflt: string): string => {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1]! : dflt;
 };
-const caseNames = arg('cases', 'patch16,patch8,patch4,edm32').split(',');
+const caseNames = arg('cases', 'patchR,patchR/2,patchR/4,edm').split(',');
+const configFile = arg('config', 'train/configs/demo.json');
 const backends = arg('backends', 'webgpu,cpu').split(',');
 const steps = Number(arg('steps', '3'));
 process.env['XDG_RUNTIME_DIR'] ??= '/tmp/xdg';
@@ -28,12 +30,14 @@ process.env['XDG_RUNTIME_DIR'] ??= '/tmp/xdg';
 // first-run compilation that a fresh machine (or a changed kernel) pays. --shader-cache keeps it.
 if (!process.argv.includes('--shader-cache')) process.env['MESA_SHADER_CACHE_DISABLE'] ??= 'true';
 
-const BASE = 32;
+const baseConfig = orThrow(resolveConfig(JSON.parse(readFileSync(configFile, 'utf8')), {}));
+const R = fullSize(baseConfig).height;
+const BASE = baseConfig.train.batch_size;
 const CASES: Record<string, { kind: 'patch' | 'edm'; size: number; batch: number }> = {
-  patch16: { kind: 'patch', size: 16, batch: BASE },
-  patch8: { kind: 'patch', size: 8, batch: 2 * BASE },
-  patch4: { kind: 'patch', size: 4, batch: 4 * BASE },
-  edm32: { kind: 'edm', size: 32, batch: BASE },
+  patchR: { kind: 'patch', size: R, batch: BASE },
+  'patchR/2': { kind: 'patch', size: R / 2, batch: 2 * BASE },
+  'patchR/4': { kind: 'patch', size: R / 4, batch: 4 * BASE },
+  edm: { kind: 'edm', size: R, batch: BASE },
 };
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
@@ -52,7 +56,7 @@ interface Row {
 
 async function measure(name: string, be: Backend): Promise<Row> {
   const c = CASES[name]!;
-  const json = JSON.parse(readFileSync('train/configs/demo.json', 'utf8'));
+  const json = JSON.parse(readFileSync(configFile, 'utf8'));
   json.model.kind = c.kind;
   const config = orThrow(resolveConfig(json, {}));
   const model = buildModel(config);
@@ -60,8 +64,8 @@ async function measure(name: string, be: Backend): Promise<Row> {
   await realize(flatten(state as never).leaves as never, 'cpu');
   const b = c.batch;
   const images = new Float32Array(b * c.size * c.size).map((_, i) => Math.sin(i * 0.37));
-  const top = new Int32Array(b).map((_, i) => (i * 5) % (32 - c.size + 1));
-  const left = new Int32Array(b).map((_, i) => (i * 3) % (32 - c.size + 1));
+  const top = new Int32Array(b).map((_, i) => (i * 5) % (R - c.size + 1));
+  const left = new Int32Array(b).map((_, i) => (i * 3) % (R - c.size + 1));
   const out = stepFunction(model, config)(state, stepBatch(images, [b, 1, c.size, c.size], top, left));
   const { program, lifted } = buildProgram(`trainStep-${name}`, flatten(out as never).leaves as never[]);
   let t0 = performance.now();

@@ -74,14 +74,13 @@ function inputPos(o: number, tap: number, axis: 0 | 1, a: ConvAttrs): number {
 }
 
 /**
- * Unfolds one image's group of input channels into columns (im2col): row k = (c, ky, kx) holds,
- * for every output position p = (oy, ox), the input value that tap reads (0 in the padding). Every
- * convolution below is then a product with contiguous inner loops over positions.
+ * The index map behind im2col: for column row k = (c, ky, kx) of one image's group of input
+ * channels and each output row oy, calls `visit` with the offset of the column segment, the input
+ * offset it reads, the valid output columns [ox0, ox1) (the rest is padding) and the input stride.
  */
-function im2col(x: TypedArray, n: number, group: number, g: ConvGeometry, cols: Float64Array): void {
+function forEachTapRow(n: number, group: number, g: ConvGeometry, visit: (cRow: number, xRow: number, ox0: number, ox1: number, sx: number) => void): void {
   const a = g.attrs;
   const positions = g.oh * g.ow;
-  cols.fill(0);
   for (let c = 0; c < g.cg; c++) {
     const xPlane = (n * g.inChannels + group * g.cg + c) * g.h * g.w;
     for (let ky = 0; ky < g.kh; ky++) {
@@ -89,37 +88,31 @@ function im2col(x: TypedArray, n: number, group: number, g: ConvGeometry, cols: 
       for (let kx = 0; kx < g.kw; kx++) {
         const [ox0, ox1] = validRange(kx, g.w, g.ow, 1, a);
         const row = ((c * g.kh + ky) * g.kw + kx) * positions;
-        const sx = a.stride[1];
         for (let oy = oy0; oy < oy1; oy++) {
-          const xRow = xPlane + inputPos(oy, ky, 0, a) * g.w + inputPos(0, kx, 1, a);
-          const cRow = row + oy * g.ow;
-          for (let ox = ox0; ox < ox1; ox++) cols[cRow + ox] = x[xRow + ox * sx]!;
+          visit(row + oy * g.ow, xPlane + inputPos(oy, ky, 0, a) * g.w + inputPos(0, kx, 1, a), ox0, ox1, a.stride[1]);
         }
       }
     }
   }
 }
 
+/**
+ * Unfolds one image's group of input channels into columns (im2col): row k = (c, ky, kx) holds,
+ * for every output position p = (oy, ox), the input value that tap reads (0 in the padding). Every
+ * convolution below is then a product with contiguous inner loops over positions.
+ */
+function im2col(x: TypedArray, n: number, group: number, g: ConvGeometry, cols: Float64Array): void {
+  cols.fill(0);
+  forEachTapRow(n, group, g, (cRow, xRow, ox0, ox1, sx) => {
+    for (let ox = ox0; ox < ox1; ox++) cols[cRow + ox] = x[xRow + ox * sx]!;
+  });
+}
+
 /** The transpose of im2col: adds each column entry back onto the input position it was read from. */
 function col2imAdd(cols: Float64Array, n: number, group: number, g: ConvGeometry, dx: Float64Array): void {
-  const a = g.attrs;
-  const positions = g.oh * g.ow;
-  for (let c = 0; c < g.cg; c++) {
-    const xPlane = (n * g.inChannels + group * g.cg + c) * g.h * g.w;
-    for (let ky = 0; ky < g.kh; ky++) {
-      const [oy0, oy1] = validRange(ky, g.h, g.oh, 0, a);
-      for (let kx = 0; kx < g.kw; kx++) {
-        const [ox0, ox1] = validRange(kx, g.w, g.ow, 1, a);
-        const row = ((c * g.kh + ky) * g.kw + kx) * positions;
-        const sx = a.stride[1];
-        for (let oy = oy0; oy < oy1; oy++) {
-          const xRow = xPlane + inputPos(oy, ky, 0, a) * g.w + inputPos(0, kx, 1, a);
-          const cRow = row + oy * g.ow;
-          for (let ox = ox0; ox < ox1; ox++) dx[xRow + ox * sx]! += cols[cRow + ox]!;
-        }
-      }
-    }
-  }
+  forEachTapRow(n, group, g, (cRow, xRow, ox0, ox1, sx) => {
+    for (let ox = ox0; ox < ox1; ox++) dx[xRow + ox * sx]! += cols[cRow + ox]!;
+  });
 }
 
 /** y = conv2d(x, w) of shape [N, O, OH, OW]: per image and group, y = W (im2col x). */
