@@ -138,7 +138,12 @@ export function resultsMarkdown(o: ExperimentOptions, outcomes: readonly RunOutc
   lines.push(`- Patch runs: patch sizes R/4, R/2, R with probabilities (1-p)·2/5, (1-p)·3/5, p and the batch multiplier for small patches (Wang et al. 2023). EDM: real_p = 1, no coordinates.`);
   lines.push(`- Budget: ${o.budget} s of training per run (trainRun's stopAfterSeconds), checkpoints every 10 steps; ${o.evals} checkpoints per run evaluated, those nearest to even fractions of the budget.`);
   lines.push(`- Metric: ${o.samples} samples from the EMA weights (Heun, ${o.steps} steps, ${2 * o.steps - 1} network evaluations), features of our MNIST classifier (train/eval/, upsampled to 32x32 when smaller), against ${o.real} real images of the full dataset. FD is biased upwards at small sample counts (compare FDs only at equal counts); KID is unbiased.`, '');
-  lines.push('## Plots', '', 'PNG renderings (no text; the SVG files beside them have axes labels and legends). Colours: blue = EDM, orange = Patch p=0.5, green = Patch p=0.25 (small data: blue = EDM, orange = Patch).', '');
+  const colours = ['blue', 'orange', 'green', 'red', 'purple'];
+  const legend = (['full data', 'small data'] as const)
+    .map((regime) => outcomes.filter((r) => r.spec.regime === regime).map((r, i) => `${colours[i % colours.length]} = ${r.spec.name}`).join(', '))
+    .filter((l) => l !== '')
+    .join('; ');
+  lines.push('## Plots', '', `PNG renderings (no text; the SVG files beside them have axis labels and legends). Colours: ${legend}.`, '');
   for (const p of plots) lines.push(`![${p.title}](${p.file})`, '');
   for (const regime of ['full data', 'small data'] as const) {
     const rs = outcomes.filter((r) => r.spec.regime === regime);
