@@ -14,7 +14,7 @@ import { restoreLike, sampleGrid, trainRun } from './run.ts';
 import { buildModel, initState } from './step.ts';
 
 const USAGE = `usage:
-  tessera train [--config FILE] [--run DIR] [--resume] [--stop-after N] [--backend cpu|webgpu] [--section.key=value ...]
+  tessera train [--config FILE] [--run DIR] [--resume] [--stop-after STEPS] [--minutes M] [--backend cpu|webgpu] [--section.key=value ...]
   tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png]
   ${EVAL_USAGE}
   tessera info`;
@@ -49,7 +49,7 @@ function positiveInt(name: string, value: string | undefined, dflt: number): num
 }
 
 async function train(argv: readonly string[]): Promise<void> {
-  const { opts, rest } = parseArgs(argv, ['config', 'run', 'stop-after', 'grid', 'backend'], ['resume']);
+  const { opts, rest } = parseArgs(argv, ['config', 'run', 'stop-after', 'minutes', 'grid', 'backend'], ['resume']);
   if (opts.has('backend')) rest.push(`--backend=${opts.get('backend')}`);
   const resume = opts.get('resume') === 'true';
   const runDir = resolve(opts.get('run') ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-')));
@@ -65,6 +65,7 @@ async function train(argv: readonly string[]): Promise<void> {
   const result = await trainRun({
     runDir, config, resume, progress: true,
     stopAfter: opts.has('stop-after') ? positiveInt('stop-after', opts.get('stop-after'), 0) : undefined,
+    stopAfterSeconds: opts.has('minutes') ? 60 * positiveInt('minutes', opts.get('minutes'), 0) : undefined,
     gridSamples: positiveInt('grid', opts.get('grid'), 16),
   });
   const last = result.log.at(-1);
