@@ -8,7 +8,7 @@
  * grow across steps); the step sizes enter as scalar tensors, so one compiled program serves all steps.
  */
 import {
-  add, broadcastTo, div, jit, mul, reshape, sqrt, square, sub, tensor, random, TesseraError, type Shape, type Tensor,
+  add, broadcastTo, div, jit, mul, reshape, sqrt, square, sub, tensor, random, TesseraError, type Backend, type BackendName, type Shape, type Tensor,
 } from '../core/index.ts';
 import type { Denoiser, DenoiserExtra } from './precond.ts';
 
@@ -55,6 +55,8 @@ export interface SampleOptions extends ScheduleOptions {
   readonly sigmas?: readonly number[];
   /** Passed to every denoiser call (coordinates, labels). */
   readonly extra?: DenoiserExtra;
+  /** Backend the steps run on; default: the default backend. */
+  readonly backend?: Backend | BackendName;
 }
 
 /** A sampler: draws x ~ p(x) by integrating from pure noise with a denoiser. */
@@ -106,7 +108,7 @@ async function edmSample(denoiser: Denoiser, options: SampleOptions & ChurnOptio
       const dNext = div(sub(euler, denoiser(euler, perSample(tNext, x), options.extra)), tNext);
       return add(xHat, mul(h, mul(add(d, dNext), 0.5)));
     },
-    { name: order === 2 ? 'heunStep' : 'eulerStep' },
+    { name: order === 2 ? 'heunStep' : 'eulerStep', backend: options.backend },
   );
 
   let x = x0;

@@ -15,7 +15,7 @@ import { buildModel, initState } from './step.ts';
 
 const USAGE = `usage:
   tessera train [--config FILE] [--run DIR] [--resume] [--stop-after STEPS] [--minutes M] [--backend cpu|webgpu] [--section.key=value ...]
-  tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png]
+  tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png] [--backend cpu|webgpu]
   ${EVAL_USAGE}
   tessera info`;
 
@@ -74,7 +74,7 @@ async function train(argv: readonly string[]): Promise<void> {
 }
 
 async function sample(argv: readonly string[]): Promise<void> {
-  const { opts } = parseArgs(argv, ['run', 'checkpoint', 'n', 'steps', 'seed', 'out']);
+  const { opts } = parseArgs(argv, ['run', 'checkpoint', 'n', 'steps', 'seed', 'out', 'backend']);
   const run = opts.get('run');
   const dir = opts.get('checkpoint') ?? (run === undefined ? undefined : await latestCheckpoint(resolve(run)));
   if (dir === undefined) throw new TesseraError(`sample: give --run DIR (with a checkpoint) or --checkpoint DIR\n${USAGE}`);
@@ -82,7 +82,7 @@ async function sample(argv: readonly string[]): Promise<void> {
   const config = orThrow(resolveConfig(ck.config, {}));
   const model = buildModel(config);
   const ema = restoreLike(initState(model, config).ema, ck.trees['ema'] ?? {}, `${dir} ema`);
-  const png = await sampleGrid(model, ema, config, positiveInt('n', opts.get('n'), 16), positiveInt('steps', opts.get('steps'), 18), positiveInt('seed', opts.get('seed'), 0));
+  const png = await sampleGrid(model, ema, config, positiveInt('n', opts.get('n'), 16), positiveInt('steps', opts.get('steps'), 18), positiveInt('seed', opts.get('seed'), 0), opts.get('backend') ?? config.backend);
   const out = resolve(opts.get('out') ?? join(dir, '..', `samples-step${ck.step}.png`));
   await writeFile(out, png);
   console.log(`tessera: wrote ${out}`);

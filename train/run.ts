@@ -8,7 +8,7 @@
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { defaultBackend, getBackend, random, type Backend, type PyTree, type Tensor } from '../core/index.ts';
+import { defaultBackend, getBackend, random, type Backend, type BackendName, type PyTree, type Tensor } from '../core/index.ts';
 import { flatten, unflatten } from '../core/pytree.ts';
 import { makeDenoiser } from '../models/precond.ts';
 import { heunSampler } from '../models/samplers.ts';
@@ -147,9 +147,9 @@ function formatEta(seconds: number): string {
 }
 
 /** Samples a grid with the EMA params at full resolution on the full coordinate grid. */
-export async function sampleGrid(model: Model, params: TrainState['ema'], config: TrainingConfig, count: number, steps: number, seed: number): Promise<Uint8Array> {
+export async function sampleGrid(model: Model, params: TrainState['ema'], config: TrainingConfig, count: number, steps: number, seed: number, backend?: BackendName): Promise<Uint8Array> {
   const { height, width } = fullSize(config);
-  const x = await heunSampler(makeDenoiser(params, model), { key: random.key(seed), shape: [count, config.model.img_channels, height, width], numSteps: steps });
+  const x = await heunSampler(makeDenoiser(params, model), { key: random.key(seed), shape: [count, config.model.img_channels, height, width], numSteps: steps, backend });
   // Small images are drawn at least 64 pixels tall, so a 16x16 sample is visible as it is.
   return imageGridPng((await x.data()) as Float32Array, [count, config.model.img_channels, height, width], { scale: Math.max(1, Math.floor(64 / height)) });
 }
@@ -216,7 +216,7 @@ export async function trainRun(options: RunOptions): Promise<RunResult> {
   };
   const samples: Obs = async ({ step, state, last }) => {
     if ((options.gridSamples ?? 16) === 0 || (step % t.sample_every !== 0 && !last)) return;
-    const png = await sampleGrid(model, state.ema, config, options.gridSamples ?? 16, options.sampleSteps ?? 18, t.seed + 1);
+    const png = await sampleGrid(model, state.ema, config, options.gridSamples ?? 16, options.sampleSteps ?? 18, t.seed + 1, backend.name);
     await writeFile(join(runDir, `samples-${String(step).padStart(7, '0')}.png`), png);
     await writeFile(join(runDir, 'loss.svg'), lossCurveSvg(log.map((l) => [l.step, l.loss] as const), { title: 'training loss', xLabel: 'step', yLabel: 'loss', logY: true, smoothing: 0.9 }));
   };
