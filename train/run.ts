@@ -202,7 +202,7 @@ export async function trainRun(options: RunOptions): Promise<RunResult> {
       await writeFile(logPath, JSON.stringify(line) + '\n', { flag: 'a' });
       if (options.progress === true) {
         const bySteps = ((total - step) * (now - began)) / 1000 / Math.max(step - start.step, 1);
-        const eta = Math.min(bySteps, (options.stopAfterSeconds ?? Infinity) - (now - began) / 1000);
+        const eta = Math.max(0, Math.min(bySteps, (options.stopAfterSeconds ?? Infinity) - (now - began) / 1000));
         process.stderr.write(`\rstep ${step}/${total} | loss ${loss.toPrecision(4)} | ${line.images_per_s.toFixed(1)} img/s | patch ${line.patch} | ETA ${formatEta(eta)}   `);
       }
     }
