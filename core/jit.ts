@@ -187,7 +187,7 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
       const outTensors = flat.leaves.filter(isTensor);
       const { program, lifted } = buildProgram(name, outTensors, params);
       const statics = flat.leaves.map((l) => (isTensor(l) ? undefined : l));
-      entry = { exe: backend.compile(program), lifted, outDef: flat.def, outIsTensor, statics };
+      entry = { exe: compileCached(backend, program), lifted, outDef: flat.def, outIsTensor, statics };
       cache.set(key, entry);
     }
 
