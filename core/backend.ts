@@ -90,22 +90,21 @@ export function defaultBackend(): Promise<Backend> {
   const named = defaultName ?? envBackend();
   if (named !== undefined) return getBackend(named);
   resolvedDefault ??= (async () => {
-    const ordered = [...registry.entries()].sort((a, b) => b[1].priority - a[1].priority);
+    const ordered = [...registry.keys()].sort((a, b) => registry.get(b)!.priority - registry.get(a)!.priority);
     const failures: string[] = [];
-    for (const [name] of ordered) {
+    for (const name of ordered) {
       try {
-        return await getBackend(name);
+        const b = await getBackend(name);
+        if (name !== ordered[0]) {
+          console.warn(`tessera: using the '${b.name}' backend (the preferred backend could not start; see \`tessera info\`)`);
+        }
+        return b;
       } catch (e) {
         failures.push(`${name}: ${(e as Error).message}`);
       }
     }
     throw new TesseraError(`no backend could start:\n${failures.join('\n')}`);
-  })().then((b) => {
-    if (b.name !== [...registry.entries()].sort((x, y) => y[1].priority - x[1].priority)[0]?.[0]) {
-      console.warn(`tessera: using the '${b.name}' backend (the preferred backend could not start; see \`tessera info\`)`);
-    }
-    return b;
-  });
+  })();
   return resolvedDefault;
 }
 

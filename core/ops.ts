@@ -44,8 +44,12 @@ export function tensor(values: Nested | TypedArray, shape?: Shape, dtype: DType 
   if (ArrayBuffer.isView(values)) {
     if (values.length !== n) throw new ShapeError(`tensor: ${values.length} values do not fill shape ${fmtShape(s)} (${n} elements)`);
     // Always a copy: the caller may change its array later, a tensor never changes.
-    data = matchesDType(values, dtype) ? values.slice() : allocate(dtype, n);
-    if (data !== values && !matchesDType(values, dtype)) for (let i = 0; i < n; i++) data[i] = coerceScalar(values[i]!, dtype);
+    if (matchesDType(values, dtype)) {
+      data = values.slice();
+    } else {
+      data = allocate(dtype, n);
+      for (let i = 0; i < n; i++) data[i] = coerceScalar(values[i]!, dtype);
+    }
   } else {
     const flat = (Array.isArray(values) ? (values as unknown[]).flat(Infinity) : [values]) as (number | boolean)[];
     if (flat.length !== n) throw new ShapeError(`tensor: ${flat.length} values do not fill shape ${fmtShape(s)} (${n} elements)`);
