@@ -1,11 +1,14 @@
 /**
- * Tessera's public API. Importing it registers both backends: WebGPU (preferred when an adapter
- * exists) and the CPU reference interpreter. Choose one with `setDefaultBackend`, a `backend`
- * option of `jit`, or TESSERA_BACKEND=cpu|webgpu.
+ * Tessera's public API. Importing it registers the backends: WebGPU (the default on a real GPU),
+ * the compiled CPU backend (the default otherwise) and the reference interpreter (the oracle, with
+ * float64). Choose one with `setDefaultBackend`, a `backend` option of `jit`, or
+ * TESSERA_BACKEND=cpu|webgpu|reference; `tessera info` says which is the default and why.
  */
 import { registerCpuBackend } from './backends/cpu/index.ts';
+import { registerReferenceBackend } from './backends/reference/index.ts';
 import { registerWebGpuBackend } from './backends/webgpu/index.ts';
 
+registerReferenceBackend();
 registerCpuBackend();
 registerWebGpuBackend();
 

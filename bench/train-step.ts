@@ -1,18 +1,28 @@
 /**
- * One training step of the demo diffusion UNet (train/configs/demo.json, or --config) on WebGPU and
- * on the CPU, in the same process: the patch model at the three patch sizes a Patch Diffusion run
- * uses (R, R/2, R/4 with batch multipliers 1, 2, 4 at the config's batch size) and the full-image
- * EDM baseline (no coordinates) at R, with the same network.
- * Prints, per case and backend: codegen/compile ms, kernels per step and distinct pipelines, the
- * first run (which on lavapipe includes compiling every new pipeline), and the median steady-state
- * step with images/s; then the webgpu/cpu ratio.
+ * One training step of the demo diffusion UNet (train/configs/demo.json, or --config) on each Tessera
+ * backend and on PyTorch (bench/torch_train_step.py, the same network, loss, Adam and EMA), back to
+ * back in the same run: the patch model at the three patch sizes a Patch Diffusion run uses (R, R/2,
+ * R/4 with batch multipliers 1, 2, 4 at the config's batch size) and the full-image EDM baseline (no
+ * coordinates) at R, with the same network.
  *
- *   npx tsx bench/train-step.ts [--config FILE] [--cases patchR,patchR/2,patchR/4,edm] [--backends webgpu,cpu] [--steps 3] [--shader-cache]
+ * Prints, per case and backend: the parameter count, program nodes, kernels and distinct pipelines
+ * (where the executable lists them), the first step split into trace, compile and first run (which on
+ * lavapipe includes compiling every new pipeline), the median steady-state step with images/s, the
+ * memory plan and peak device bytes (where the backend reports them) and the 1-minute load average;
+ * then images/s per backend with the ratio to PyTorch. A backend that cannot start is skipped with
+ * its reason; without python3-torch the PyTorch column is skipped with the command that installs it.
+ *
+ *   npm run bench:train -- [--config FILE] [--cases patchR,patchR/2,patchR/4,edm] [--backends cpu,reference,webgpu]
+ *                          [--steps 3] [--no-torch] [--shader-cache]
  */
 import '../index.ts';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { getBackend, buildProgram, realize, flatten } from '../core/index.ts';
-import type { Backend } from '../core/backend.ts';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { getBackend, buildProgram, realize, flatten, random } from '../core/index.ts';
+import type { Backend, Executable } from '../core/backend.ts';
+import { parameterCount } from '../models/nn.ts';
 import { resolveConfig } from '../train/config.ts';
 import { orThrow } from '../train/errors.ts';
 import { buildModel, fullSize, initState, stepFunction, stepBatch } from '../train/step.ts';
@@ -23,8 +33,9 @@ const arg = (name: string, dflt: string): string => {
 };
 const caseNames = arg('cases', 'patchR,patchR/2,patchR/4,edm').split(',');
 const configFile = arg('config', 'train/configs/demo.json');
-const backends = arg('backends', 'webgpu,cpu').split(',');
+const backendNames = arg('backends', 'cpu,reference,webgpu').split(',');
 const steps = Number(arg('steps', '3'));
+const withTorch = !process.argv.includes('--no-torch');
 process.env['XDG_RUNTIME_DIR'] ??= '/tmp/xdg';
 // Mesa keeps compiled shaders on disk: without this, a second benchmark run would not measure the
 // first-run compilation that a fresh machine (or a changed kernel) pays. --shader-cache keeps it.
@@ -39,41 +50,78 @@ const CASES: Record<string, { kind: 'patch' | 'edm'; size: number; batch: number
   'patchR/4': { kind: 'patch', size: R / 4, batch: 4 * BASE },
   edm: { kind: 'edm', size: R, batch: BASE },
 };
+for (const name of caseNames) if (CASES[name] === undefined) throw new Error(`unknown case '${name}'; known: ${Object.keys(CASES).join(', ')}`);
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
+const load1 = (): number => os.loadavg()[0]!;
 
 interface Row {
-  case: string;
-  backend: string;
-  nodes: number;
-  codegenMs: number;
-  kernels: number | string;
-  pipelines: number | string;
-  firstMs: number;
-  stepMs: number;
-  imagesPerS: number;
+  readonly case: string;
+  readonly backend: string;
+  readonly params: number;
+  readonly nodes?: number;
+  readonly kernels?: number;
+  readonly pipelines?: number;
+  readonly traceMs?: number;
+  readonly compileMs?: number;
+  readonly firstRunMs?: number;
+  /** Trace + compile + first run for Tessera; PyTorch's first (eager) step. */
+  readonly firstStepMs: number;
+  readonly stepMs: number;
+  readonly imagesPerS: number;
+  readonly planBytes?: number;
+  readonly peakBytes?: number;
+  readonly load: number;
+}
+
+/** What an executable may expose beyond the interface: its kernels (webgpu) or steps (cpu), its memory plan. */
+type Inspectable = Executable & {
+  kernels?: readonly { pipeline?: unknown }[];
+  steps?: readonly unknown[];
+  memoryPlanBytes?: number;
+};
+
+/** Kernels one run launches: WebGPU's kernels that have a pipeline (the others have nothing to do), the cpu backend's steps. */
+function kernelCount(exe: Inspectable): number | undefined {
+  return exe.kernels?.filter((k) => k.pipeline !== undefined).length ?? exe.steps?.length;
+}
+
+/** The largest numeric `describe()` entry whose key names a peak (bytes), if the backend reports one. */
+function peakBytes(be: Backend): number | undefined {
+  const peaks = Object.entries(be.describe()).filter(([k, v]) => /peak/i.test(k) && typeof v === 'number').map(([, v]) => v as number);
+  return peaks.length === 0 ? undefined : Math.max(...peaks);
+}
+
+function caseConfig(name: string) {
+  const json = JSON.parse(readFileSync(configFile, 'utf8'));
+  json.model.kind = CASES[name]!.kind;
+  return orThrow(resolveConfig(json, {}));
+}
+
+/** Tessera parameters of a case's model (shapes only: nothing is evaluated). */
+function tesseraParams(name: string): number {
+  return parameterCount(buildModel(caseConfig(name)).init(random.key(0)));
 }
 
 async function measure(name: string, be: Backend): Promise<Row> {
   const c = CASES[name]!;
-  const json = JSON.parse(readFileSync(configFile, 'utf8'));
-  json.model.kind = c.kind;
-  const config = orThrow(resolveConfig(json, {}));
+  const config = caseConfig(name);
   const model = buildModel(config);
   const state = initState(model, config);
-  await realize(flatten(state as never).leaves as never, 'cpu');
+  // Initial values from the reference interpreter, so every backend starts from the same numbers.
+  await realize(flatten(state as never).leaves as never, 'reference');
   const b = c.batch;
   const images = new Float32Array(b * c.size * c.size).map((_, i) => Math.sin(i * 0.37));
   const top = new Int32Array(b).map((_, i) => (i * 5) % (R - c.size + 1));
   const left = new Int32Array(b).map((_, i) => (i * 3) % (R - c.size + 1));
+  let t0 = performance.now();
   const out = stepFunction(model, config)(state, stepBatch(images, [b, 1, c.size, c.size], top, left));
   const { program, lifted } = buildProgram(`trainStep-${name}`, flatten(out as never).leaves as never[]);
-  let t0 = performance.now();
-  const exe = be.compile(program);
-  const codegenMs = performance.now() - t0;
-  const ks = (exe as { kernels?: { pipeline?: unknown }[] }).kernels;
-  const kernels = ks === undefined ? '-' : ks.filter((k) => k.pipeline !== undefined).length;
-  const pipelines = ks === undefined ? '-' : new Set(ks.map((k) => k.pipeline).filter((p) => p !== undefined)).size;
+  const traceMs = performance.now() - t0;
+  t0 = performance.now();
+  const exe = be.compile(program) as Inspectable;
+  const compileMs = performance.now() - t0;
+  const pipelines = exe.kernels?.map((k) => k.pipeline).filter((p) => p !== undefined);
   const bufs = await Promise.all(lifted.map(async (t) => be.upload(await t.data(), t.shape, t.dtype)));
   const times: number[] = [];
   for (let i = 0; i <= steps; i++) {
@@ -85,23 +133,89 @@ async function measure(name: string, be: Backend): Promise<Row> {
   }
   bufs.forEach((x) => be.free(x));
   const stepMs = median(times.slice(1));
-  return { case: name, backend: be.name, nodes: program.nodes.length, codegenMs, kernels, pipelines, firstMs: times[0]!, stepMs, imagesPerS: (1000 * b) / stepMs };
+  return {
+    case: name, backend: be.name, params: parameterCount(state.params), nodes: program.nodes.length,
+    kernels: kernelCount(exe), pipelines: pipelines === undefined ? undefined : new Set(pipelines).size,
+    traceMs, compileMs, firstRunMs: times[0]!, firstStepMs: traceMs + compileMs + times[0]!, stepMs, imagesPerS: (1000 * b) / stepMs,
+    planBytes: exe.memoryPlanBytes, peakBytes: peakBytes(be), load: load1(),
+  };
 }
 
-const rows: Row[] = [];
-const fmt = (r: Row): string =>
-  [r.case.padEnd(8), r.backend.padEnd(7), String(r.nodes).padStart(6), r.codegenMs.toFixed(0).padStart(8), String(r.kernels).padStart(8),
-    String(r.pipelines).padStart(9), r.firstMs.toFixed(0).padStart(9), r.stepMs.toFixed(0).padStart(8), r.imagesPerS.toFixed(1).padStart(9)].join(' ');
-console.log(`# steps per case: 1 first + ${steps} timed (median); ${new Date().toISOString()}`);
-console.log('case     backend   nodes codegenMs kernels pipelines  firstMs  stepMs  images/s');
-for (const name of caseNames) {
-  for (const bn of backends) {
-    const r = await measure(name, await getBackend(bn));
-    rows.push(r);
-    console.log(fmt(r));
-  }
-  const g = rows.find((r) => r.case === name && r.backend === 'webgpu');
-  const cpu = rows.find((r) => r.case === name && r.backend === 'cpu');
-  if (g !== undefined && cpu !== undefined) console.log(`${name}: webgpu/cpu step time ratio ${(g.stepMs / cpu.stepMs).toFixed(2)} (above 1: webgpu slower)`);
+/** The first interpreter that imports torch: $TESSERA_PYTHON, python3, then Debian's (python3-torch installs there). */
+function torchPython(): string | undefined {
+  const candidates = [process.env['TESSERA_PYTHON'], 'python3', '/usr/bin/python3'].filter((p): p is string => p !== undefined && p !== '');
+  return candidates.find((p) => spawnSync(p, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0);
 }
+
+const TWIN = fileURLToPath(new URL('./torch_train_step.py', import.meta.url));
+let torchInfo = '';
+
+function measureTorch(python: string, name: string): Row | string {
+  const r = spawnSync(python, [TWIN, '--case', name, '--config', configFile, '--steps', String(steps)], { encoding: 'utf8' });
+  const line = r.stdout?.trim().split('\n').pop();
+  if (r.status !== 0 || line === undefined || line === '') return `torch failed (${r.status ?? r.signal}): ${(r.stderr ?? r.error?.message ?? '').trim().split('\n').slice(-3).join(' | ')}`;
+  const j = JSON.parse(line) as { imagesPerS: number; stepMs: number; firstMs: number; params: number; threads: number; torch: string };
+  torchInfo = `torch ${j.torch} (${python}), ${j.threads} threads`;
+  return { case: name, backend: 'torch', params: j.params, firstStepMs: j.firstMs, stepMs: j.stepMs, imagesPerS: j.imagesPerS, load: load1() };
+}
+
+const COLUMNS: [string, number, (r: Row) => string][] = [
+  ['case', 8, (r) => r.case],
+  ['backend', 9, (r) => r.backend],
+  ['params', 7, (r) => String(r.params)],
+  ['nodes', 6, (r) => String(r.nodes ?? '-')],
+  ['kernels', 7, (r) => String(r.kernels ?? '-')],
+  ['pipelines', 9, (r) => String(r.pipelines ?? '-')],
+  ['traceMs', 7, (r) => r.traceMs?.toFixed(0) ?? '-'],
+  ['compileMs', 9, (r) => r.compileMs?.toFixed(0) ?? '-'],
+  ['firstRunMs', 10, (r) => r.firstRunMs?.toFixed(0) ?? '-'],
+  ['firstStepMs', 11, (r) => r.firstStepMs.toFixed(0)],
+  ['stepMs', 7, (r) => r.stepMs.toFixed(1)],
+  ['images/s', 9, (r) => r.imagesPerS.toFixed(1)],
+  ['planMiB', 7, (r) => (r.planBytes === undefined ? '-' : (r.planBytes / 2 ** 20).toFixed(1))],
+  ['peakMiB', 7, (r) => (r.peakBytes === undefined ? '-' : (r.peakBytes / 2 ** 20).toFixed(1))],
+  ['load1', 5, (r) => r.load.toFixed(2)],
+];
+const fmt = (r: Row): string => COLUMNS.map(([, w, f], i) => (i < 2 ? f(r).padEnd(w) : f(r).padStart(w))).join(' ');
+
+const cpus = os.cpus();
+console.log(`# machine: ${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; node ${process.version}`);
+console.log(`# ${configFile}; steps per case: 1 first + ${steps} timed (median); ${new Date().toISOString()}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(', ')}`);
+
+const backends: Backend[] = [];
+for (const name of backendNames) {
+  try {
+    backends.push(await getBackend(name));
+  } catch (e) {
+    console.log(`# backend ${name} skipped: ${(e as Error).message.split('\n')[0]}`);
+  }
+}
+const python = withTorch ? torchPython() : undefined;
+if (withTorch && python === undefined) console.log('# torch skipped: python3 cannot import torch; install it with `npm run bench:setup` (Debian: apt-get install python3-torch)');
+
+console.log(COLUMNS.map(([h, w], i) => (i < 2 ? h.padEnd(w) : h.padStart(w))).join(' '));
+for (const name of caseNames) {
+  const rows: Row[] = [];
+  for (const be of backends) {
+    try {
+      const r = await measure(name, be);
+      rows.push(r);
+      console.log(fmt(r));
+    } catch (e) {
+      console.log(`# ${name} on ${be.name} failed: ${(e as Error).message.split('\n')[0]}`);
+    }
+  }
+  const torchRow = python === undefined ? undefined : measureTorch(python, name);
+  if (typeof torchRow === 'string') console.log(`# ${name}: ${torchRow}`);
+  else if (torchRow !== undefined) {
+    rows.push(torchRow);
+    console.log(fmt(torchRow));
+  }
+  const peer = typeof torchRow === 'object' ? torchRow : undefined;
+  const figures = rows.map((r) => `${r.backend} ${r.imagesPerS.toFixed(1)}${peer === undefined || r === peer ? '' : ` (${(r.imagesPerS / peer.imagesPerS).toFixed(2)}x torch)`}`);
+  const tessera = tesseraParams(name);
+  const params = peer === undefined ? `params tessera ${tessera}` : `params tessera ${tessera} ${tessera === peer.params ? '=' : '!= (MISMATCH)'} torch ${peer.params}`;
+  console.log(`# ${name}: images/s ${figures.join(', ')}; ${params}; load ${os.loadavg().map((l) => l.toFixed(2)).join(', ')}`);
+}
+if (torchInfo !== '') console.log(`# ${torchInfo}`);
 process.exit(0);

@@ -31,9 +31,14 @@ export interface Backend {
   free(buffer: DeviceBuffer): void;
   /** Facts for `tessera info` (adapter, limits, features). */
   describe(): Record<string, unknown>;
+  /**
+   * Why this backend, though it started, should not be the default (WebGPU on a software adapter
+   * such as lavapipe is slower than the CPU backend); undefined when it may be.
+   */
+  notDefaultBecause?(): string | undefined;
 }
 
-export type BackendName = 'cpu' | 'webgpu' | (string & {});
+export type BackendName = 'cpu' | 'webgpu' | 'reference' | (string & {});
 
 interface Registration {
   readonly factory: () => Promise<Backend>;
@@ -44,7 +49,7 @@ interface Registration {
 const registry = new Map<string, Registration>();
 const instances = new Map<string, Promise<Backend>>();
 let defaultName: string | undefined;
-let resolvedDefault: Promise<Backend> | undefined;
+let resolvedDefault: Promise<DefaultChoice> | undefined;
 
 export function registerBackend(name: string, factory: () => Promise<Backend>, priority = 0): void {
   registry.set(name, { factory, priority });
@@ -82,25 +87,45 @@ function envBackend(): string | undefined {
   return v === undefined || v === '' ? undefined : v;
 }
 
+/** The default backend and, for `tessera info`, why it was chosen over each preferred one. */
+export interface DefaultChoice {
+  readonly backend: Backend;
+  readonly reasons: readonly string[];
+}
+
 /**
  * The default backend: the one set in code, else TESSERA_BACKEND, else the highest-priority
- * registered backend that starts (WebGPU when an adapter exists, with a warning when it does not).
+ * registered backend that starts and does not decline (WebGPU on a real GPU, else the compiled CPU
+ * backend), with a warning when a preferred backend failed to start.
  */
 export function defaultBackend(): Promise<Backend> {
+  return defaultChoice().then((c) => c.backend);
+}
+
+export function defaultChoice(): Promise<DefaultChoice> {
   const named = defaultName ?? envBackend();
-  if (named !== undefined) return getBackend(named);
+  if (named !== undefined) {
+    const why = defaultName !== undefined ? 'set with setDefaultBackend' : 'set by TESSERA_BACKEND';
+    return getBackend(named).then((backend) => ({ backend, reasons: [why] }));
+  }
   resolvedDefault ??= (async () => {
     const ordered = [...registry.keys()].sort((a, b) => registry.get(b)!.priority - registry.get(a)!.priority);
     const failures: string[] = [];
+    const reasons: string[] = [];
     for (const name of ordered) {
       try {
         const b = await getBackend(name);
-        if (name !== ordered[0]) {
-          console.warn(`tessera: using the '${b.name}' backend (the preferred backend could not start; see \`tessera info\`)`);
+        const declined = b.notDefaultBecause?.();
+        if (declined !== undefined) {
+          reasons.push(`${name}: ${declined}`);
+          continue;
         }
-        return b;
+        if (failures.length > 0) {
+          console.warn(`tessera: using the '${b.name}' backend (a preferred backend could not start; see \`tessera info\`)`);
+        }
+        return { backend: b, reasons: [...reasons, ...failures, `${name}: the highest-priority backend that started`] };
       } catch (e) {
-        failures.push(`${name}: ${(e as Error).message}`);
+        failures.push(`${name}: could not start: ${(e as Error).message}`);
       }
     }
     throw new TesseraError(`no backend could start:\n${failures.join('\n')}`);

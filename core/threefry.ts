@@ -89,3 +89,23 @@ ${[1, 2, 3, 4, 5].map((s) => `${wgslRounds(s % 2 === 1 ? ROTATIONS.slice(0, 4) :
   return v;
 }
 `;
+
+/**
+ * JavaScript source of `function threefryWord(k0, k1, c, w)`: word `w` (0 or 1) of
+ * threefry2x32(key, (0, c)) as an int32 value, identical to `threefry2x32` and straight-line (for
+ * kernels compiled from source text, which cannot close over this module).
+ */
+export const THREEFRY_JS = (() => {
+  const lines = ['function threefryWord(k0, k1, c, w) {', '  const ks0 = k0 >>> 0, ks1 = k1 >>> 0, ks2 = (0x' + KS_PARITY.toString(16) + ' ^ k0 ^ k1) >>> 0;', '  let a = ks0, b = (c + ks1) >>> 0;'];
+  const ks = ['ks0', 'ks1', 'ks2'];
+  for (let round = 0; round < 20; round++) {
+    const r = ROTATIONS[round % 8]!;
+    lines.push(`  a = (a + b) >>> 0; b = (((b << ${r}) | (b >>> ${32 - r})) ^ a) >>> 0;`);
+    if (round % 4 === 3) {
+      const s = (round + 1) / 4;
+      lines.push(`  a = (a + ${ks[s % 3]}) >>> 0; b = (b + ${ks[(s + 1) % 3]} + ${s}) >>> 0;`);
+    }
+  }
+  lines.push('  return (w === 0 ? a : b) | 0;', '}');
+  return lines.join('\n');
+})();

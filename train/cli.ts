@@ -5,7 +5,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import '../index.ts';
-import { getBackend, registeredBackends, TesseraError } from '../core/index.ts';
+import { defaultChoice, getBackend, registeredBackends, TesseraError } from '../core/index.ts';
 import { latestCheckpoint, loadCheckpoint } from './checkpoint.ts';
 import { resolveConfig, loadConfig, type TrainingConfig } from './config.ts';
 import { orThrow } from './errors.ts';
@@ -14,8 +14,8 @@ import { restoreLike, sampleGrid, trainRun } from './run.ts';
 import { buildModel, initState } from './step.ts';
 
 const USAGE = `usage:
-  tessera train [--config FILE] [--run DIR] [--resume] [--stop-after STEPS] [--minutes M] [--backend cpu|webgpu] [--section.key=value ...]
-  tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png] [--backend cpu|webgpu]
+  tessera train [--config FILE] [--run DIR] [--resume] [--stop-after STEPS] [--minutes M] [--backend cpu|webgpu|reference] [--section.key=value ...]
+  tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png] [--backend cpu|webgpu|reference]
   ${EVAL_USAGE}
   tessera info`;
 
@@ -89,6 +89,12 @@ async function sample(argv: readonly string[]): Promise<void> {
 }
 
 async function info(): Promise<void> {
+  try {
+    const choice = await defaultChoice();
+    console.log(`default backend: ${choice.backend.name}\n${choice.reasons.map((r) => `  ${r}`).join('\n')}`);
+  } catch (e) {
+    console.log(`default backend: none (${(e as Error).message})`);
+  }
   for (const name of registeredBackends()) {
     try {
       const b = await getBackend(name);

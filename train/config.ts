@@ -115,7 +115,7 @@ export const TrainConfig = strictStruct('train config', {
   batch_multiplier: t.union([t.literal('auto'), PatchSizeMap], '"auto" or {patch size: multiplier}'),
 });
 
-export const Backend = t.keyof({ cpu: null, webgpu: null });
+export const Backend = t.keyof({ cpu: null, webgpu: null, reference: null });
 
 export const Config = strictStruct('config', { model: ModelConfig, data: DataConfig, train: TrainConfig }, { backend: Backend });
 type DecodedConfig = t.TypeOf<typeof Config>;

@@ -1,228 +1,266 @@
 /**
- * The CPU backend: a reference interpreter that runs a program's nodes in order with plain loops
- * over typed arrays. It defines the semantics of every primitive (see the files beside this one);
- * the WebGPU backend is tested against it. float32 nodes are stored in Float32Array, so every node
- * is rounded to float32 exactly once; float64 nodes compute in double (for gradient checks).
+ * The compiled CPU backend. A program is lowered by the shared kernel layer (fusion plan, liveness
+ * memory plan, donation) into steps: fused elementwise and reduction kernels rendered as JavaScript,
+ * and WebAssembly SIMD GEMMs for matmul and convolutions. Every tensor lives in one shared
+ * `WebAssembly.Memory`, and every step is split over worker threads with a fixed partition, so a
+ * result never depends on timing or on the number of threads. The `reference` backend is the oracle
+ * it is tested against; it has no float64 (use `reference` for that).
  */
 import { registerBackend, type Backend, type Executable } from '../../core/backend.ts';
-import { allocate, matchesDType, type DType, type TypedArray } from '../../core/dtype.ts';
+import type { DType, TypedArray } from '../../core/dtype.ts';
+import { matchesDType } from '../../core/dtype.ts';
 import { BackendError, fmtShape } from '../../core/errors.ts';
 import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf, type Shape } from '../../core/shape.ts';
 import type { DeviceBuffer } from '../../core/tensor.ts';
-import { randomBitsHost } from '../../core/threefry.ts';
-import { binaryScalar, castScalar, map1, map2, select, unaryScalar } from './elementwise.ts';
-import { conv2d, conv2dGradInput, conv2dGradWeight, matmul } from './linalg.ts';
-import { broadcast, concat, gather, pad, permute, slice } from './movement.ts';
-import { reduce } from './reduce.ts';
-import { iota } from './sources.ts';
+import { assignOutputs, planMemory, type MemoryPlan } from '../kernel/memory.ts';
+import { conv2d, conv2dGradInput, conv2dGradWeight, matmul } from './gemm.ts';
+import { elementBytes, viewOf } from './js.ts';
+import { planSteps, type Step } from './kernels.ts';
+import type { Parallel } from './parallel.ts';
+import { createRuntime } from './runtime.ts';
 
-const DTYPES: ReadonlySet<DType> = new Set(['float32', 'float64', 'int32', 'bool']);
+const DTYPES: ReadonlySet<DType> = new Set(['float32', 'int32', 'bool']);
 
-/** A host array owned by the CPU backend. `size` counts elements. */
+/** Elements times cost below which a JavaScript kernel runs on the calling thread alone. */
+const SERIAL_WORK = 1 << 15;
+
+function debug(what: string): boolean {
+  return (process.env['TESSERA_DEBUG'] ?? '').split(',').includes(what);
+}
+
+/** A tensor in the shared memory: `offset` is in bytes, `size` in elements. */
 export class CpuBuffer implements DeviceBuffer {
   readonly backendName = 'cpu';
-  readonly size: number;
-  #data: TypedArray | undefined;
+  #offset: number | undefined;
 
   constructor(
-    data: TypedArray,
+    offset: number,
+    readonly size: number,
     readonly dtype: DType,
   ) {
-    this.size = data.length;
-    this.#data = data;
+    this.#offset = offset;
   }
 
-  get data(): TypedArray {
-    if (this.#data === undefined) throw new BackendError(`cpu: a ${this.dtype} buffer of ${this.size} elements was used after it was freed or donated`);
-    return this.#data;
+  get offset(): number {
+    if (this.#offset === undefined) throw new BackendError(`cpu: a ${this.dtype} buffer of ${this.size} elements was used after it was freed or donated`);
+    return this.#offset;
   }
 
   get isFreed(): boolean {
-    return this.#data === undefined;
+    return this.#offset === undefined;
   }
 
+  get bytes(): number {
+    return bufferBytes(this.dtype, this.size);
+  }
+
+  /** Gives up the memory (freed, or handed to an output of a run that it was donated to). */
   release(): void {
-    this.#data = undefined;
+    this.#offset = undefined;
   }
 }
 
-/** A program with, per node, the index of the last node that reads it (outputs: never freed). */
-class CpuExecutable implements Executable {
-  readonly lastUse: readonly number[];
-
-  constructor(readonly program: Program) {
-    const lastUse = program.nodes.map(() => -1);
-    program.nodes.forEach((node, i) => node.inputs.forEach((j) => (lastUse[j] = i)));
-    for (const o of program.outputs) lastUse[o] = Infinity;
-    this.lastUse = lastUse;
-  }
+/** Bytes allocated for `size` elements of `dtype` (never zero, so every buffer has its own block). */
+function bufferBytes(dtype: DType, size: number): number {
+  return Math.max(4, size * elementBytes(dtype));
 }
 
-function asCpuBuffer(b: DeviceBuffer, what: string): CpuBuffer {
-  if (!(b instanceof CpuBuffer)) throw new BackendError(`cpu: ${what} is a buffer of backend '${b.backendName}', not of 'cpu'`);
-  return b;
+const nodeBytes = (nd: ProgramNode): number => bufferBytes(nd.dtype, sizeOf(nd.shape));
+
+/** A step ready to run: its kernel id (JavaScript steps) and the arguments it needs besides offsets. */
+interface Compiled {
+  readonly step: Step;
+  readonly kernel: number;
 }
 
-/** Computes one node from its inputs' arrays. The result is fresh, except for reshape and input nodes, which pass an array through. */
-function evaluate(node: ProgramNode, ins: readonly TypedArray[], inNodes: readonly ProgramNode[], inputs: readonly CpuBuffer[]): TypedArray {
-  const p = node.prim;
-  if (p.op === 'input') return inputs[p.index]!.data;
-  if (p.op === 'reshape') return ins[0]!;
-  if (p.op === 'randomBits') return randomBitsHost(ins[0]![0]!, ins[0]![1]!, sizeOf(node.shape), p.offset);
-  const out = allocate(node.dtype, sizeOf(node.shape));
-  const x = ins[0]!;
-  const xShape: Shape = inNodes[0]?.shape ?? [];
-  switch (p.op) {
-    case 'literal':
-      out[0] = p.value;
-      break;
-    case 'unary':
-      map1(unaryScalar(p.fn), x, out);
-      break;
-    case 'binary':
-      map2(binaryScalar(p.fn, inNodes[0]!.dtype), x, ins[1]!, out);
-      break;
-    case 'select':
-      select(x, ins[1]!, ins[2]!, out);
-      break;
-    case 'cast':
-      map1(castScalar(inNodes[0]!.dtype, node.dtype), x, out);
-      break;
-    case 'reduce':
-      reduce(p.fn, x, xShape, p.axes, node.dtype, out);
-      break;
-    case 'permute':
-      permute(x, xShape, p.perm, out);
-      break;
-    case 'broadcast':
-      broadcast(x, xShape, node.shape, out);
-      break;
-    case 'slice':
-      slice(x, xShape, p.starts, p.strides, node.shape, out);
-      break;
-    case 'pad':
-      pad(x, xShape, p.lo, p.interior, p.value, node.shape, out);
-      break;
-    case 'concat':
-      concat(ins, inNodes.map((n) => n.shape), p.axis, node.shape, out);
-      break;
-    case 'gather':
-      gather(x, xShape, ins[1]!, p.axis, out);
-      break;
-    case 'iota':
-      iota(node.shape, p.axis, node.dtype === 'bool', out);
-      break;
-    case 'matmul':
-      matmul(x, ins[1]!, xShape, inNodes[1]!.shape, out);
-      break;
-    case 'conv2d':
-      conv2d(x, ins[1]!, xShape, inNodes[1]!.shape, node.shape, p, out);
-      break;
-    case 'conv2dGradInput':
-      conv2dGradInput(x, ins[1]!, xShape, inNodes[1]!.shape, node.shape, p, out);
-      break;
-    case 'conv2dGradWeight':
-      conv2dGradWeight(x, ins[1]!, xShape, inNodes[1]!.shape, node.shape, p, out);
-      break;
-    case 'const':
-      throw new BackendError(`cpu: a program has a 'const' node; concrete tensors must be program inputs`);
-    default:
-      return p satisfies never;
-  }
-  return out;
+export interface CpuExecutable extends Executable {
+  readonly steps: readonly Compiled[];
+  readonly memory: MemoryPlan;
+  /** Bytes the memory plan keeps live at most: intermediates' slots plus the outputs. */
+  readonly memoryPlanBytes: number;
 }
 
 export class CpuBackend implements Backend {
   readonly name = 'cpu';
   readonly dtypes = DTYPES;
+  /** Kernel ids by source, so equal kernels of different programs compile once. */
+  private readonly kernelIds = new Map<string, number>();
+
+  constructor(readonly runtime: Parallel) {}
 
   compile(program: Program): CpuExecutable {
-    for (const node of [...program.nodes, ...program.inputs]) {
-      if (!DTYPES.has(node.dtype)) throw new BackendError(`cpu: program '${program.name}' uses dtype ${node.dtype}`);
+    for (const nd of [...program.nodes, ...program.inputs]) {
+      if (!DTYPES.has(nd.dtype)) throw new BackendError(`cpu: program '${program.name}' uses ${nd.dtype}, which the cpu backend does not hold; use the 'reference' backend`);
     }
-    return new CpuExecutable(program);
+    const { steps } = planSteps(program);
+    const compiled = steps.map((step): Compiled => {
+      if (step.kind !== 'js') return { step, kernel: -1 };
+      let kernel = this.kernelIds.get(step.source);
+      if (kernel === undefined) {
+        if (debug('js')) console.log(`// ${step.label}\n${step.source}\n`);
+        try {
+          kernel = this.runtime.registerJs({ body: step.source });
+        } catch (e) {
+          throw new BackendError(`${step.label}: the generated kernel does not compile: ${(e as Error).message}\n${step.source}`);
+        }
+        this.kernelIds.set(step.source, kernel);
+      }
+      return { step, kernel };
+    });
+    const memory = planMemory(program, steps, nodeBytes);
+    const outputBytes = [...new Set(program.outputs)].reduce((s, n) => s + nodeBytes(program.nodes[n]!), 0);
+    return { program, steps: compiled, memory, memoryPlanBytes: memory.slotBytes.reduce((s, b) => s + b, 0) + outputBytes };
   }
 
   upload(data: TypedArray, shape: Shape, dtype: DType): CpuBuffer {
-    if (!matchesDType(data, dtype) || data.length !== sizeOf(shape)) {
+    const size = sizeOf(shape);
+    if (!DTYPES.has(dtype)) throw new BackendError(`cpu: upload of ${dtype} ${fmtShape(shape)}: the cpu backend holds ${[...DTYPES].join(', ')}; use the 'reference' backend`);
+    if (!matchesDType(data, dtype) || data.length !== size) {
       throw new BackendError(`cpu: upload of ${data.constructor.name}(${data.length}) as ${dtype} ${fmtShape(shape)}`);
     }
-    return new CpuBuffer(data.slice(), dtype);
+    const buf = this.allocate(dtype, size);
+    this.view(buf).set(data);
+    return buf;
   }
 
   async download(buffer: DeviceBuffer): Promise<TypedArray> {
-    return asCpuBuffer(buffer, 'download').data.slice();
+    return this.view(this.own(buffer, 'download')).slice();
   }
 
-  /**
-   * Interprets the nodes in order, dropping each array after its last reader. An output is returned
-   * in a fresh buffer, except that an output whose array is a donated input's (the input itself, or
-   * a reshape of it) returns that input's buffer. Donated inputs not returned are freed. An input
-   * counts as donated only if its buffer appears once among the inputs.
-   */
   run(executable: Executable, inputBuffers: readonly DeviceBuffer[], donated: readonly boolean[]): CpuBuffer[] {
-    if (!(executable instanceof CpuExecutable)) throw new BackendError(`cpu: run was given an executable compiled by another backend`);
-    const { program, lastUse } = executable;
+    const exe = executable as CpuExecutable;
+    const { program, memory } = exe;
+    if (exe.steps === undefined) throw new BackendError(`cpu: run was given an executable compiled by another backend`);
     if (inputBuffers.length !== program.inputs.length) {
       throw new BackendError(`cpu: program '${program.name}' takes ${program.inputs.length} inputs, got ${inputBuffers.length}`);
     }
-    const inputs = inputBuffers.map((b, i) => {
-      const buf = asCpuBuffer(b, `input ${i}`);
+    const ins = inputBuffers.map((b, i) => {
+      const buf = this.own(b, `${program.name} input ${i}`);
       const want = program.inputs[i]!;
       if (buf.dtype !== want.dtype || buf.size !== sizeOf(want.shape)) {
         throw new BackendError(`cpu: program '${program.name}' input ${i} is ${want.dtype} ${fmtShape(want.shape)}, got a ${buf.dtype} buffer of ${buf.size} elements`);
       }
       return buf;
     });
-
-    const values: (TypedArray | undefined)[] = new Array(program.nodes.length);
-    program.nodes.forEach((node, i) => {
-      values[i] = evaluate(node, node.inputs.map((j) => values[j]!), node.inputs.map((j) => program.nodes[j]!), inputs);
-      for (const j of node.inputs) if (lastUse[j] === i) values[j] = undefined;
+    // A buffer passed twice cannot be given away.
+    const canDonate = ins.map((b, i) => donated[i] === true && ins.indexOf(b) === ins.lastIndexOf(b));
+    const nodes = program.nodes;
+    const where = new Map<number, number>();
+    nodes.forEach((nd, n) => {
+      if (nd.prim.op === 'input') where.set(n, ins[nd.prim.index]!.offset);
     });
+    const rt = this.runtime;
+    const slots = memory.slotBytes.map((bytes) => rt.alloc(bytes));
+    memory.slotOf.forEach((slot, n) => where.set(n, slots[slot]!));
 
-    const donatable = new Map<TypedArray, CpuBuffer>();
-    inputs.forEach((b, i) => {
-      if (donated[i] === true && inputs.indexOf(b) === inputs.lastIndexOf(b)) donatable.set(b.data, b);
-    });
-    const inputArrays = new Set(inputs.map((b) => b.data));
-    const handedOut = new Set<TypedArray>();
-    const outs = program.outputs.map((o) => {
-      const data = values[o]!;
-      const dtype = program.nodes[o]!.dtype;
-      const reuse = donatable.get(data);
-      if (reuse !== undefined) {
-        donatable.delete(data);
-        handedOut.add(data);
-        return reuse;
+    const { outputs, unused } = assignOutputs(program, memory, canDonate, (i, n) => ins[i]!.bytes >= nodeBytes(nodes[n]!));
+    const copies: [from: number, to: CpuBuffer][] = [];
+    const results = program.outputs.map((n, k) => {
+      const nd = nodes[n]!;
+      const size = sizeOf(nd.shape);
+      const src = outputs[k]!;
+      if (src.kind === 'input') return ins[src.input]!;
+      let buf: CpuBuffer;
+      if (src.kind === 'reuse') {
+        const old = ins[src.input]!;
+        buf = new CpuBuffer(old.offset, size, nd.dtype);
+        old.release();
+      } else {
+        buf = this.allocate(nd.dtype, size);
       }
-      if (inputArrays.has(data) || handedOut.has(data)) return new CpuBuffer(data.slice(), dtype);
-      handedOut.add(data);
-      return new CpuBuffer(data, dtype);
+      if (src.kind === 'copy') copies.push([where.get(n)!, buf]);
+      else where.set(n, buf.offset);
+      return buf;
     });
-    for (const b of donatable.values()) b.release();
-    return outs;
+
+    try {
+      for (const c of exe.steps) this.runStep(c, where, nodes);
+    } catch (e) {
+      throw e instanceof BackendError ? e : new BackendError(`cpu: program '${program.name}' failed: ${(e as Error).message}`);
+    }
+    const u8 = rt.heap().u8;
+    for (const [from, to] of copies) u8.copyWithin(to.offset, from, from + to.size * elementBytes(to.dtype));
+    slots.forEach((s) => rt.free(s));
+    for (const i of unused) this.free(ins[i]!);
+    return results;
   }
 
   free(buffer: DeviceBuffer): void {
-    asCpuBuffer(buffer, 'free').release();
+    const b = this.own(buffer, 'free');
+    if (b.isFreed) return;
+    this.runtime.free(b.offset);
+    b.release();
   }
 
   describe(): Record<string, unknown> {
-    return { backend: 'cpu', dtypes: [...DTYPES], note: 'reference interpreter: plain loops, one thread' };
+    return {
+      backend: 'cpu (compiled: JavaScript and WebAssembly SIMD kernels on worker threads)',
+      threads: this.runtime.threads,
+      dtypes: [...DTYPES],
+      kernelsCompiled: this.kernelIds.size,
+      memoryBytes: this.runtime.memory.buffer.byteLength,
+    };
+  }
+
+  private runStep({ step, kernel }: Compiled, where: ReadonlyMap<number, number>, nodes: readonly ProgramNode[]): void {
+    const rt = this.runtime;
+    const at = (n: number): number => where.get(n)!;
+    switch (step.kind) {
+      case 'js': {
+        const args = [...step.reads, step.writes].map((n) => at(n) / elementBytes(nodes[n]!.dtype));
+        rt.run(kernel, '', step.total, args, { serialBelow: Math.ceil(SERIAL_WORK / step.cost) });
+        return;
+      }
+      case 'matmul': {
+        const { a, b, m, n, k } = step;
+        matmul(rt, {
+          batch: step.batch, m, n, k,
+          a: at(a.node), b: at(b.node), c: at(step.writes),
+          aBatchStride: a.shared ? 0 : m * k, bBatchStride: b.shared ? 0 : k * n,
+          transA: a.transposed, transB: b.transposed,
+        });
+        return;
+      }
+      case 'conv2d':
+      case 'conv2dGradInput':
+      case 'conv2dGradWeight': {
+        const [p, q] = step.reads as [number, number];
+        const shapes = { aShape: nodes[p]!.shape, bShape: nodes[q]!.shape, outShape: nodes[step.writes]!.shape };
+        const conv = step.kind === 'conv2d' ? conv2d : step.kind === 'conv2dGradInput' ? conv2dGradInput : conv2dGradWeight;
+        conv(rt, { a: at(p), b: at(q), out: at(step.writes), ...shapes, ...step.attrs });
+        return;
+      }
+      default:
+        return step satisfies never;
+    }
+  }
+
+  private allocate(dtype: DType, size: number): CpuBuffer {
+    return new CpuBuffer(this.runtime.alloc(bufferBytes(dtype, size)), size, dtype);
+  }
+
+  private view(b: CpuBuffer): TypedArray {
+    const heap = this.runtime.heap();
+    const off = b.offset / elementBytes(b.dtype);
+    return heap[viewOf(b.dtype)].subarray(off, off + b.size);
+  }
+
+  private own(buffer: DeviceBuffer, what: string): CpuBuffer {
+    if (!(buffer instanceof CpuBuffer)) throw new BackendError(`cpu: ${what} is a buffer of backend '${buffer.backendName}', not of 'cpu'`);
+    return buffer;
   }
 }
 
 let instance: CpuBackend | undefined;
 
-/** The process-wide CPU backend (the one the registry hands out). */
+/** The process-wide compiled CPU backend (threads: `TESSERA_CPU_THREADS`, default one per core). */
 export function cpuBackend(): CpuBackend {
-  instance ??= new CpuBackend();
+  instance ??= new CpuBackend(createRuntime());
   return instance;
 }
 
-/** Makes 'cpu' available to `getBackend`, `setDefaultBackend` and `jit` (lowest default priority). */
+/** Makes 'cpu' available to `getBackend`, `setDefaultBackend` and `jit`. */
 export function registerCpuBackend(): void {
-  registerBackend('cpu', async () => cpuBackend(), 0);
+  registerBackend('cpu', async () => cpuBackend(), 5);
 }

@@ -34,6 +34,8 @@ export interface GpuContext {
   readonly adapter: GPUAdapter;
   readonly device: GPUDevice;
   readonly adapterInfo: Record<string, string>;
+  /** A software rasteriser (lavapipe/llvmpipe, SwiftShader, Dawn's fallback adapter), not a GPU. */
+  readonly software: boolean;
   readonly limits: Readonly<Record<(typeof WANTED_LIMITS)[number], number>>;
   readonly features: ReadonlySet<string>;
   /** Records a pending error check; `flushErrors` awaits them all. */
@@ -65,6 +67,8 @@ export async function acquireDevice(): Promise<GpuContext> {
     if (typeof info[k] === 'string' && info[k] !== '') adapterInfo[k] = info[k];
   }
 
+  const software = info['isFallbackAdapter'] === true || adapterInfo['architecture'] === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(Object.values(adapterInfo).join(' '));
+
   let lost: string | undefined;
   let pending: { label: string; kind: string; check: Promise<GPUError | null> }[] = [];
   const uncaptured: string[] = [];
@@ -80,6 +84,7 @@ export async function acquireDevice(): Promise<GpuContext> {
     adapter,
     device,
     adapterInfo,
+    software,
     limits,
     features: new Set([...device.features]),
     watch(label, kind, check) {

@@ -15,7 +15,7 @@ import type { Program, ProgramNode } from '../../core/program.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
 import { sizeOf } from '../../core/shape.ts';
 import { BackendError } from '../../core/errors.ts';
-import type { Emitter } from './codegen.ts';
+import type { Emitter } from '../kernel/emitter.ts';
 import type { KernelBody } from './kernel.ts';
 
 /** Invocations per workgroup. */

@@ -10,10 +10,11 @@ import { sizeOf, type Shape } from '../../core/shape.ts';
 import type { DeviceBuffer } from '../../core/tensor.ts';
 import { acquireDevice, type GpuContext } from './device.ts';
 import { elementwiseBody } from './elementwise.ts';
-import { planFusion, splitCandidates, type FusionPlan, type KernelPlan } from './fusion.ts';
+import { planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { gemmBody, gemmShape, type Tile } from './gemm.ts';
 import { buildKernel, foldGrid, type KernelSource } from './kernel.ts';
-import { BufferPool, bindingBytes, planMemory, type MemoryPlan } from './memory.ts';
+import { assignOutputs, planMemory, type MemoryPlan } from '../kernel/memory.ts';
+import { BufferPool, bindingBytes } from './memory.ts';
 import { PipelineCache } from './pipelines.ts';
 import { reduceBody } from './reduce.ts';
 import { TILE_CANDIDATES, cachedTiles, chooseTile } from './tiles.ts';
@@ -127,7 +128,7 @@ export class WebGpuBackend implements Backend {
       }
     }
     const kernels = sources.map((source) => ({ source, pipeline: source.workgroups === 0 ? undefined : this.pipelines.get(source.label, source.wgsl) }));
-    return { program, kernels, memory: planMemory(program, sources) };
+    return { program, kernels, memory: planMemory(program, sources, (nd) => bindingBytes(sizeOf(nd.shape))) };
   }
 
   upload(data: TypedArray, shape: Shape, dtype: DType): WebGpuBuffer {
@@ -198,44 +199,18 @@ export class WebGpuBackend implements Backend {
     mem.slotOf.forEach((slot, n) => where.set(n, slots[slot]!));
 
     // Outputs: a donated input whose last reader runs before the writer, else a fresh buffer.
-    const spare = ins.map((b, i) => (donated[i] === true ? b : undefined));
-    const taken = new Set<number>();
-    const results: WebGpuBuffer[] = [];
+    const { outputs, unused } = assignOutputs(program, mem, donated, (i, n) => ins[i]!.gpu.size >= bindingBytes(sizeOf(nodes[n]!.shape)));
     const copies: [GPUBuffer, GPUBuffer, number][] = [];
-    const seen = new Set<number>();
-    const returnedInputs = new Set(program.outputs.map((n) => nodes[n]!.prim).flatMap((p) => (p.op === 'input' ? [p.index] : [])));
-    for (const n of program.outputs) {
+    const results = program.outputs.map((n, k) => {
       const nd = nodes[n]!;
       const size = sizeOf(nd.shape);
-      const bytes = bindingBytes(size);
-      if (nd.prim.op === 'input' && !seen.has(n)) {
-        const i = nd.prim.index;
-        seen.add(n);
-        if (spare[i] !== undefined && !taken.has(i)) {
-          taken.add(i);
-          results.push(spare[i]);
-          continue;
-        }
-      }
-      if (seen.has(n)) {
-        const buf = new WebGpuBuffer(size, nd.dtype, this.acquire(bytes, program.name));
-        copies.push([where.get(n)!, buf.gpu, bytes]);
-        results.push(buf);
-        continue;
-      }
-      seen.add(n);
-      const t = mem.writtenAt.get(n)!;
-      const d = spare.findIndex((b, i) => b !== undefined && !taken.has(i) && !returnedInputs.has(i) && b.gpu.size >= bytes && mem.inputLastRead[i]! < t);
-      let gpu: GPUBuffer;
-      if (d >= 0) {
-        taken.add(d);
-        gpu = spare[d]!.gpu;
-      } else {
-        gpu = this.acquire(bytes, program.name);
-      }
-      where.set(n, gpu);
-      results.push(new WebGpuBuffer(size, nd.dtype, gpu));
-    }
+      const src = outputs[k]!;
+      if (src.kind === 'input') return ins[src.input]!;
+      const gpu = src.kind === 'reuse' ? ins[src.input]!.gpu : this.acquire(bindingBytes(size), program.name);
+      if (src.kind === 'copy') copies.push([where.get(n)!, gpu, bindingBytes(size)]);
+      else where.set(n, gpu);
+      return new WebGpuBuffer(size, nd.dtype, gpu);
+    });
 
     const device = this.ctx.device;
     const maxDim = this.ctx.limits.maxComputeWorkgroupsPerDimension;
@@ -259,9 +234,7 @@ export class WebGpuBackend implements Backend {
       device.queue.submit([enc.finish()]);
     });
     slots.forEach((s) => this.pool.release(s));
-    spare.forEach((b, i) => {
-      if (b !== undefined && !taken.has(i)) this.pool.release(b.gpu);
-    });
+    unused.forEach((i) => this.pool.release(ins[i]!.gpu));
     return results;
   }
 
@@ -269,9 +242,15 @@ export class WebGpuBackend implements Backend {
     this.pool.release(this.own(buffer, 'free').gpu);
   }
 
+  notDefaultBecause(): string | undefined {
+    if (!this.ctx.software) return undefined;
+    return `the adapter is a software rasteriser (${this.ctx.adapterInfo['description'] ?? this.ctx.adapterInfo['device'] ?? 'unknown'}), slower than the cpu backend; pass --backend webgpu or set TESSERA_BACKEND=webgpu to use it anyway`;
+  }
+
   describe(): Record<string, unknown> {
     return {
       backend: 'webgpu (Dawn)',
+      software: this.ctx.software,
       adapter: this.ctx.adapterInfo,
       limits: this.ctx.limits,
       features: [...this.ctx.features].sort(),
@@ -295,7 +274,7 @@ export async function createWebGpuBackend(options: WebGpuOptions = {}): Promise<
   return new WebGpuBackend(await acquireDevice(), options);
 }
 
-/** Registers 'webgpu' with a higher priority than 'cpu', so it is the default when an adapter exists. */
+/** Registers 'webgpu' with a higher priority than 'cpu', so it is the default on a real GPU. */
 export function registerWebGpuBackend(): void {
   registerBackend('webgpu', () => createWebGpuBackend(), 10);
 }

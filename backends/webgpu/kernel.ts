@@ -5,9 +5,9 @@
  */
 import type { Program } from '../../core/program.ts';
 import { THREEFRY_WGSL } from '../../core/threefry.ts';
-import { Emitter } from './codegen.ts';
-import type { FusionPlan, KernelPlan } from './fusion.ts';
-import { helpersFor, storageType, toStorage } from './wgsl.ts';
+import { Emitter } from '../kernel/emitter.ts';
+import type { FusionPlan, KernelPlan } from '../kernel/fusion.ts';
+import { WGSL, helpersFor, storageType, toStorage } from './wgsl.ts';
 
 export interface KernelSource {
   readonly label: string;
@@ -56,7 +56,7 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
       reads.push(n);
     }
     return name;
-  });
+  }, WGSL);
   const root = nodes[k.root]!;
   em.line(`let wid = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;`);
   em.line(`if (wid >= ${body.workgroups}u) { return; }`);

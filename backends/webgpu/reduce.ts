@@ -6,48 +6,14 @@
  * slow to compile and run on lavapipe, so they are kept to the case that needs them.
  */
 import type { Program } from '../../core/program.ts';
-import { sizeOf, stridesOf } from '../../core/shape.ts';
-import type { Emitter } from './codegen.ts';
+import { sizeOf } from '../../core/shape.ts';
+import type { Emitter } from '../kernel/emitter.ts';
+import { reductionRuns, runOffset } from '../kernel/reduce.ts';
 import type { KernelBody } from './kernel.ts';
 import { reduceIdentity, reduceStep, valueType } from './wgsl.ts';
 
 const THREAD_WG = 64;
 const TREE_WG = 128;
-
-interface Run {
-  readonly size: number;
-  readonly inStride: number;
-}
-
-/** Runs of adjacent kept or reduced axes, each with its input stride. */
-function runs(shape: readonly number[], axes: readonly number[]): { kept: Run[]; reduced: Run[] } {
-  const strides = stridesOf(shape);
-  const kept: Run[] = [];
-  const reduced: Run[] = [];
-  let prev: boolean | undefined;
-  shape.forEach((d, a) => {
-    if (d === 1) return;
-    const isRed = axes.includes(a);
-    const list = isRed ? reduced : kept;
-    const last = list[list.length - 1];
-    if (prev === isRed && last !== undefined) list[list.length - 1] = { size: last.size * d, inStride: strides[a]! };
-    else list.push({ size: d, inStride: strides[a]! });
-    prev = isRed;
-  });
-  return { kept, reduced };
-}
-
-/** The input offset of flat index `idx` over `rs` (row-major over the runs). */
-function offset(em: Emitter, idx: string, rs: readonly Run[]): string {
-  const total = rs.reduce((s, r) => s * r.size, 1);
-  let stride = total;
-  const terms = rs.map((r) => {
-    stride /= r.size;
-    const c = em.coord(idx, stride, r.size, total);
-    return r.inStride === 1 ? c : `${c} * ${r.inStride}u`;
-  });
-  return terms.length === 0 ? '0u' : terms.join(' + ');
-}
 
 export function reduceBody(program: Program, root: number, heavy: number): KernelBody {
   const h = program.nodes[heavy]!;
@@ -57,7 +23,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
   const inShape = program.nodes[input]!.shape;
   const outSize = sizeOf(h.shape);
   const rowSize = sizeOf(axes.map((a) => inShape[a]!));
-  const { kept, reduced } = runs(inShape, axes);
+  const { kept, reduced } = reductionRuns(inShape, axes);
   const t = valueType(h.dtype);
   const identity = reduceIdentity(fn, h.dtype);
   const tree = outSize < 64 && rowSize >= 256;
@@ -66,7 +32,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
     em.line(`var acc: ${t} = ${identity};`);
     if (rowSize === 0) return;
     em.block(`for (var r = ${start}; r < ${rowSize}u * one; r += ${step}u)`, () => {
-      const j = em.index(`${base} + ${offset(em, 'r', reduced)}`);
+      const j = em.index(`${base} + ${runOffset(em, 'r', reduced)}`);
       em.line(`acc = ${reduceStep(fn, h.dtype, 'acc', em.value(input, j))};`);
     });
   };
@@ -80,7 +46,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
       emit(em, store) {
         em.line(`let o = wid * ${THREAD_WG}u + li;`);
         em.line(`if (o >= ${outSize}u) { return; }`);
-        const base = em.index(offset(em, 'o', kept));
+        const base = em.index(runOffset(em, 'o', kept));
         accumulate(em, base, '0u', 1);
         em.define(heavy, 'o', 'acc');
         store('o', em.value(root, 'o'));
@@ -95,7 +61,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
     decls: `var<workgroup> partial: array<${t}, ${TREE_WG}>;`,
     emit(em, store) {
       em.line('let o = wid;');
-      const base = em.index(offset(em, 'o', kept));
+      const base = em.index(runOffset(em, 'o', kept));
       accumulate(em, base, 'li', TREE_WG);
       em.line('partial[li] = acc;');
       em.line('workgroupBarrier();');

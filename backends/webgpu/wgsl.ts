@@ -5,6 +5,7 @@
 import type { DType } from '../../core/dtype.ts';
 import { BackendError } from '../../core/errors.ts';
 import type { BinaryFn, UnaryFn } from '../../core/tensor.ts';
+import type { Dialect } from '../kernel/emitter.ts';
 
 export type GpuDType = Exclude<DType, 'float64'>;
 
@@ -259,3 +260,22 @@ export function castExpr(from: DType, to: DType, x: string): string {
   if (to === 'int32') return `f32_to_i32(${x})`;
   return `${valueType(to)}(${x})`;
 }
+
+/** The shared expression generator's statements and scalars, in WGSL (indices are u32). */
+export const WGSL: Dialect = {
+  uint: (n) => `${n}u`,
+  quotient: (index, divisor) => `(${index} / ${divisor}u)`,
+  let: (name, expr) => `let ${name} = ${expr};`,
+  var: (name, dtype, init) => (init === undefined ? `var ${name}: ${valueType(dtype)};` : `var ${name} = ${init};`),
+  load: (dtype, buffer, index) => fromStorage(dtype, `${buffer}[${index}]`),
+  constant,
+  unary: (fn, inDtype, _outDtype, x) => unaryExpr(fn, inDtype, x),
+  binary: (fn, inDtype, _outDtype, a, b) => binaryExpr(fn, inDtype, a, b),
+  cast: castExpr,
+  select: (cond, ifTrue, ifFalse) => `select(${ifFalse}, ${ifTrue}, ${cond})`,
+  signed: (index) => `i32(${index})`,
+  unsigned: (int) => `u32(${int})`,
+  clampIndex: (int, max) => `u32(clamp(${int}, 0i, ${max}i))`,
+  randomBits: (key0, key1, offset, index) =>
+    `bitcast<i32>(threefry2x32(vec2<u32>(bitcast<u32>(${key0}), bitcast<u32>(${key1})), vec2<u32>(0u, ${offset}u + ${index} / 2u))[${index} % 2u])`,
+};

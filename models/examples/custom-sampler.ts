@@ -43,10 +43,10 @@ export function gaussianDenoiser(m: number, s: number): Denoiser {
 }
 
 if (import.meta.url === `file://${globalThis.process?.argv[1]}`) {
-  const { registerCpuBackend } = await import('../../backends/cpu/index.ts');
+  const { registerReferenceBackend } = await import('../../backends/reference/index.ts');
   const { setDefaultBackend } = await import('../../core/index.ts');
-  registerCpuBackend();
-  setDefaultBackend('cpu');
+  registerReferenceBackend();
+  setDefaultBackend('reference');
   const x = await dpmSolver2Sampler(gaussianDenoiser(0.5, 0.5), { key: random.key(0), shape: [4096, 1], numSteps: 32 });
   const v = Array.from(await x.data());
   const mean = v.reduce((a, b) => a + b, 0) / v.length;

@@ -1,5 +1,5 @@
 /** The gradient checker and the arbitraries exported for users' property tests. */
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { setDefaultBackend } from '../../core/backend.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,8 +12,8 @@ import { broadcastShapes } from '../../core/shape.ts';
 import type { Tensor } from '../../core/tensor.ts';
 import { holds, runs } from './helpers.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 test('checkGrad passes a correct gradient, entry by entry and along random directions', async () => {
   const small = await checkGrad((p: { w: Tensor }) => sum(sin(p.w)), [{ w: tensor([0.1, 0.2, 0.3]) }]);

@@ -2,7 +2,7 @@
  * One property per composite: gradients (first and second order) agree with float64 central
  * differences on the CPU backend over random shapes and attributes.
  */
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { setDefaultBackend } from '../../core/backend.ts';
 import { test } from 'node:test';
 import fc from 'fast-check';
@@ -14,8 +14,8 @@ import {
 import type { Tensor } from '../../core/tensor.ts';
 import { checkRule, holds } from './helpers.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 const withAxes = (minRank = 0) =>
   arbShape({ minRank }).chain((s) => fc.tuple(arbTensor({ shape: s }), fc.oneof(fc.constant(undefined), fc.subarray(s.map((_, i) => i))), fc.boolean()));

@@ -3,7 +3,7 @@
  * product, i.e. second order) agrees with float64 central differences on the CPU backend, over random
  * shapes, broadcasts and attributes.
  */
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { setDefaultBackend } from '../../core/backend.ts';
 import { test } from 'node:test';
 import fc from 'fast-check';
@@ -19,8 +19,8 @@ import { broadcastShapes } from '../../core/shape.ts';
 import type { BinaryFn, Tensor, UnaryFn } from '../../core/tensor.ts';
 import { checkRule, holds } from './helpers.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 const pairOf = (ca: TensorConstraints, cb: TensorConstraints) =>
   arbBroadcastPair().chain(([sa, sb]) => fc.tuple(arbTensor({ ...ca, shape: sa }), arbTensor({ ...cb, shape: sb })));

@@ -1,11 +1,11 @@
 /** Device memory is freed by `using` (Symbol.dispose) without reference counts in user code. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { add, jit, setDefaultBackend, tensor, type Tensor } from '../../core/index.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 test('a disposed result cannot be read, and `using` disposes at the end of its block', async () => {
   const f = jit((x: Tensor) => add(x, 1));

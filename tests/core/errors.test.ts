@@ -5,9 +5,9 @@ import {
   add, concat, conv2d, DTypeError, flatten, gather, jit, matmul, reshape, ShapeError, slice, sum, tensor, treeMap, TreeError,
   unflatten, where, zeros, max, leafPaths, random, broadcastTo, pad, permute,
 } from '../../core/index.ts';
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 
-registerCpuBackend();
+registerReferenceBackend();
 
 test('matmul names both shapes when inner dimensions differ', () => {
   assert.throws(() => matmul(zeros([2, 3]), zeros([4, 5])), (e: unknown) => e instanceof ShapeError && e.message === 'matmul: inner dimensions differ: [2,3] x [4,5]');

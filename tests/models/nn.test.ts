@@ -1,14 +1,14 @@
 /** Layers of models/nn.ts against direct loop implementations of EDM's (PyTorch's) semantics. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { avgPool2d, conv2d as conv2dOp, random, setDefaultBackend, tensor, upsampleNearest2d, type Tensor } from '../../core/index.ts';
 import {
   conv2d, dropout, fourierEmbedding, groupNorm, linear, parameterCount, positionalEmbedding, selfAttention, weightInit,
 } from '../../models/nn.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 async function values(t: Tensor): Promise<number[]> {
   return Array.from(await t.data());

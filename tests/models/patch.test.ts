@@ -1,12 +1,12 @@
 /** Patch Diffusion's coordinate channels. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { setDefaultBackend, tensor } from '../../core/index.ts';
 import { batchCoordinates, fullCoordinates, patchCoordinates } from '../../models/patch.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 const f32 = Math.fround;
 

@@ -1,13 +1,13 @@
 /** EDM preconditioning and the patch model's denoiser. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { concat, flatten, leafPaths, mul, random, reshape, setDefaultBackend, tensor, type Tensor } from '../../core/index.ts';
 import { edmPrecondition, makeDenoiser, patchModel, type Denoiser, type PatchModelConfig } from '../../models/precond.ts';
 import { batchCoordinates, patchCoordinates } from '../../models/patch.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 async function close(t: Tensor, expected: readonly number[], tol = 1e-5): Promise<void> {
   const a = Array.from(await t.data());

@@ -4,15 +4,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { random, setDefaultBackend, tensor, type Tensor } from '../../core/index.ts';
 import { ddimSampler, edmSigmas, eulerSampler, heunSampler, type ChurnOptions, type Sampler } from '../../models/samplers.ts';
 import { dpmSolver2Sampler, gaussianDenoiser } from '../../models/examples/custom-sampler.ts';
 import { makeDenoiser, patchModel } from '../../models/precond.ts';
 import { patchCoordinates } from '../../models/patch.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 const [m, s, n] = [0.5, 0.5, 4096];
 const D = gaussianDenoiser(m, s);

@@ -1,14 +1,14 @@
 /** EDM's SongUNet: parameter count and names of the reference, shapes through every variant, gradients. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { flatten, leafPaths, realize, mean, oneHot, pad, random, setDefaultBackend, square, tensor, treeLeaves, type Tensor } from '../../core/index.ts';
 import { grad } from '../../autodiff/index.ts';
 import { parameterCount } from '../../models/nn.ts';
 import { DDPMPP, NCSNPP, frozenParameterPaths, songUNet, type SongUNetConfig } from '../../models/songunet.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 const paths = (tree: unknown) => leafPaths(flatten(tree as never).def);
 

@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { registerCpuBackend } from '../../backends/cpu/index.ts';
+import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { jit, scalar, setDefaultBackend, tensor, type Tensor } from '../../core/index.ts';
 import { adam, applyUpdates, chain, clipByGlobalNorm, edmLearningRate, emaUpdate, replaceNonFinite } from '../../train/optim.ts';
 
-registerCpuBackend();
-setDefaultBackend('cpu');
+registerReferenceBackend();
+setDefaultBackend('reference');
 
 const close = (a: ArrayLike<number>, b: ArrayLike<number>, tol = 1e-5) =>
   Array.from(a).forEach((v, i) => assert.ok(Math.abs(v - b[i]!) <= tol * (1 + Math.abs(b[i]!)), `index ${i}: ${v} vs ${b[i]}`));

@@ -26,7 +26,7 @@ let featB: FeatureSet;
 const feats = async (x: Float32Array): Promise<FeatureSet> => featureSet(await imageFeatures(classifier, { count: x.length / 1024, side: 32, data: x }), FEATURE_DIM);
 
 before(async () => {
-  setDefaultBackend('cpu');
+  setDefaultBackend('reference');
   classifier = orThrow(await loadClassifier('mnist'));
   mnist = await loadMnist('mnist', { resolution: 32 });
   // Two disjoint seeded halves of 2N images.

@@ -7,10 +7,10 @@ import {
 } from '../../../core/ops.ts';
 import { buildProgram } from '../../../core/program.ts';
 import { Tensor } from '../../../core/tensor.ts';
-import { CpuBuffer, cpuBackend } from '../../../backends/cpu/index.ts';
+import { ReferenceBuffer, referenceBackend } from '../../../backends/reference/index.ts';
 import { evalCpu, values } from './helpers.ts';
 
-const be = cpuBackend();
+const be = referenceBackend();
 const param = (index: number, shape: number[]) => new Tensor({ op: 'input', index }, [], shape, 'float32');
 
 /** Compiles f over float32 parameters of the given shapes. */
@@ -49,7 +49,7 @@ test('a donated input not returned is freed; a non-donated one is not', async ()
   const [out] = be.run(exe, [x, y], [true, false]);
   assert.notEqual(out, x);
   assert.deepEqual([...(await be.download(out!))], [11, 22]);
-  assert.ok((x as CpuBuffer).isFreed);
+  assert.ok((x as ReferenceBuffer).isFreed);
   await assert.rejects(be.download(x), BackendError);
   assert.deepEqual([...(await be.download(y))], [10, 20]);
 });

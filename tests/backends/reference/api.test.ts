@@ -6,17 +6,17 @@ import { jit } from '../../../core/jit.ts';
 import { add, matmul, mul, randomBits, sum, tensor, uniformFromBits } from '../../../core/ops.ts';
 import type { Tensor } from '../../../core/tensor.ts';
 import { randomBitsHost, uniformFromBitsHost } from '../../../core/threefry.ts';
-import { cpuBackend, registerCpuBackend } from '../../../backends/cpu/index.ts';
+import { referenceBackend, registerReferenceBackend } from '../../../backends/reference/index.ts';
 
 before(() => {
-  registerCpuBackend();
-  setDefaultBackend('cpu');
+  registerReferenceBackend();
+  setDefaultBackend('reference');
 });
 
 test('the registry hands out the CPU backend singleton', async () => {
-  assert.equal(await getBackend('cpu'), cpuBackend());
-  assert.equal(cpuBackend().name, 'cpu');
-  assert.deepEqual(cpuBackend().describe()['dtypes'], ['float32', 'float64', 'int32', 'bool']);
+  assert.equal(await getBackend('reference'), referenceBackend());
+  assert.equal(referenceBackend().name, 'reference');
+  assert.deepEqual(referenceBackend().describe()['dtypes'], ['float32', 'float64', 'int32', 'bool']);
 });
 
 test('lazy tensors evaluate on data()', async () => {

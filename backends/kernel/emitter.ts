@@ -1,15 +1,48 @@
 /**
- * The expression generator behind fusion. `value(node, index)` emits WGSL statements computing a
- * node's element at a flat (row-major, u32) index, recursing through every node that is not
- * materialized: elementwise ops keep the index, movement ops (broadcast, reshape, permute, slice,
- * pad, concat, gather) remap it, and iota, literals and random bits are computed in place. So a
- * chain of such nodes becomes straight-line code in one kernel, whatever kind of kernel hosts it.
+ * The expression generator behind fusion, shared by the fast backends. `value(node, index)` emits
+ * statements computing a node's element at a flat (row-major, non-negative integer) index,
+ * recursing through every node that is not materialized: elementwise ops keep the index, movement
+ * ops (broadcast, reshape, permute, slice, pad, concat, gather) remap it, and iota, literals and
+ * random bits are computed in place. So a chain of such nodes becomes straight-line code in one
+ * kernel, whatever kind of kernel hosts it. The index maps are written once, here; a `Dialect`
+ * spells them in the backend's language (WGSL for WebGPU, JavaScript for the CPU).
  */
+import type { DType } from '../../core/dtype.ts';
 import type { ProgramNode } from '../../core/program.ts';
 import type { Shape } from '../../core/shape.ts';
 import { sizeOf, stridesOf } from '../../core/shape.ts';
 import { BackendError } from '../../core/errors.ts';
-import { binaryExpr, castExpr, constant, fromStorage, unaryExpr, valueType } from './wgsl.ts';
+import type { BinaryFn, UnaryFn } from '../../core/tensor.ts';
+
+/**
+ * How a backend's kernel language spells statements and scalar expressions. Indices are
+ * non-negative integers below 2^31 (u32 in WGSL); `signed`/`unsigned` convert between them and
+ * signed integers (i32), which pad coordinates need.
+ */
+export interface Dialect {
+  /** An index literal. */
+  uint(n: number): string;
+  /** The integer quotient of a non-negative index by a positive constant. */
+  quotient(index: string, divisor: number): string;
+  /** Declares an immutable value. */
+  let(name: string, expr: string): string;
+  /** Declares a mutable value of `dtype`, initialised to `init` when given. */
+  var(name: string, dtype: DType, init?: string): string;
+  /** Reads element `index` of the buffer named `buffer` holding `dtype`. */
+  load(dtype: DType, buffer: string, index: string): string;
+  constant(value: number, dtype: DType): string;
+  /** `inDtype` is the operand's dtype, `outDtype` the result's. */
+  unary(fn: UnaryFn, inDtype: DType, outDtype: DType, x: string): string;
+  binary(fn: BinaryFn, inDtype: DType, outDtype: DType, a: string, b: string): string;
+  cast(from: DType, to: DType, x: string): string;
+  select(cond: string, ifTrue: string, ifFalse: string): string;
+  signed(index: string): string;
+  unsigned(int: string): string;
+  /** A signed integer value clamped to [0, max], as an index. */
+  clampIndex(int: string, max: number): string;
+  /** Word `index mod 2` of Threefry-2x32 at counter (0, offset + index / 2), as an int32 value. */
+  randomBits(key0: string, key1: string, offset: number, index: string): string;
+}
 
 /** Distinct indices at which one node may be recomputed in a kernel before fusion materializes it. */
 const MAX_INDICES_PER_NODE = 8;
@@ -32,6 +65,7 @@ export class Emitter {
   constructor(
     readonly nodes: readonly ProgramNode[],
     private readonly buffer: (node: number) => string | undefined,
+    readonly dialect: Dialect,
   ) {}
 
   fresh(prefix = 't'): string {
@@ -53,7 +87,7 @@ export class Emitter {
     this.line('}');
   }
 
-  /** Declares that `node` at `index` is the WGSL expression `expr` (e.g. a reduction's accumulator). */
+  /** Declares that `node` at `index` is the expression `expr` (e.g. a reduction's accumulator). */
   define(node: number, index: string, expr: string): void {
     this.scopes[this.scopes.length - 1]!.set(`${node}@${index}`, expr);
   }
@@ -62,15 +96,15 @@ export class Emitter {
     return this.out.join('\n');
   }
 
-  /** A u32 variable holding `expr`. */
+  /** An index variable holding `expr`. */
   index(expr: string): string {
-    if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(expr) || /^\d+u$/.test(expr)) return expr;
+    if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(expr) || /^\d+u?$/.test(expr)) return expr;
     const v = this.fresh('j');
-    this.line(`let ${v} = ${expr};`);
+    this.line(this.dialect.let(v, expr));
     return v;
   }
 
-  /** The WGSL expression (a name or a constant) for `node`'s element at flat index `idx`. */
+  /** The expression (a name or a constant) for `node`'s element at flat index `idx`. */
   value(n: number, idx: string): string {
     const key = `${n}@${idx}`;
     for (let s = this.scopes.length - 1; s >= 0; s--) {
@@ -81,7 +115,7 @@ export class Emitter {
     const buf = this.buffer(n);
     let expr: string;
     if (buf !== undefined) {
-      expr = fromStorage(node.dtype, `${buf}[${idx}]`);
+      expr = this.dialect.load(node.dtype, buf, idx);
     } else {
       if (COMPUTING.has(node.prim.op)) this.countUse(n, idx);
       const r = this.compute(n, node, idx);
@@ -92,7 +126,7 @@ export class Emitter {
       expr = r.expr;
     }
     const v = this.fresh('v');
-    this.line(`let ${v} = ${expr};`);
+    this.line(this.dialect.let(v, expr));
     this.define(n, idx, v);
     return v;
   }
@@ -106,34 +140,36 @@ export class Emitter {
 
   /** Coordinate `axis` of a flat index into a (collapsed) shape. */
   coord(idx: string, stride: number, size: number, total: number): string {
-    if (size === 1) return '0u';
-    const q = stride === 1 ? idx : `(${idx} / ${stride}u)`;
-    return stride * size >= total ? q : `(${q} % ${size}u)`;
+    const d = this.dialect;
+    if (size === 1) return d.uint(0);
+    const q = stride === 1 ? idx : d.quotient(idx, stride);
+    return stride * size >= total ? q : `(${q} % ${d.uint(size)})`;
   }
 
   private compute(n: number, node: ProgramNode, idx: string): { expr: string; cheap?: boolean } {
     const p = node.prim;
     const ins = node.inputs;
+    const d = this.dialect;
     const inNode = (i: number): ProgramNode => this.nodes[ins[i]!]!;
     switch (p.op) {
       case 'input':
       case 'const':
         throw new BackendError(`codegen: node ${n} (${p.op}) has no buffer`);
       case 'literal':
-        return { expr: constant(p.value, node.dtype), cheap: true };
+        return { expr: d.constant(p.value, node.dtype), cheap: true };
       case 'unary':
-        return { expr: unaryExpr(p.fn, inNode(0).dtype, this.value(ins[0]!, idx)) };
+        return { expr: d.unary(p.fn, inNode(0).dtype, node.dtype, this.value(ins[0]!, idx)) };
       case 'binary':
-        return { expr: binaryExpr(p.fn, inNode(0).dtype, this.value(ins[0]!, idx), this.value(ins[1]!, idx)) };
+        return { expr: d.binary(p.fn, inNode(0).dtype, node.dtype, this.value(ins[0]!, idx), this.value(ins[1]!, idx)) };
       case 'select':
-        return { expr: `select(${this.value(ins[2]!, idx)}, ${this.value(ins[1]!, idx)}, ${this.value(ins[0]!, idx)})` };
+        return { expr: d.select(this.value(ins[0]!, idx), this.value(ins[1]!, idx), this.value(ins[2]!, idx)) };
       case 'cast':
-        return { expr: castExpr(inNode(0).dtype, node.dtype, this.value(ins[0]!, idx)) };
+        return { expr: d.cast(inNode(0).dtype, node.dtype, this.value(ins[0]!, idx)) };
       case 'reshape':
         return { expr: this.value(ins[0]!, idx), cheap: true };
       case 'iota': {
         const c = this.coord(idx, stridesOf(node.shape)[p.axis]!, node.shape[p.axis]!, sizeOf(node.shape));
-        return { expr: castExpr('int32', node.dtype, `i32(${c})`) };
+        return { expr: d.cast('int32', node.dtype, d.signed(c)) };
       }
       case 'broadcast':
         return { expr: this.value(ins[0]!, this.index(this.broadcastIndex(idx, inNode(0).shape, node.shape))), cheap: true };
@@ -145,11 +181,11 @@ export class Emitter {
         const total = sizeOf(node.shape);
         let base = 0;
         const terms: string[] = [];
-        node.shape.forEach((d, a) => {
+        node.shape.forEach((size, a) => {
           base += p.starts[a]! * inStrides[a]!;
-          if (d > 1) terms.push(`${this.coord(idx, outStrides[a]!, d, total)} * ${p.strides[a]! * inStrides[a]!}u`);
+          if (size > 1) terms.push(`${this.coord(idx, outStrides[a]!, size, total)} * ${d.uint(p.strides[a]! * inStrides[a]!)}`);
         });
-        return { expr: this.value(ins[0]!, this.index([`${base}u`, ...terms].join(' + '))), cheap: true };
+        return { expr: this.value(ins[0]!, this.index([d.uint(base), ...terms].join(' + '))), cheap: true };
       }
       case 'pad':
         return { expr: this.pad(idx, node, p.lo, p.interior, p.value, ins[0]!) };
@@ -158,10 +194,9 @@ export class Emitter {
       case 'gather':
         return { expr: this.gather(idx, node, p.axis) };
       case 'randomBits': {
-        const k0 = this.value(ins[0]!, '0u');
-        const k1 = this.value(ins[0]!, '1u');
-        const bits = `threefry2x32(vec2<u32>(bitcast<u32>(${k0}), bitcast<u32>(${k1})), vec2<u32>(0u, ${p.offset}u + ${idx} / 2u))`;
-        return { expr: `bitcast<i32>(${bits}[${idx} % 2u])` };
+        const k0 = this.value(ins[0]!, d.uint(0));
+        const k1 = this.value(ins[0]!, d.uint(1));
+        return { expr: d.randomBits(k0, k1, p.offset, idx) };
       }
       case 'reduce':
       case 'matmul':
@@ -194,9 +229,9 @@ export class Emitter {
       if (!g.kept) continue;
       inStride /= g.size;
       const c = this.coord(idx, outStride, g.size, total);
-      terms.push(inStride === 1 ? c : `${c} * ${inStride}u`);
+      terms.push(inStride === 1 ? c : `${c} * ${this.dialect.uint(inStride)}`);
     }
-    return terms.length === 0 ? '0u' : terms.join(' + ');
+    return terms.length === 0 ? this.dialect.uint(0) : terms.join(' + ');
   }
 
   /** Input flat index of a permutation (out axis a is input axis perm[a]), runs of adjacent axes merged. */
@@ -228,57 +263,59 @@ export class Emitter {
       outStride /= g.size;
       const c = this.coord(idx, outStride, g.size, total);
       const s = inStride.get(g)!;
-      terms.push(s === 1 ? c : `${c} * ${s}u`);
+      terms.push(s === 1 ? c : `${c} * ${this.dialect.uint(s)}`);
     }
-    return terms.length === 0 ? '0u' : terms.join(' + ');
+    return terms.length === 0 ? this.dialect.uint(0) : terms.join(' + ');
   }
 
   private pad(idx: string, node: ProgramNode, lo: readonly number[], interior: readonly number[], fill: number, input: number): string {
+    const d = this.dialect;
     const inShape = this.nodes[input]!.shape;
     const inStrides = stridesOf(inShape);
     const outStrides = stridesOf(node.shape);
     const total = sizeOf(node.shape);
     const conds: string[] = [];
     const terms: string[] = [];
-    node.shape.forEach((d, a) => {
-      if (inShape[a] === d && lo[a] === 0) {
-        if (d > 1) terms.push(`u32(${this.coord(idx, outStrides[a]!, d, total)}) * ${inStrides[a]!}u`);
+    node.shape.forEach((size, a) => {
+      if (inShape[a] === size && lo[a] === 0) {
+        if (size > 1) terms.push(`${this.coord(idx, outStrides[a]!, size, total)} * ${d.uint(inStrides[a]!)}`);
         return;
       }
       const c = this.fresh('p');
-      this.line(`let ${c} = i32(${this.coord(idx, outStrides[a]!, d, total)}) - ${lo[a]!};`);
+      this.line(d.let(c, `${d.signed(this.coord(idx, outStrides[a]!, size, total))} - ${lo[a]!}`));
       const step = interior[a]! + 1;
       conds.push(`${c} >= 0`, `${c} < ${(inShape[a]! - 1) * step + 1}`);
       if (step > 1) conds.push(`${c} % ${step} == 0`);
-      terms.push(`u32(${step > 1 ? `${c} / ${step}` : c}) * ${inStrides[a]!}u`);
+      terms.push(`${d.unsigned(step > 1 ? `${c} / ${step}` : c)} * ${d.uint(inStrides[a]!)}`);
     });
     const v = this.fresh('v');
-    this.line(`var ${v} = ${constant(fill, node.dtype)};`);
+    this.line(d.var(v, node.dtype, d.constant(fill, node.dtype)));
     if (sizeOf(inShape) === 0) return v;
     this.block(`if (${conds.join(' && ') || 'true'})`, () => {
-      const j = this.index(terms.join(' + ') || '0u');
+      const j = this.index(terms.join(' + ') || d.uint(0));
       this.line(`${v} = ${this.value(input, j)};`);
     });
     return v;
   }
 
   private concat(idx: string, node: ProgramNode, axis: number): string {
+    const d = this.dialect;
     const outStride = stridesOf(node.shape)[axis]!;
     const total = sizeOf(node.shape);
     const dim = node.shape[axis]!;
     const c = this.index(this.coord(idx, outStride, dim, total));
-    const pre = this.index(outStride * dim >= total ? '0u' : `${idx} / ${outStride * dim}u`);
-    const post = this.index(outStride === 1 ? '0u' : `${idx} % ${outStride}u`);
+    const pre = this.index(outStride * dim >= total ? d.uint(0) : d.quotient(idx, outStride * dim));
+    const post = this.index(outStride === 1 ? d.uint(0) : `${idx} % ${d.uint(outStride)}`);
     const v = this.fresh('v');
-    this.line(`var ${v}: ${valueType(node.dtype)};`);
+    this.line(d.var(v, node.dtype));
     let offset = 0;
     const parts = node.inputs.map((inp) => ({ inp, size: this.nodes[inp]!.shape[axis]! })).filter((x) => x.size > 0);
     parts.forEach(({ inp, size }, k) => {
       const start = offset;
       offset += size;
-      const header = k === 0 ? `if (${c} < ${offset}u)` : k === parts.length - 1 ? 'else' : `else if (${c} < ${offset}u)`;
+      const header = k === 0 ? `if (${c} < ${d.uint(offset)})` : k === parts.length - 1 ? 'else' : `else if (${c} < ${d.uint(offset)})`;
       this.block(parts.length === 1 ? 'if (true)' : header, () => {
-        const j = this.index(`${pre} * ${size * outStride}u + (${c} - ${start}u) * ${outStride}u + ${post}`);
+        const j = this.index(`${pre} * ${d.uint(size * outStride)} + (${c} - ${d.uint(start)}) * ${d.uint(outStride)} + ${post}`);
         this.line(`${v} = ${this.value(inp, j)};`);
       });
     });
@@ -286,6 +323,7 @@ export class Emitter {
   }
 
   private gather(idx: string, node: ProgramNode, axis: number): string {
+    const d = this.dialect;
     const x = this.nodes[node.inputs[0]!]!;
     const ind = this.nodes[node.inputs[1]!]!;
     const post = sizeOf(x.shape.slice(axis + 1));
@@ -294,9 +332,9 @@ export class Emitter {
     const total = sizeOf(node.shape);
     const mid = this.index(this.coord(idx, post, isz, total));
     const k = this.value(node.inputs[1]!, mid);
-    const pre = post * isz >= total ? '0u' : `(${idx} / ${post * isz}u)`;
-    const p = post === 1 ? '0u' : `(${idx} % ${post}u)`;
-    const j = this.index(`(${pre} * ${n}u + u32(clamp(${k}, 0i, ${n - 1}i))) * ${post}u + ${p}`);
+    const pre = post * isz >= total ? d.uint(0) : d.quotient(idx, post * isz);
+    const p = post === 1 ? d.uint(0) : `(${idx} % ${d.uint(post)})`;
+    const j = this.index(`(${pre} * ${d.uint(n)} + ${d.clampIndex(k, n - 1)}) * ${d.uint(post)} + ${p}`);
     return this.value(node.inputs[0]!, j);
   }
 }

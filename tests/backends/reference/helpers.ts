@@ -4,11 +4,11 @@ import type { TypedArray } from '../../../core/dtype.ts';
 import { buildProgram } from '../../../core/program.ts';
 import type { Tensor } from '../../../core/tensor.ts';
 import { randomBitsHost, uniformFromBitsHost } from '../../../core/threefry.ts';
-import { cpuBackend } from '../../../backends/cpu/index.ts';
+import { referenceBackend } from '../../../backends/reference/index.ts';
 
 /** Compiles and runs the graph below `outputs` on the CPU backend; returns each output's values. */
 export async function evalCpu(...outputs: Tensor[]): Promise<TypedArray[]> {
-  const be = cpuBackend();
+  const be = referenceBackend();
   const { program, lifted } = buildProgram('test', outputs);
   const inputs = lifted.map((t) => {
     const s = t.storage;

@@ -1,0 +1,242 @@
+/**
+ * The CPU backend's kernels, from the shared fusion plan: every materialized node is one step.
+ * Elementwise and reduction kernels (with their fused prologues, epilogues and movement ops) are
+ * rendered as JavaScript by the shared expression generator; contractions (matmul, conv2d and its
+ * adjoints) are WebAssembly SIMD GEMMs on contiguous operands. A contraction's operands are found
+ * through reshapes, a transpose of the last two axes and a broadcast over batch axes without
+ * copying; anything else feeding it, and any epilogue after it, is materialized by the plan.
+ */
+import { BackendError } from '../../core/errors.ts';
+import type { Program, ProgramNode } from '../../core/program.ts';
+import { sizeOf } from '../../core/shape.ts';
+import type { ConvAttrs } from '../../core/tensor.ts';
+import { Emitter } from '../kernel/emitter.ts';
+import { planFusion, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
+import { reductionRuns, runOffset } from '../kernel/reduce.ts';
+import { JS, helpersFor, viewOf } from './js.ts';
+
+export type Contraction = 'matmul' | 'conv2d' | 'conv2dGradInput' | 'conv2dGradWeight';
+
+export function isContraction(op: string): op is Contraction {
+  return op === 'matmul' || op === 'conv2d' || op === 'conv2dGradInput' || op === 'conv2dGradWeight';
+}
+
+/** A contraction operand as the GEMM reads it: a materialized node, maybe transposed or shared by the batch. */
+export interface Operand {
+  readonly node: number;
+  /** The last two axes are swapped. */
+  readonly transposed: boolean;
+  /** One matrix for every batch entry (a broadcast over the batch axes). */
+  readonly shared: boolean;
+}
+
+export type Step =
+  | {
+      readonly kind: 'js';
+      readonly label: string;
+      readonly source: string;
+      /** Elements (outputs) the kernel loops over. */
+      readonly total: number;
+      /** Rough work per element, to decide whether threads pay off. */
+      readonly cost: number;
+      readonly reads: readonly number[];
+      readonly writes: number;
+    }
+  | {
+      readonly kind: 'matmul';
+      readonly label: string;
+      readonly a: Operand;
+      readonly b: Operand;
+      readonly batch: number;
+      readonly m: number;
+      readonly n: number;
+      readonly k: number;
+      readonly reads: readonly number[];
+      readonly writes: number;
+    }
+  | {
+      readonly kind: 'conv2d' | 'conv2dGradInput' | 'conv2dGradWeight';
+      readonly label: string;
+      readonly attrs: ConvAttrs;
+      readonly reads: readonly number[];
+      readonly writes: number;
+    };
+
+/** The materialized node under `n`'s reshapes, when there is one. */
+function throughReshapes(nodes: readonly ProgramNode[], plan: FusionPlan, n: number): number | undefined {
+  let m = n;
+  while (!plan.materialized.has(m)) {
+    const nd = nodes[m]!;
+    if (nd.prim.op !== 'reshape') return undefined;
+    m = nd.inputs[0]!;
+  }
+  return m;
+}
+
+/** Swaps the last two axes and nothing else. */
+function isLastTwoSwap(perm: readonly number[]): boolean {
+  const r = perm.length;
+  return r >= 2 && perm[r - 1] === r - 2 && perm[r - 2] === r - 1 && perm.slice(0, r - 2).every((p, i) => p === i);
+}
+
+/** How the GEMM can read operand `n` of a matmul in place, or undefined when it must be materialized. */
+export function matmulOperand(nodes: readonly ProgramNode[], plan: FusionPlan, n: number): Operand | undefined {
+  let m = n;
+  let shared = false;
+  let transposed = false;
+  for (;;) {
+    const direct = throughReshapes(nodes, plan, m);
+    if (direct !== undefined) return { node: direct, transposed, shared };
+    const nd = nodes[m]!;
+    const p = nd.prim;
+    if (p.op === 'permute' && !transposed && isLastTwoSwap(p.perm)) {
+      transposed = true;
+      m = nd.inputs[0]!;
+      continue;
+    }
+    if (p.op === 'broadcast' && !shared) {
+      const from = nodes[nd.inputs[0]!]!.shape;
+      const r = nd.shape.length;
+      const matrixKept = from.length >= 2 && from[from.length - 1] === nd.shape[r - 1] && from[from.length - 2] === nd.shape[r - 2];
+      if (matrixKept && sizeOf(from) === nd.shape[r - 1]! * nd.shape[r - 2]!) {
+        shared = true;
+        m = nd.inputs[0]!;
+        continue;
+      }
+    }
+    return undefined;
+  }
+}
+
+/** Operands of contraction `n` that the GEMM cannot read in place. */
+function unreadableOperands(nodes: readonly ProgramNode[], plan: FusionPlan, n: number): number[] {
+  const nd = nodes[n]!;
+  if (nd.prim.op === 'matmul') return nd.inputs.filter((i) => matmulOperand(nodes, plan, i) === undefined);
+  return nd.inputs.filter((i) => throughReshapes(nodes, plan, i) === undefined);
+}
+
+/**
+ * The steps of `program`: plans fusion with every contraction materialized on its own, then adds
+ * to the materialized set until each contraction reads its operands in place and no kernel
+ * recomputes a node at too many indices.
+ */
+export function planSteps(program: Program): { plan: FusionPlan; steps: Step[] } {
+  const nodes = program.nodes;
+  const forced = new Set<number>();
+  nodes.forEach((nd, n) => {
+    if (isContraction(nd.prim.op)) forced.add(n);
+  });
+  for (let attempt = 0; attempt <= nodes.length; attempt++) {
+    const plan = planFusion(program, forced);
+    const before = forced.size;
+    const steps: Step[] = [];
+    for (const k of plan.kernels) {
+      if (sizeOf(nodes[k.root]!.shape) === 0) continue;
+      const op = nodes[k.root]!.prim.op;
+      if (isContraction(op)) {
+        const unreadable = unreadableOperands(nodes, plan, k.root);
+        unreadable.forEach((i) => forced.add(i));
+        if (unreadable.length === 0) steps.push(contractionStep(program, plan, k.root));
+        continue;
+      }
+      const { step, overused } = jsStep(program, plan, k);
+      overused.forEach((n) => forced.add(n));
+      steps.push(step);
+    }
+    if (forced.size === before) return { plan, steps };
+  }
+  throw new BackendError(`${program.name}: kernel fusion did not converge`);
+}
+
+function contractionStep(program: Program, plan: FusionPlan, n: number): Step {
+  const nodes = program.nodes;
+  const nd = nodes[n]!;
+  const p = nd.prim;
+  const label = `${program.name}/${p.op}${n}`;
+  if (p.op === 'matmul') {
+    const a = matmulOperand(nodes, plan, nd.inputs[0]!)!;
+    const b = matmulOperand(nodes, plan, nd.inputs[1]!)!;
+    const r = nd.shape.length;
+    return {
+      kind: 'matmul',
+      label,
+      a,
+      b,
+      batch: sizeOf(nd.shape.slice(0, r - 2)),
+      m: nd.shape[r - 2]!,
+      n: nd.shape[r - 1]!,
+      k: nodes[nd.inputs[0]!]!.shape[r - 1]!,
+      reads: [a.node, b.node],
+      writes: n,
+    };
+  }
+  if (p.op === 'conv2d' || p.op === 'conv2dGradInput' || p.op === 'conv2dGradWeight') {
+    const reads = nd.inputs.map((i) => throughReshapes(nodes, plan, i)!);
+    return { kind: p.op, label, attrs: p, reads, writes: n };
+  }
+  throw new BackendError(`${label}: not a contraction`);
+}
+
+/** The JavaScript kernel for an elementwise or reduction root, with the nodes it found overused. */
+function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step; overused: ReadonlySet<number> } {
+  const nodes = program.nodes;
+  const reads: number[] = [];
+  const names = new Map<number, string>();
+  const em = new Emitter(
+    nodes,
+    (n) => {
+      if (n === k.root || !plan.materialized.has(n)) return undefined;
+      let name = names.get(n);
+      if (name === undefined) {
+        name = `b${reads.length}`;
+        names.set(n, name);
+        reads.push(n);
+      }
+      return name;
+    },
+    JS,
+  );
+  const root = nodes[k.root]!;
+  const store = (index: string, value: string): void => em.line(`${viewOf(root.dtype)}[out + ${index}] = ${value};`);
+  let total = sizeOf(root.shape);
+  let cost = 1;
+  let kind = 'elementwise';
+  if (k.heavy === undefined) {
+    em.block('for (let gi = start; gi < end; gi++)', () => store('gi', em.value(k.root, 'gi')));
+  } else {
+    const h = nodes[k.heavy]!;
+    if (h.prim.op !== 'reduce') throw new BackendError(`${program.name}: ${h.prim.op} node ${k.heavy} cannot be fused into a JavaScript kernel`);
+    kind = 'reduce';
+    const { fn, axes } = h.prim;
+    const input = h.inputs[0]!;
+    const inShape = nodes[input]!.shape;
+    const rowSize = sizeOf(axes.map((a) => inShape[a]!));
+    const { kept, reduced } = reductionRuns(inShape, axes);
+    const float = h.dtype === 'float32';
+    total = sizeOf(h.shape);
+    cost = Math.max(1, rowSize);
+    em.block('for (let o = start; o < end; o++)', () => {
+      const base = em.index(runOffset(em, 'o', kept));
+      em.line(`let acc = ${fn === 'sum' ? '0' : float ? '-Infinity' : '-2147483648'};`);
+      em.block(`for (let r = 0; r < ${rowSize}; r++)`, () => {
+        const j = em.index(`${base} + ${runOffset(em, 'r', reduced)}`);
+        const v = em.value(input, j);
+        // As the reference: float sums accumulate in double, int32 sums wrap, max propagates NaN.
+        if (fn === 'max') em.line(`if (${v} > acc || ${v} !== ${v}) acc = ${v};`);
+        else em.line(float ? `acc += ${v};` : `acc = (acc + ${v}) | 0;`);
+      });
+      em.define(k.heavy!, 'o', float ? 'Math.fround(acc)' : 'acc');
+      store('o', em.value(k.root, 'o'));
+    });
+  }
+  const code = em.code();
+  const source = [
+    helpersFor(code),
+    'const f32 = heap.f32, i32 = heap.i32, u8 = heap.u8;',
+    ...reads.map((_, i) => `const b${i} = args[${i}];`),
+    `const out = args[${reads.length}];`,
+    code,
+  ].join('\n');
+  const label = `${program.name}/${kind}${k.root}`;
+  return { step: { kind: 'js', label, source, total, cost: cost * Math.max(1, code.split('\n').length), reads, writes: k.root }, overused: em.overused };
+}
