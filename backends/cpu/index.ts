@@ -18,7 +18,7 @@ import { conv2d, conv2dGradInput, conv2dGradWeight, matmul } from './gemm.ts';
 import { elementBytes, viewOf } from './js.ts';
 import { planSteps, type Step } from './kernels.ts';
 import type { Parallel } from './parallel.ts';
-import { createRuntime } from './runtime.ts';
+import { createRuntime, sizeClass } from './runtime.ts';
 
 const DTYPES: ReadonlySet<DType> = new Set(['float32', 'int32', 'bool']);
 
@@ -49,10 +49,6 @@ export class CpuBuffer implements DeviceBuffer {
 
   get isFreed(): boolean {
     return this.#offset === undefined;
-  }
-
-  get bytes(): number {
-    return bufferBytes(this.dtype, this.size);
   }
 
   /** Gives up the memory (freed, or handed to an output of a run that it was donated to). */
@@ -154,7 +150,10 @@ export class CpuBackend implements Backend {
     const slots = memory.slotBytes.map((bytes) => rt.alloc(bytes));
     memory.slotOf.forEach((slot, n) => where.set(n, slots[slot]!));
 
-    const { outputs, unused } = assignOutputs(program, memory, canDonate, (i, n) => ins[i]!.bytes >= nodeBytes(nodes[n]!));
+    const { outputs, unused } = assignOutputs(program, memory, canDonate, (i, n) =>
+      // Only a block of the same size class: a larger one would drift to ever smaller tensors.
+      sizeClass(bufferBytes(ins[i]!.dtype, ins[i]!.size)) === sizeClass(nodeBytes(nodes[n]!)) ? 0 : undefined,
+    );
     const copies: [from: number, to: CpuBuffer][] = [];
     const results = program.outputs.map((n, k) => {
       const nd = nodes[n]!;

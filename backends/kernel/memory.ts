@@ -79,14 +79,16 @@ export type OutputSource =
 
 /**
  * Decides, for a run with `donated` inputs, which buffer each output lands in (see `OutputSource`)
- * and which donated inputs are left over for the backend to free. `fits(input, node)` says whether
- * the input's buffer can hold the node. No buffer is handed out twice.
+ * and which donated inputs are left over for the backend to free. `waste(input, node)` is how many
+ * bytes an input's buffer would waste holding the node, or undefined when it cannot hold it; an
+ * output takes the donated buffer that wastes least (so a fold's state keeps landing in blocks of
+ * its own size and memory stays flat). No buffer is handed out twice.
  */
 export function assignOutputs(
   program: Program,
   plan: MemoryPlan,
   donated: readonly boolean[],
-  fits: (input: number, node: number) => boolean,
+  waste: (input: number, node: number) => number | undefined,
 ): { readonly outputs: OutputSource[]; readonly unused: number[] } {
   const nodes = program.nodes;
   const taken = new Set<number>();
@@ -105,7 +107,13 @@ export function assignOutputs(
     }
     if (!first) return { kind: 'copy' };
     const t = plan.writtenAt.get(n)!;
-    const d = donated.findIndex((isDonated, i) => isDonated && !taken.has(i) && !returnedInputs.has(i) && fits(i, n) && plan.inputLastRead[i]! < t);
+    let d = -1;
+    let least = Infinity;
+    donated.forEach((isDonated, i) => {
+      if (!isDonated || taken.has(i) || returnedInputs.has(i) || plan.inputLastRead[i]! >= t) return;
+      const w = waste(i, n);
+      if (w !== undefined && w < least) [d, least] = [i, w];
+    });
     if (d < 0) return { kind: 'fresh' };
     taken.add(d);
     return { kind: 'reuse', input: d };

@@ -199,7 +199,10 @@ export class WebGpuBackend implements Backend {
     mem.slotOf.forEach((slot, n) => where.set(n, slots[slot]!));
 
     // Outputs: a donated input whose last reader runs before the writer, else a fresh buffer.
-    const { outputs, unused } = assignOutputs(program, mem, donated, (i, n) => ins[i]!.gpu.size >= bindingBytes(sizeOf(nodes[n]!.shape)));
+    const { outputs, unused } = assignOutputs(program, mem, donated, (i, n) => {
+      const spare = ins[i]!.gpu.size - bindingBytes(sizeOf(nodes[n]!.shape));
+      return spare >= 0 ? spare : undefined;
+    });
     const copies: [GPUBuffer, GPUBuffer, number][] = [];
     const results = program.outputs.map((n, k) => {
       const nd = nodes[n]!;
