@@ -61,7 +61,7 @@ test('config: bad values are reported with their path, expected type and value',
   assert.deepEqual(problems({ train: { batch_multiplier: 'sometimes', real_p: 1.5 }, backend: 'cuda' }), [
     'train.real_p: expected number >= 0 and <= 1, got 1.5',
     'train.batch_multiplier: expected "auto" or {patch size: multiplier}, got "sometimes"',
-    'backend: expected "cpu" | "webgpu", got "cuda"',
+    'backend: expected "cpu" | "webgpu" | "reference", got "cuda"',
   ]);
   assert.deepEqual(problems({ data: 'mnist' }), ['data: expected data config, got "mnist"']);
   assert.deepEqual(problems([1]), ['<root>: expected a JSON object, got [1]']);
