@@ -73,7 +73,7 @@ interface Compiled {
 export interface CpuExecutable extends Executable {
   readonly steps: readonly Compiled[];
   readonly memory: MemoryPlan;
-  /** Bytes the memory plan keeps live at most: intermediates' slots plus the outputs. */
+  /** Bytes a run holds by its memory plan: inputs, intermediates' slots and outputs (no donation counted). */
   readonly memoryPlanBytes: number;
 }
 
@@ -105,8 +105,9 @@ export class CpuBackend implements Backend {
       return { step, kernel };
     });
     const memory = planMemory(program, steps, nodeBytes);
+    const inputBytes = program.inputs.reduce((s, i) => s + bufferBytes(i.dtype, sizeOf(i.shape)), 0);
     const outputBytes = [...new Set(program.outputs)].reduce((s, n) => s + nodeBytes(program.nodes[n]!), 0);
-    return { program, steps: compiled, memory, memoryPlanBytes: memory.slotBytes.reduce((s, b) => s + b, 0) + outputBytes };
+    return { program, steps: compiled, memory, memoryPlanBytes: inputBytes + memory.slotBytes.reduce((s, b) => s + b, 0) + outputBytes };
   }
 
   upload(data: TypedArray, shape: Shape, dtype: DType): CpuBuffer {
@@ -199,6 +200,8 @@ export class CpuBackend implements Backend {
       dtypes: [...DTYPES],
       kernelsCompiled: this.kernelIds.size,
       memoryBytes: this.runtime.memory.buffer.byteLength,
+      bytesInUse: this.runtime.bytesInUse,
+      peakBytes: this.runtime.bytesReserved,
     };
   }
 

@@ -218,13 +218,22 @@ function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step
     em.block('for (let o = start; o < end; o++)', () => {
       const base = em.index(runOffset(em, 'o', kept));
       em.line(`let acc = ${fn === 'sum' ? '0' : float ? '-Infinity' : '-2147483648'};`);
-      em.block(`for (let r = 0; r < ${rowSize}; r++)`, () => {
-        const j = em.index(`${base} + ${runOffset(em, 'r', reduced)}`);
-        const v = em.value(input, j);
-        // As the reference: float sums accumulate in double, int32 sums wrap, max propagates NaN.
-        if (fn === 'max') em.line(`if (${v} > acc || ${v} !== ${v}) acc = ${v};`);
-        else em.line(float ? `acc += ${v};` : `acc = (acc + ${v}) | 0;`);
-      });
+      // One loop per reduced run, outermost first: the reference's row-major order, without a
+      // division per element.
+      const accumulate = (level: number, at: string): void => {
+        const run = reduced[level];
+        if (run === undefined) {
+          const v = em.value(input, at);
+          // As the reference: float sums accumulate in double, int32 sums wrap, max propagates NaN.
+          if (fn === 'max') em.line(`if (${v} > acc || ${v} !== ${v}) acc = ${v};`);
+          else em.line(float ? `acc += ${v};` : `acc = (acc + ${v}) | 0;`);
+          return;
+        }
+        em.block(`for (let r${level} = 0; r${level} < ${run.size}; r${level}++)`, () => {
+          accumulate(level + 1, em.index(run.inStride === 1 ? `${at} + r${level}` : `${at} + r${level} * ${run.inStride}`));
+        });
+      };
+      accumulate(0, base);
       em.define(k.heavy!, 'o', float ? 'Math.fround(acc)' : 'acc');
       store('o', em.value(k.root, 'o'));
     });

@@ -32,6 +32,10 @@ export interface Parallel {
   alloc(bytes: number): number;
   free(offset: number): void;
   heap(): Heap;
+  /** Bytes in live blocks. */
+  readonly bytesInUse: number;
+  /** The most bytes ever held in blocks, live or free for reuse (the peak). */
+  readonly bytesReserved: number;
   /**
    * Instantiates `module` on every thread with imports `{ env: { memory } }`; returns its id. The module
    * must import `env.memory` as shared with maximum 65536 pages (a shared import must declare a maximum,

@@ -65,6 +65,12 @@ function testParallel(options: { readonly threads?: number; readonly split?: (to
       for (let i = 0; i + 1 < cuts.length; i++) fn(cuts[i]!, cuts[i + 1]!, ...args);
     },
     dispose() {},
+    get bytesInUse() {
+      return live;
+    },
+    get bytesReserved() {
+      return peak;
+    },
     live: () => live,
     peak: () => peak,
   };
