@@ -1,6 +1,6 @@
 /**
  * `tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0]
- * [--backend cpu|webgpu]`: samples N images from a checkpoint's EMA params and writes FD, KID and
+ * [--backend cpu|webgpu|reference]`: samples N images from a checkpoint's EMA params and writes FD, KID and
  * precision/recall against the dataset's real images as JSON (to --out, and to stdout).
  * Sampling and features run on --backend, else the default backend (TESSERA_BACKEND, or WebGPU
  * when an adapter exists).
@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { setDefaultBackend, TesseraError } from '../../index.ts';
 import { evaluateCheckpoint } from './evaluate.ts';
 
-export const EVAL_USAGE = 'tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0] [--backend cpu|webgpu]';
+export const EVAL_USAGE = 'tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0] [--backend cpu|webgpu|reference]';
 
 function count(name: string, value: string | undefined, dflt?: number): number | undefined {
   if (value === undefined) return dflt;

@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { conv2d, conv2dGradInput, conv2dGradWeight, matmul, type ConvParams, type MatmulParams } from '../../../backends/cpu/gemm.ts';
+import { conv2d, conv2dGradInput, conv2dGradWeight, type ConvParams } from '../../../backends/cpu/conv.ts';
+import { matmul, type MatmulParams } from '../../../backends/cpu/gemm.ts';
 import type { Parallel } from '../../../backends/cpu/parallel.ts';
 import { createRuntime } from '../../../backends/cpu/runtime.ts';
 import * as reference from '../../../backends/reference/linalg.ts';

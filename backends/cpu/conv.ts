@@ -1,0 +1,418 @@
+/**
+ * 2-D convolution and both its adjoints for the CPU backend, lowered onto the GEMM of gemm.ts:
+ * per image and group, conv2d is W · im2col(x), conv2dGradInput is Wᵀ · dY added back onto the
+ * input planes by col2im (the adjoint of im2col), and conv2dGradWeight is dY · im2col(x)ᵀ
+ * contracted over the positions of every image.
+ *
+ * The patch matrix is written straight in packed B's layout, from a zero-padded copy of x, so the
+ * gather needs no bounds checks; its columns are output positions, the wide side of the GEMM's
+ * tile. A table gives each group of 4 output positions its input offsets, and a group whose inputs
+ * are adjacent moves as one vector. These kernels (pad, im2col, im2col_t, col2im) are a module of
+ * their own; packing and the contraction run gemm.ts's. Every kernel keeps a fixed order per
+ * element, so results are bit-identical for any partition. Scratch (padded images, patch matrices,
+ * packed operands) stays within gemm.ts's budget (chunkOf) by processing the images in chunks (at
+ * least one image per chunk).
+ */
+import { BackendError } from '../../core/errors.ts';
+import type { ConvAttrs } from '../../core/tensor.ts';
+import { A_STEP, B_STEP, F32, MR, NR, chunkOf, gemm, gemmKernels, kernelModule, packedABytes, withScratch } from './gemm.ts';
+import type { Parallel } from './parallel.ts';
+import type { FunctionBody, Local, ModuleBuilder } from './wasm.ts';
+
+/** An entry of the im2col position table: adjacency, then 4 byte offsets (see writePositionTable). */
+const GROUP_BYTES = 32;
+
+const I32 = 'i32' as const;
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/** Copies `count` floats from `s` to `d`, advancing both: whole vectors, then the rest one by one. */
+function emitCopy(f: FunctionBody, d: Local, s: Local, count: Local, tmp: { i: Local; end: Local }): void {
+  f.get(count).i32(-4).op('i32.and').set(tmp.end);
+  f.for(tmp.i, 0, tmp.end, () => {
+    f.get(d).get(s).mem('v128.load').mem('v128.store');
+    f.get(d).i32(16).op('i32.add').set(d).get(s).i32(16).op('i32.add').set(s);
+  }, 4);
+  f.for(tmp.i, tmp.end, count, () => {
+    f.get(d).get(s).mem('f32.load').mem('f32.store');
+    f.get(d).i32(F32).op('i32.add').set(d).get(s).i32(F32).op('i32.add').set(s);
+  });
+}
+
+/** Zeroes `count` floats at `d`, advancing it. */
+function emitZero(f: FunctionBody, d: Local, count: Local, tmp: { i: Local; end: Local }): void {
+  f.get(count).i32(-4).op('i32.and').set(tmp.end);
+  f.for(tmp.i, 0, tmp.end, () => f.get(d).f32x4([0, 0, 0, 0]).mem('v128.store').get(d).i32(16).op('i32.add').set(d), 4);
+  f.for(tmp.i, tmp.end, count, () => f.get(d).f32(0).mem('f32.store').get(d).i32(F32).op('i32.add').set(d));
+}
+
+/** pad(start, end, src, dst, h, w, ph, pw): copies planes u of h x w floats into zero-bordered (h + 2ph) x (w + 2pw) planes. */
+function emitPad(mod: ModuleBuilder): void {
+  const params = range(8).map(() => I32);
+  mod.func('pad', params, [], (f, start, end, src, dst, h, w, ph, pw) => {
+    const { u, r, s, d, border } = f.locals(I32, 'u', 'r', 's', 'd', 'border');
+    const tmp = f.locals(I32, 'i', 'end');
+    // The rows above and below: ph (w + 2pw) floats each side.
+    f.get(w).get(pw).i32(2).op('i32.mul').op('i32.add').get(ph).op('i32.mul').set(border);
+    f.get(h).get(w).op('i32.mul').i32(F32).op('i32.mul').get(start).op('i32.mul').get(src).op('i32.add').set(s);
+    f.for(u, start, end, () => {
+      f.get(h).get(ph).i32(2).op('i32.mul').op('i32.add').get(w).get(pw).i32(2).op('i32.mul').op('i32.add').op('i32.mul').i32(F32).op('i32.mul').get(u).op('i32.mul').get(dst).op('i32.add').set(d);
+      emitZero(f, d, border, tmp);
+      f.for(r, 0, h, () => {
+        emitZero(f, d, pw, tmp);
+        emitCopy(f, d, s, w, tmp);
+        emitZero(f, d, pw, tmp);
+      });
+      emitZero(f, d, border, tmp);
+    });
+  }, { exported: true });
+}
+
+/**
+ * Pushes the value the patch matrix holds for lane `lane` of the position group whose table entry
+ * is at `entry` + `group` bytes, for the kernel tap whose padded-plane address is `tap`: the float
+ * at tap + offset, or 0 for a position past the end (offset -1). Sets `off` to the offset.
+ */
+function emitGatherLane(f: FunctionBody, entry: Local, group: number, lane: number, tap: Local, off: Local): void {
+  f.get(entry).mem('i32.load', group + 4 + 4 * lane).set(off);
+  f.get(tap).get(off).i32(0).get(off).i32(0).op('i32.ge_s').op('select').op('i32.add').mem('f32.load');
+  f.f32(0).get(off).i32(0).op('i32.ge_s').op('select');
+}
+
+/**
+ * im2col(start, end, xp, dst, table, planeBytes, cg, kh, kw, tapY, tapX, panels): for units
+ * u = (t, panel) with t = (image, group), writes the patch matrix of 16 output positions into
+ * dst + u K 64 as [K][16] (K = cg kh kw taps, row (c, ky, kx)), reading the zero-padded planes at
+ * xp + t cg planeBytes. The table gives each group of 4 positions its byte offsets in a plane;
+ * a group whose 4 inputs are adjacent is copied as one vector.
+ */
+function emitIm2col(mod: ModuleBuilder): void {
+  const params = range(12).map(() => I32);
+  mod.func('im2col', params, [], (f, start, end, xp, dst, table, planeBytes, cg, kh, kw, tapY, tapX, panels) => {
+    const { u, c, ky, kx, plane, row, tap, d, entry, off, patchRows } = f.locals(I32, 'u', 'c', 'ky', 'kx', 'plane', 'row', 'tap', 'd', 'entry', 'off', 'patchRows');
+    const groups = range(4).map(() => f.locals(I32, 'adjacent', 'first'));
+    f.get(cg).get(kh).op('i32.mul').get(kw).op('i32.mul').set(patchRows);
+    f.for(u, start, end, () => {
+      f.get(u).get(panels).op('i32.div_u').get(cg).op('i32.mul').get(planeBytes).op('i32.mul').get(xp).op('i32.add').set(plane);
+      f.get(u).get(patchRows).op('i32.mul').i32(B_STEP).op('i32.mul').get(dst).op('i32.add').set(d);
+      f.get(u).get(panels).op('i32.rem_u').i32(4 * GROUP_BYTES).op('i32.mul').get(table).op('i32.add').set(entry);
+      groups.forEach((g, v) => {
+        f.get(entry).mem('i32.load', v * GROUP_BYTES).set(g.adjacent);
+        f.get(entry).mem('i32.load', v * GROUP_BYTES + 4).set(g.first);
+      });
+      f.for(c, 0, cg, () => {
+        f.for(ky, 0, kh, () => {
+          f.get(ky).get(tapY).op('i32.mul').get(plane).op('i32.add').set(row);
+          f.for(kx, 0, kw, () => {
+            f.get(kx).get(tapX).op('i32.mul').get(row).op('i32.add').set(tap);
+            groups.forEach((g, v) =>
+              f.get(g.adjacent).if(
+                () => f.get(d).get(tap).get(g.first).op('i32.add').mem('v128.load').mem('v128.store', 16 * v),
+                () =>
+                  range(4).forEach((l) => {
+                    f.get(d);
+                    emitGatherLane(f, entry, v * GROUP_BYTES, l, tap, off);
+                    f.mem('f32.store', 16 * v + 4 * l);
+                  }),
+              ),
+            );
+            f.get(d).i32(B_STEP).op('i32.add').set(d);
+          });
+        });
+        f.get(plane).get(planeBytes).op('i32.add').set(plane);
+      });
+    });
+  }, { exported: true });
+}
+
+/**
+ * im2col_t(start, end, xp, dst, table, planeBytes, cg, kh, kw, tapY, tapX, positions, groups, depth):
+ * the transposed patch matrix that conv2dGradWeight contracts over positions. For units
+ * u = (t, tap panel) with t = (image, group), writes the 16 taps [16 panel, 16 panel + 16) of each
+ * of the image's positions into dst + ((group tapPanels + panel) depth + image positions) 64, that
+ * is, B packed as [k = (image, position)][16 taps] per group; taps past K as zeros.
+ */
+function emitIm2colTransposed(mod: ModuleBuilder): void {
+  const params = range(14).map(() => I32);
+  mod.func('im2col_t', params, [], (f, start, end, xp, dst, table, planeBytes, cg, kh, kw, tapY, tapX, positions, groups, depth) => {
+    const { u, t, jp, l, kk, v, p, img, col, tap, d, entry, off, window, panelsT, posGroups } = f.locals(I32, 'u', 't', 'jp', 'l', 'kk', 'v', 'p', 'img', 'col', 'tap', 'd', 'entry', 'off', 'window', 'panelsT', 'posGroups');
+    const vec = f.local('v128');
+    f.get(kh).get(kw).op('i32.mul').set(window);
+    f.get(window).get(cg).op('i32.mul').i32(NR - 1).op('i32.add').i32(4).op('i32.shr_u').set(panelsT);
+    f.get(positions).i32(3).op('i32.add').i32(2).op('i32.shr_u').set(posGroups);
+    f.for(u, start, end, () => {
+      f.get(u).get(panelsT).op('i32.rem_u').set(jp);
+      f.get(u).get(panelsT).op('i32.div_u').set(t);
+      f.get(t).get(cg).op('i32.mul').get(planeBytes).op('i32.mul').get(xp).op('i32.add').set(img);
+      f.get(t).get(groups).op('i32.rem_u').get(panelsT).op('i32.mul').get(jp).op('i32.add').get(depth).op('i32.mul');
+      f.get(t).get(groups).op('i32.div_u').get(positions).op('i32.mul').op('i32.add').i32(B_STEP).op('i32.mul').get(dst).op('i32.add').set(col);
+      f.for(l, 0, NR, () => {
+        f.get(l).i32(F32).op('i32.mul').get(col).op('i32.add').set(d);
+        f.get(jp).i32(NR).op('i32.mul').get(l).op('i32.add').tee(kk).get(window).get(cg).op('i32.mul').op('i32.lt_s').if(
+          () => {
+            // The tap (c, ky, kx) = (kk / window, (kk mod window) / kw, kk mod kw), window = kh kw.
+            f.get(kk).get(window).op('i32.div_u').get(planeBytes).op('i32.mul').get(img).op('i32.add');
+            f.get(kk).get(window).op('i32.rem_u').get(kw).op('i32.div_u').get(tapY).op('i32.mul').op('i32.add');
+            f.get(kk).get(kw).op('i32.rem_u').get(tapX).op('i32.mul').op('i32.add').set(tap);
+            f.get(table).set(entry);
+            f.for(v, 0, posGroups, () => {
+              f.get(entry).mem('i32.load').if(
+                () => {
+                  f.get(tap).get(entry).mem('i32.load', 4).op('i32.add').mem('v128.load').set(vec);
+                  range(4).forEach((i) => f.get(d).get(vec).memLane('v128.store32_lane', i, B_STEP * i));
+                },
+                () =>
+                  range(4).forEach((i) => {
+                    f.get(entry).mem('i32.load', 4 + 4 * i).tee(off).i32(0).op('i32.ge_s').if(() => {
+                      f.get(d).get(tap).get(off).op('i32.add').mem('f32.load').mem('f32.store', B_STEP * i);
+                    });
+                  }),
+              );
+              f.get(entry).i32(GROUP_BYTES).op('i32.add').set(entry);
+              f.get(d).i32(4 * B_STEP).op('i32.add').set(d);
+            });
+          },
+          () => f.for(p, 0, positions, () => f.get(d).f32(0).mem('f32.store').get(d).i32(B_STEP).op('i32.add').set(d)),
+        );
+      });
+    });
+  }, { exported: true });
+}
+
+/**
+ * col2im(start, end, cols, dx, dxp, table, planeBytes, cg, kh, kw, tapY, tapX, positions, h, w, ph, pw):
+ * the adjoint of im2col. For planes u = (image, channel) (t = u / cg, c = u mod cg), adds each row
+ * (c, ky, kx) of the column matrix at cols + t K positions 4 back onto the zero-padded plane at
+ * dxp + u planeBytes, taps in order, then copies the plane's interior to dx + u h w 4.
+ */
+function emitCol2im(mod: ModuleBuilder): void {
+  const params = range(17).map(() => I32);
+  mod.func('col2im', params, [], (f, start, end, cols, dx, dxp, table, planeBytes, cg, kh, kw, tapY, tapX, positions, h, w, ph, pw) => {
+    const { u, ky, kx, v, r, plane, row, tap, src, s, d, a, entry, off, window, posGroups, planeFloats, rowBytes } = f.locals(
+      I32, 'u', 'ky', 'kx', 'v', 'r', 'plane', 'row', 'tap', 'src', 's', 'd', 'a', 'entry', 'off', 'window', 'posGroups', 'planeFloats', 'rowBytes',
+    );
+    const tmp = f.locals(I32, 'i', 'end');
+    f.get(kh).get(kw).op('i32.mul').set(window);
+    f.get(positions).i32(3).op('i32.add').i32(2).op('i32.shr_u').set(posGroups);
+    f.get(planeBytes).i32(2).op('i32.shr_u').set(planeFloats);
+    f.get(pw).i32(2).op('i32.mul').get(w).op('i32.add').i32(F32).op('i32.mul').set(rowBytes);
+    f.for(u, start, end, () => {
+      f.get(u).get(planeBytes).op('i32.mul').get(dxp).op('i32.add').tee(plane).set(d);
+      emitZero(f, d, planeFloats, tmp);
+      // Rows (c, 0, 0) of image-group t: t K + c kh kw = u kh kw.
+      f.get(u).get(window).op('i32.mul').get(positions).op('i32.mul').i32(F32).op('i32.mul').get(cols).op('i32.add').set(src);
+      f.for(ky, 0, kh, () => {
+        f.get(ky).get(tapY).op('i32.mul').get(plane).op('i32.add').set(row);
+        f.for(kx, 0, kw, () => {
+          f.get(kx).get(tapX).op('i32.mul').get(row).op('i32.add').set(tap);
+          f.get(table).set(entry);
+          f.get(src).set(s);
+          f.for(v, 0, posGroups, () => {
+            f.get(entry).mem('i32.load').if(
+              () => {
+                f.get(tap).get(entry).mem('i32.load', 4).op('i32.add').tee(a);
+                f.get(a).mem('v128.load').get(s).mem('v128.load').op('f32x4.add').mem('v128.store');
+              },
+              () =>
+                range(4).forEach((i) => {
+                  f.get(entry).mem('i32.load', 4 + 4 * i).tee(off).i32(0).op('i32.ge_s').if(() => {
+                    f.get(tap).get(off).op('i32.add').tee(a);
+                    f.get(a).mem('f32.load').get(s).mem('f32.load', 4 * i).op('f32.add').mem('f32.store');
+                  });
+                }),
+            );
+            f.get(entry).i32(GROUP_BYTES).op('i32.add').set(entry);
+            f.get(s).i32(16).op('i32.add').set(s);
+          });
+          f.get(src).get(positions).i32(F32).op('i32.mul').op('i32.add').set(src);
+        });
+      });
+      f.get(u).get(h).op('i32.mul').get(w).op('i32.mul').i32(F32).op('i32.mul').get(dx).op('i32.add').set(d);
+      f.for(r, 0, h, () => {
+        f.get(r).get(ph).op('i32.add').get(rowBytes).op('i32.mul').get(pw).i32(F32).op('i32.mul').op('i32.add').get(plane).op('i32.add').set(s);
+        emitCopy(f, d, s, w, tmp);
+      });
+    });
+  }, { exported: true });
+}
+
+/** pad, im2col, im2col_t and col2im. */
+const convKernels = kernelModule((mod) => {
+  emitPad(mod);
+  emitIm2col(mod);
+  emitIm2colTransposed(mod);
+  emitCol2im(mod);
+});
+
+/**
+ * A convolution's operands, in the reference interpreter's order: conv2d(a = x, b = w) -> out = y,
+ * conv2dGradInput(a = dy, b = w) -> out = dx, conv2dGradWeight(a = x, b = dy) -> out = dw; byte
+ * offsets of float32 tensors, x NCHW, w OIHW.
+ */
+export interface ConvParams extends ConvAttrs {
+  readonly a: number;
+  readonly b: number;
+  readonly out: number;
+  readonly aShape: readonly number[];
+  readonly bShape: readonly number[];
+  readonly outShape: readonly number[];
+}
+
+interface ConvGeometry {
+  readonly n: number;
+  readonly c: number;
+  readonly h: number;
+  readonly w: number;
+  readonly o: number;
+  readonly groups: number;
+  /** Input and output channels per group. */
+  readonly cg: number;
+  readonly og: number;
+  readonly kh: number;
+  readonly kw: number;
+  /** Taps per output channel (cg kh kw): the contraction's depth. */
+  readonly taps: number;
+  /** Output positions per image (oh ow), per output row, and 16-position panels per image. */
+  readonly positions: number;
+  readonly ow: number;
+  readonly panels: number;
+  readonly sh: number;
+  readonly sw: number;
+  /** Bytes of one zero-padded input plane, of one padded row times the vertical dilation, and the horizontal dilation. */
+  readonly planeBytes: number;
+  readonly tapY: number;
+  readonly tapX: number;
+  readonly ph: number;
+  readonly pw: number;
+}
+
+function convGeometry(op: string, x: readonly number[], w: readonly number[], y: readonly number[], p: ConvAttrs): ConvGeometry {
+  const [n, c, h, wd] = x as [number, number, number, number];
+  const [o, cg, kh, kw] = w as [number, number, number, number];
+  const [sh, sw] = p.stride;
+  const [ph, pw] = p.padding;
+  const [dh, dw] = p.dilation;
+  const oh = Math.floor((h + 2 * ph - dh * (kh - 1) - 1) / sh) + 1;
+  const ow = Math.floor((wd + 2 * pw - dw * (kw - 1) - 1) / sw) + 1;
+  const fits = x.length === 4 && w.length === 4 && y.length === 4 && cg * p.groups === c && o % p.groups === 0;
+  if (!fits || y[0] !== n || y[1] !== o || y[2] !== oh || y[3] !== ow) {
+    throw new BackendError(`cpu ${op}: shapes x [${x}], w [${w}], y [${y}] do not fit stride [${p.stride}], padding [${p.padding}], dilation [${p.dilation}], groups ${p.groups}`);
+  }
+  const wp = wd + 2 * pw;
+  return {
+    n, c, h, w: wd, o, groups: p.groups, cg, og: o / p.groups, kh, kw, taps: cg * kh * kw, positions: oh * ow, ow, panels: Math.ceil((oh * ow) / NR), sh, sw,
+    planeBytes: (h + 2 * ph) * wp * F32, tapY: dh * wp * F32, tapX: dw * F32, ph, pw,
+  };
+}
+
+/**
+ * The table behind im2col, im2col_t and col2im: for each group of 4 output positions (padded to
+ * whole 16-position panels), an entry of GROUP_BYTES: whether the 4 inputs a tap reads are
+ * adjacent (one vector load), then the byte offset of each position's input in a padded plane
+ * for the tap (0, 0), or -1 past the last position.
+ */
+const tableBytes = (g: ConvGeometry) => g.panels * (NR / 4) * GROUP_BYTES;
+
+function writePositionTable(par: Parallel, g: ConvGeometry, table: number): void {
+  const groups = g.panels * (NR / 4);
+  const i32 = par.heap().i32;
+  const rowBytes = (g.w + 2 * g.pw) * F32;
+  for (let v = 0; v < groups; v++) {
+    const offsets = range(4).map((l) => {
+      const pos = 4 * v + l;
+      return pos < g.positions ? Math.floor(pos / g.ow) * g.sh * rowBytes + (pos % g.ow) * g.sw * F32 : -1;
+    });
+    const adjacent = offsets.every((off, l) => off >= 0 && off === offsets[0]! + l * F32);
+    i32.set([adjacent ? 1 : 0, ...offsets], (table + v * GROUP_BYTES) / F32);
+  }
+}
+
+/** Pads images [n0, n0 + count) of x into zero-bordered planes at xp. */
+function padImages(par: Parallel, g: ConvGeometry, x: number, n0: number, count: number, xp: number): void {
+  const planes = count * g.c;
+  convKernels.launch(par, 'pad', planes, planes * g.planeBytes, [x + n0 * g.c * g.h * g.w * F32, xp, g.h, g.w, g.ph, g.pw]);
+}
+
+/**
+ * y = conv2d(x, w): per image and group, Y = W · im2col(x), with W packed once and the patch
+ * matrix written in packed-B layout, one chunk of images at a time.
+ */
+export function conv2d(par: Parallel, p: ConvParams): void {
+  const g = convGeometry('conv2d', p.aShape, p.bShape, p.outShape, p);
+  if (g.n === 0) return;
+  const weightBytes = packedABytes(g.og, g.taps);
+  const colBytes = g.groups * g.panels * g.taps * B_STEP;
+  const chunk = chunkOf(g.n, g.c * g.planeBytes + colBytes, g.groups * weightBytes + tableBytes(g));
+  withScratch(par, [tableBytes(g), g.groups * weightBytes, chunk * g.c * g.planeBytes, chunk * colBytes], (table, wPacked, xp, cols) => {
+    writePositionTable(par, g, table);
+    const panelsM = Math.ceil(g.og / MR);
+    gemmKernels.launch(par, 'pack_a', g.groups * panelsM, g.o * g.taps, [p.b, wPacked, g.og, g.taps, g.taps * F32, F32, g.groups, 0, g.og * g.taps * F32, 0, weightBytes, g.taps * A_STEP]);
+    for (let n0 = 0; n0 < g.n; n0 += chunk) {
+      const count = Math.min(chunk, g.n - n0);
+      padImages(par, g, p.a, n0, count, xp);
+      const units = count * g.groups * g.panels;
+      convKernels.launch(par, 'im2col', units, units * g.taps * NR, [xp, cols, table, g.planeBytes, g.cg, g.kh, g.kw, g.tapY, g.tapX, g.panels]);
+      gemm(par, { batch: count * g.groups, m: g.og, n: g.positions, k: g.taps, aPacked: wPacked, bPacked: cols, c: p.out + n0 * g.o * g.positions * F32, aPeriod: g.groups, bPeriod: count * g.groups, accumulate: false });
+    }
+  });
+}
+
+/**
+ * dx = conv2dGradInput(dy, w): per image and group, the column matrix Wᵀ · dy (taps x positions),
+ * added back onto zero-padded input planes by col2im, whose interiors are dx.
+ */
+export function conv2dGradInput(par: Parallel, p: ConvParams): void {
+  const g = convGeometry('conv2dGradInput', p.outShape, p.bShape, p.aShape, p);
+  if (g.n === 0) return;
+  const weightBytes = packedABytes(g.taps, g.og);
+  const dyBytes = g.groups * g.panels * g.og * B_STEP;
+  const colBytes = g.groups * g.taps * g.positions * F32;
+  const chunk = chunkOf(g.n, dyBytes + colBytes + g.c * g.planeBytes, g.groups * weightBytes + tableBytes(g));
+  const scratch = [tableBytes(g), g.groups * weightBytes, chunk * dyBytes, chunk * colBytes, chunk * g.c * g.planeBytes];
+  withScratch(par, scratch, (table, wPacked, dyPacked, cols, dxp) => {
+    writePositionTable(par, g, table);
+    // A = Wᵀ (taps x og): element (tap, o) of group g is w[g og + o, tap].
+    gemmKernels.launch(par, 'pack_a', g.groups * Math.ceil(g.taps / MR), g.o * g.taps, [p.b, wPacked, g.taps, g.og, F32, g.taps * F32, g.groups, 0, g.og * g.taps * F32, 0, weightBytes, g.og * A_STEP]);
+    for (let n0 = 0; n0 < g.n; n0 += chunk) {
+      const count = Math.min(chunk, g.n - n0);
+      const dy = p.a + n0 * g.o * g.positions * F32;
+      gemmKernels.launch(par, 'pack_b', count * g.groups * g.panels, count * g.o * g.positions, [dy, dyPacked, g.og, g.positions, g.positions * F32, F32, g.og * g.positions * F32]);
+      gemm(par, { batch: count * g.groups, m: g.taps, n: g.positions, k: g.og, aPacked: wPacked, bPacked: dyPacked, c: cols, aPeriod: g.groups, bPeriod: count * g.groups, accumulate: false });
+      const planes = count * g.c;
+      const dx = p.out + n0 * g.c * g.h * g.w * F32;
+      convKernels.launch(par, 'col2im', planes, planes * g.kh * g.kw * g.positions, [cols, dx, dxp, table, g.planeBytes, g.cg, g.kh, g.kw, g.tapY, g.tapX, g.positions, g.h, g.w, g.ph, g.pw]);
+    }
+  });
+}
+
+/**
+ * dw = conv2dGradWeight(x, dy): per group, dW = dY · im2col(x)ᵀ contracted over the positions of
+ * every image, with dY packed as A and the transposed patch matrix as B; each chunk of images
+ * after the first adds onto dw, so every element is still summed in one fixed order.
+ */
+export function conv2dGradWeight(par: Parallel, p: ConvParams): void {
+  const g = convGeometry('conv2dGradWeight', p.aShape, p.outShape, p.bShape, p);
+  // No images: a contraction of depth 0, which stores zeros.
+  if (g.n === 0) return gemm(par, { batch: g.groups, m: g.og, n: g.taps, k: 0, aPacked: 0, bPacked: 0, c: p.out, aPeriod: 1, bPeriod: 1, accumulate: false });
+  const tapPanels = Math.ceil(g.taps / NR);
+  const panelsM = Math.ceil(g.og / MR);
+  const colBytes = g.groups * tapPanels * g.positions * B_STEP;
+  const dyBytes = g.groups * panelsM * g.positions * A_STEP;
+  const chunk = chunkOf(g.n, g.c * g.planeBytes + colBytes + dyBytes, tableBytes(g));
+  withScratch(par, [tableBytes(g), chunk * g.c * g.planeBytes, chunk * colBytes, chunk * dyBytes], (table, xp, cols, dyPacked) => {
+    writePositionTable(par, g, table);
+    for (let n0 = 0; n0 < g.n; n0 += chunk) {
+      const count = Math.min(chunk, g.n - n0);
+      const depth = count * g.positions;
+      padImages(par, g, p.a, n0, count, xp);
+      const units = count * g.groups * tapPanels;
+      convKernels.launch(par, 'im2col_t', units, units * NR * g.positions, [xp, cols, table, g.planeBytes, g.cg, g.kh, g.kw, g.tapY, g.tapX, g.positions, g.groups, depth]);
+      // A = dY of group g (og x depth): image i fills steps [i positions, (i + 1) positions) of each panel.
+      const dy = p.b + n0 * g.o * g.positions * F32;
+      const panelBytes = depth * A_STEP;
+      const dyArgs = [dy, dyPacked, g.og, g.positions, g.positions * F32, F32, g.groups, g.o * g.positions * F32, g.og * g.positions * F32, g.positions * A_STEP, panelsM * panelBytes, panelBytes];
+      gemmKernels.launch(par, 'pack_a', count * g.groups * panelsM, count * g.o * g.positions, dyArgs);
+      gemm(par, { batch: g.groups, m: g.og, n: g.taps, k: depth, aPacked: dyPacked, bPacked: cols, c: p.out, aPeriod: g.groups, bPeriod: g.groups, accumulate: n0 > 0 });
+    }
+  });
+}
