@@ -112,12 +112,14 @@ export function defaultChoice(): Promise<DefaultChoice> {
     const ordered = [...registry.keys()].sort((a, b) => registry.get(b)!.priority - registry.get(a)!.priority);
     const failures: string[] = [];
     const reasons: string[] = [];
+    let declinedFirst: Backend | undefined;
     for (const name of ordered) {
       try {
         const b = await getBackend(name);
         const declined = b.notDefaultBecause?.();
         if (declined !== undefined) {
           reasons.push(`${name}: ${declined}`);
+          declinedFirst ??= b;
           continue;
         }
         if (failures.length > 0) {
@@ -128,6 +130,8 @@ export function defaultChoice(): Promise<DefaultChoice> {
         failures.push(`${name}: could not start: ${(e as Error).message}`);
       }
     }
+    // A backend that declined is still better than none.
+    if (declinedFirst !== undefined) return { backend: declinedFirst, reasons: [...reasons, ...failures, `${declinedFirst.name}: no other backend started`] };
     throw new TesseraError(`no backend could start:\n${failures.join('\n')}`);
   })();
   return resolvedDefault;
