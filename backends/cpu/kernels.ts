@@ -10,7 +10,7 @@ import { BackendError } from '../../core/errors.ts';
 import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf } from '../../core/shape.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
-import { Emitter } from '../kernel/emitter.ts';
+import { Emitter, readBindings } from '../kernel/emitter.ts';
 import { planFusion, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { reductionRuns, runOffset } from '../kernel/reduce.ts';
 import { JS, helpersFor, viewOf } from './js.ts';
@@ -180,22 +180,8 @@ function contractionStep(program: Program, plan: FusionPlan, n: number): Step {
 /** The JavaScript kernel for an elementwise or reduction root, with the nodes it found overused. */
 function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step; overused: ReadonlySet<number> } {
   const nodes = program.nodes;
-  const reads: number[] = [];
-  const names = new Map<number, string>();
-  const em = new Emitter(
-    nodes,
-    (n) => {
-      if (n === k.root || !plan.materialized.has(n)) return undefined;
-      let name = names.get(n);
-      if (name === undefined) {
-        name = `b${reads.length}`;
-        names.set(n, name);
-        reads.push(n);
-      }
-      return name;
-    },
-    JS,
-  );
+  const { reads, name } = readBindings(plan.materialized, k.root, 'b');
+  const em = new Emitter(nodes, name, JS);
   const root = nodes[k.root]!;
   const store = (index: string, value: string): void => em.line(`${viewOf(root.dtype)}[out + ${index}] = ${value};`);
   let total = sizeOf(root.shape);

@@ -338,3 +338,26 @@ export class Emitter {
     return this.value(node.inputs[0]!, j);
   }
 }
+
+/**
+ * The buffers a kernel rooted at `root` reads, named `${prefix}0`, `${prefix}1`, ... in the order
+ * the generator meets them: `name(n)` is the name of materialized node `n` (undefined for the root
+ * and for nodes computed inline), and `reads[i]` the node bound as `${prefix}i`.
+ */
+export function readBindings(materialized: ReadonlySet<number>, root: number, prefix: string): { readonly reads: readonly number[]; name(n: number): string | undefined } {
+  const reads: number[] = [];
+  const names = new Map<number, string>();
+  return {
+    reads,
+    name(n) {
+      if (n === root || !materialized.has(n)) return undefined;
+      let name = names.get(n);
+      if (name === undefined) {
+        name = `${prefix}${reads.length}`;
+        names.set(n, name);
+        reads.push(n);
+      }
+      return name;
+    },
+  };
+}

@@ -5,7 +5,7 @@
  */
 import type { Program } from '../../core/program.ts';
 import { THREEFRY_WGSL } from '../../core/threefry.ts';
-import { Emitter } from '../kernel/emitter.ts';
+import { Emitter, readBindings } from '../kernel/emitter.ts';
 import type { FusionPlan, KernelPlan } from '../kernel/fusion.ts';
 import { WGSL, helpersFor, storageType, toStorage } from './wgsl.ts';
 
@@ -43,20 +43,16 @@ export interface KernelBody {
 /** Builds the module for one kernel. */
 export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, body: KernelBody): KernelSource {
   const nodes = program.nodes;
-  const reads: number[] = [];
-  const names = new Map<number, string>();
+  const { reads, name } = readBindings(plan.materialized, k.root, 'in');
   const touched = new Set<number>();
-  const em = new Emitter(nodes, (n) => {
-    touched.add(n);
-    if (n === k.root || !plan.materialized.has(n)) return undefined;
-    let name = names.get(n);
-    if (name === undefined) {
-      name = `in${reads.length}`;
-      names.set(n, name);
-      reads.push(n);
-    }
-    return name;
-  }, WGSL);
+  const em = new Emitter(
+    nodes,
+    (n) => {
+      touched.add(n);
+      return name(n);
+    },
+    WGSL,
+  );
   const root = nodes[k.root]!;
   em.line(`let wid = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;`);
   em.line(`if (wid >= ${body.workgroups}u) { return; }`);
