@@ -6,8 +6,10 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CpuBuffer, cpuBackend, registerCpuBackend } from '../../../backends/cpu/index.ts';
-import { CpuRuntime } from '../../../backends/cpu/runtime.ts';
+import { CpuBackend, CpuBuffer, cpuBackend, registerCpuBackend } from '../../../backends/cpu/index.ts';
+import { CpuRuntime, createRuntime } from '../../../backends/cpu/runtime.ts';
+import { buildProgram } from '../../../core/program.ts';
+import { stepBatch } from '../../../train/step.ts';
 import { dispose, flatten, jit, leafPaths, mul, realize, tensor, cast, type PyTree, type Tensor } from '../../../core/index.ts';
 import { patchModelParity, trainingFixture, trainStepParity } from '../parity/model.ts';
 
@@ -79,4 +81,29 @@ test('cpu: float64 is refused with an error naming the reference backend', async
   await assert.rejects(jit((x: Tensor) => mul(x, 2), { backend: 'cpu' })(x64), /reference/);
   await assert.rejects(realize([cast(tensor([1, 2]), 'float64')], 'cpu'), /reference/);
   assert.throws(() => cpuBackend().upload(new Float64Array(2), [2], 'float64'), /reference/);
+});
+
+test('cpu: a training step gives the same bits on 1, 2 and 3 threads', async () => {
+  const { state, step } = await trainingFixture();
+  // 64 patches, so that elementwise kernels are large enough to be split over threads.
+  const b = 64;
+  const images = new Float32Array(b * 8 * 8).map((_, i) => Math.cos(i * 0.13));
+  const corners = Int32Array.from({ length: b }, (_, i) => (i * 3) % 9);
+  const batch = stepBatch(images, [b, 1, 8, 8], corners, corners.map((c) => 8 - c));
+  const { program, lifted } = buildProgram('threadsStep', leaves(step(state, batch)));
+  const results: ArrayLike<number>[][] = [];
+  for (const threads of [1, 2, 3]) {
+    const runtime = createRuntime({ threads });
+    try {
+      const be = new CpuBackend(runtime);
+      const exe = be.compile(program);
+      const ins = await Promise.all(lifted.map(async (t) => be.upload(await t.data(), t.shape, t.dtype)));
+      const outs = be.run(exe, ins, ins.map(() => false));
+      results.push(await Promise.all(outs.map((o) => be.download(o))));
+    } finally {
+      runtime.dispose();
+    }
+  }
+  const bits = (a: ArrayLike<number>): string => Buffer.from(new Float64Array(Array.from(a)).buffer).toString('hex');
+  results.slice(1).forEach((r, t) => r.forEach((o, i) => assert.equal(bits(o), bits(results[0]![i]!), `output ${i} on ${t + 2} threads`)));
 });
