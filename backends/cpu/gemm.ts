@@ -172,6 +172,41 @@ function emitGemm(mod: ModuleBuilder, micro: Record<TileAccess, FunctionRef>): v
 }
 
 /**
+ * Copies one panel of `width` lines (rows of A, columns of B) of `k` elements each: line l starts
+ * at s + l across and steps by `along`; the panel lands at d as [k][width], `step` bytes per k, lines
+ * from `extent` on as zeros. A full panel whose lines are adjacent floats (across = 4 bytes) copies
+ * `width` contiguous floats per k with vector loads.
+ */
+function emitPanelCopy(
+  f: FunctionBody,
+  v: { readonly s: Local; readonly d: Local; readonly panel: Local; readonly extent: Local; readonly k: Local; readonly across: Local; readonly along: Local; readonly line: Local; readonly i: Local; readonly p: Local; readonly q: Local },
+  width: number,
+  step: number,
+): void {
+  f.get(v.across).i32(F32).op('i32.eq').get(v.panel).i32(width).op('i32.mul').i32(width).op('i32.add').get(v.extent).op('i32.le_s').op('i32.and').if(
+    () =>
+      f.for(v.i, 0, v.k, () => {
+        range(width / 4).forEach((w) => f.get(v.d).get(v.s).mem('v128.load', 16 * w).mem('v128.store', 16 * w));
+        f.get(v.s).get(v.along).op('i32.add').set(v.s).get(v.d).i32(step).op('i32.add').set(v.d);
+      }),
+    () =>
+      f.for(v.line, 0, width, () => {
+        f.get(v.line).i32(F32).op('i32.mul').get(v.d).op('i32.add').set(v.q);
+        f.get(v.panel).i32(width).op('i32.mul').get(v.line).op('i32.add').get(v.extent).op('i32.lt_s').if(
+          () => {
+            f.get(v.line).get(v.across).op('i32.mul').get(v.s).op('i32.add').set(v.p);
+            f.for(v.i, 0, v.k, () => {
+              f.get(v.q).get(v.p).mem('f32.load').mem('f32.store');
+              f.get(v.p).get(v.along).op('i32.add').set(v.p).get(v.q).i32(step).op('i32.add').set(v.q);
+            });
+          },
+          () => f.for(v.i, 0, v.k, () => f.get(v.q).f32(0).mem('f32.store').get(v.q).i32(step).op('i32.add').set(v.q)),
+        );
+      }),
+  );
+}
+
+/**
  * pack_a(start, end, src, dst, m, k, rs, cs, inner, s1, s2, d1, d2, dPanel): for units
  * u = (t1, t2, panel) with t2 < inner, copies rows [4 panel, 4 panel + 4) of the m x k matrix at
  * src + t1 s1 + t2 s2 (element (i, j) at i rs + j cs bytes) into the panel at
@@ -191,28 +226,7 @@ function emitPackA(mod: ModuleBuilder): void {
       f.get(dst).get(t).get(inner).op('i32.div_u').get(d1).op('i32.mul').op('i32.add');
       f.get(t).get(inner).op('i32.rem_u').get(d2).op('i32.mul').op('i32.add');
       f.get(ip).get(dPanel).op('i32.mul').op('i32.add').set(d);
-      // A full panel of a matrix stored by columns (transposed): each step copies 4 contiguous floats.
-      f.get(rs).i32(F32).op('i32.eq').get(ip).i32(MR).op('i32.mul').i32(MR).op('i32.add').get(m).op('i32.le_s').op('i32.and').if(
-        () =>
-          f.for(j, 0, k, () => {
-            f.get(d).get(s).mem('v128.load').mem('v128.store');
-            f.get(s).get(cs).op('i32.add').set(s).get(d).i32(A_STEP).op('i32.add').set(d);
-          }),
-        () =>
-          f.for(r, 0, MR, () => {
-            f.get(r).i32(F32).op('i32.mul').get(d).op('i32.add').set(q);
-            f.get(ip).i32(MR).op('i32.mul').get(r).op('i32.add').get(m).op('i32.lt_s').if(
-              () => {
-                f.get(r).get(rs).op('i32.mul').get(s).op('i32.add').set(p);
-                f.for(j, 0, k, () => {
-                  f.get(q).get(p).mem('f32.load').mem('f32.store');
-                  f.get(p).get(cs).op('i32.add').set(p).get(q).i32(A_STEP).op('i32.add').set(q);
-                });
-              },
-              () => f.for(j, 0, k, () => f.get(q).f32(0).mem('f32.store').get(q).i32(A_STEP).op('i32.add').set(q)),
-            );
-          }),
-      );
+      emitPanelCopy(f, { s, d, panel: ip, extent: m, k, across: rs, along: cs, line: r, i: j, p, q }, MR, A_STEP);
     });
   }, { exported: true });
 }
@@ -232,28 +246,7 @@ function emitPackB(mod: ModuleBuilder): void {
       f.get(u).get(panelsN).op('i32.div_u').get(sBatch).op('i32.mul').get(src).op('i32.add');
       f.get(jp).i32(NR).op('i32.mul').get(cs).op('i32.mul').op('i32.add').set(s);
       f.get(u).get(k).op('i32.mul').i32(B_STEP).op('i32.mul').get(dst).op('i32.add').set(d);
-      // A full panel of a row-major matrix: each step copies 16 contiguous floats.
-      f.get(cs).i32(F32).op('i32.eq').get(jp).i32(NR).op('i32.mul').i32(NR).op('i32.add').get(n).op('i32.le_s').op('i32.and').if(
-        () =>
-          f.for(i, 0, k, () => {
-            range(NR / 4).forEach((v) => f.get(d).get(s).mem('v128.load', 16 * v).mem('v128.store', 16 * v));
-            f.get(s).get(rs).op('i32.add').set(s).get(d).i32(B_STEP).op('i32.add').set(d);
-          }),
-        () =>
-          f.for(l, 0, NR, () => {
-            f.get(l).i32(F32).op('i32.mul').get(d).op('i32.add').set(q);
-            f.get(jp).i32(NR).op('i32.mul').get(l).op('i32.add').get(n).op('i32.lt_s').if(
-              () => {
-                f.get(l).get(cs).op('i32.mul').get(s).op('i32.add').set(p);
-                f.for(i, 0, k, () => {
-                  f.get(q).get(p).mem('f32.load').mem('f32.store');
-                  f.get(p).get(rs).op('i32.add').set(p).get(q).i32(B_STEP).op('i32.add').set(q);
-                });
-              },
-              () => f.for(i, 0, k, () => f.get(q).f32(0).mem('f32.store').get(q).i32(B_STEP).op('i32.add').set(q)),
-            );
-          }),
-      );
+      emitPanelCopy(f, { s, d, panel: jp, extent: n, k, across: cs, along: rs, line: l, i, p, q }, NR, B_STEP);
     });
   }, { exported: true });
 }
