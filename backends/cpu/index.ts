@@ -13,6 +13,7 @@ import { BackendError, fmtShape } from '../../core/errors.ts';
 import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf, type Shape } from '../../core/shape.ts';
 import type { DeviceBuffer } from '../../core/tensor.ts';
+import { debugEnabled } from '../kernel/debug.ts';
 import { assignOutputs, planMemory, type MemoryPlan } from '../kernel/memory.ts';
 import { conv2d, conv2dGradInput, conv2dGradWeight } from './conv.ts';
 import { matmul } from './gemm.ts';
@@ -25,10 +26,6 @@ const DTYPES: ReadonlySet<DType> = new Set(['float32', 'int32', 'bool']);
 
 /** Elements times cost below which a JavaScript kernel runs on the calling thread alone. */
 const SERIAL_WORK = 1 << 15;
-
-function debug(what: string): boolean {
-  return (process.env['TESSERA_DEBUG'] ?? '').split(',').includes(what);
-}
 
 /** A tensor in the shared memory: `offset` is in bytes, `size` in elements. */
 export class CpuBuffer implements DeviceBuffer {
@@ -65,7 +62,7 @@ function bufferBytes(dtype: DType, size: number): number {
 
 const nodeBytes = (nd: ProgramNode): number => bufferBytes(nd.dtype, sizeOf(nd.shape));
 
-/** A step ready to run: its kernel id (JavaScript steps) and the arguments it needs besides offsets. */
+/** A step ready to run, with the runtime's id of its JavaScript kernel (-1 for a contraction). */
 interface Compiled {
   readonly step: Step;
   readonly kernel: number;
@@ -95,7 +92,7 @@ export class CpuBackend implements Backend {
       if (step.kind !== 'js') return { step, kernel: -1 };
       let kernel = this.kernelIds.get(step.source);
       if (kernel === undefined) {
-        if (debug('js')) console.log(`// ${step.label}\n${step.source}\n`);
+        if (debugEnabled('js')) console.log(`// ${step.label}\n${step.source}\n`);
         try {
           kernel = this.runtime.registerJs({ body: step.source });
         } catch (e) {

@@ -11,15 +11,9 @@ import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf } from '../../core/shape.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
 import { Emitter, readBindings } from '../kernel/emitter.ts';
-import { planFusion, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
+import { isContraction, planFusion, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { reductionRuns, runOffset } from '../kernel/reduce.ts';
 import { JS, helpersFor, viewOf } from './js.ts';
-
-export type Contraction = 'matmul' | 'conv2d' | 'conv2dGradInput' | 'conv2dGradWeight';
-
-export function isContraction(op: string): op is Contraction {
-  return op === 'matmul' || op === 'conv2d' || op === 'conv2dGradInput' || op === 'conv2dGradWeight';
-}
 
 /** A contraction operand as the GEMM reads it: a materialized node, maybe transposed or shared by the batch. */
 export interface Operand {

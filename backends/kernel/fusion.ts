@@ -26,7 +26,14 @@ export interface FusionPlan {
 }
 
 export function isHeavy(op: PrimOp): op is HeavyOp {
-  return op === 'reduce' || op === 'matmul' || op === 'conv2d' || op === 'conv2dGradInput' || op === 'conv2dGradWeight';
+  return op === 'reduce' || isContraction(op);
+}
+
+/** The heavy ops that are products (GEMMs), as opposed to reductions. */
+export type Contraction = Exclude<HeavyOp, 'reduce'>;
+
+export function isContraction(op: PrimOp): op is Contraction {
+  return op === 'matmul' || op === 'conv2d' || op === 'conv2dGradInput' || op === 'conv2dGradWeight';
 }
 
 /** Ops that read their inputs at the element they write (so a hosted reduction stays at one index). */
@@ -94,7 +101,7 @@ export function planFusion(program: Program, forced: ReadonlySet<number>): Fusio
       }
       continue;
     }
-    const feedsContraction = cs.some((c) => isHeavy(nodes[c]!.prim.op) && nodes[c]!.prim.op !== 'reduce');
+    const feedsContraction = cs.some((c) => isContraction(nodes[c]!.prim.op));
     const shared = roots.size > 1 && opCount[n]! > RECOMPUTE_LIMIT;
     if (computes[n] && (feedsContraction || shared)) {
       materialized.add(n);

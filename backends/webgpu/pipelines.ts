@@ -4,11 +4,8 @@
  * prints every kernel when it is first built.
  */
 import { hashString } from '../../core/program.ts';
+import { debugEnabled } from '../kernel/debug.ts';
 import type { GpuContext } from './device.ts';
-
-function debugWgsl(): boolean {
-  return (process.env['TESSERA_DEBUG'] ?? '').split(',').includes('wgsl');
-}
 
 export class PipelineCache {
   private readonly pipelines = new Map<string, GPUComputePipeline>();
@@ -24,7 +21,7 @@ export class PipelineCache {
     const key = hashString(wgsl);
     const hit = this.pipelines.get(key);
     if (hit !== undefined) return hit;
-    if (debugWgsl()) console.log(`// ---- ${label} (${key})\n${wgsl}`);
+    if (debugEnabled('wgsl')) console.log(`// ---- ${label} (${key})\n${wgsl}`);
     const device = this.ctx.device;
     const pipeline = this.ctx.scoped(`kernel ${label}`, () => {
       const module = device.createShaderModule({ label, code: wgsl });
