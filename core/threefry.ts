@@ -7,10 +7,12 @@
  */
 
 /** Rotation amounts of Threefry-2x32, cycled over rounds (Random123's R_32x2). */
-const ROTATIONS = [13, 15, 26, 6, 17, 29, 16, 24] as const;
+export const THREEFRY_ROTATIONS = [13, 15, 26, 6, 17, 29, 16, 24] as const;
+const ROTATIONS = THREEFRY_ROTATIONS;
 
 /** The key-schedule parity constant of Threefish/Threefry for 32-bit words. */
-const KS_PARITY = 0x1bd11bda;
+export const THREEFRY_PARITY = 0x1bd11bda;
+const KS_PARITY = THREEFRY_PARITY;
 
 function rotl32(x: number, r: number): number {
   return ((x << r) | (x >>> (32 - r))) >>> 0;

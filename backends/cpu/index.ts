@@ -19,13 +19,16 @@ import { conv2d, conv2dGradInput, conv2dGradWeight } from './conv.ts';
 import { matmul } from './gemm.ts';
 import { elementBytes, viewOf } from './js.ts';
 import { planSteps, type Step } from './kernels.ts';
+import { compileKernel, type KernelText, Unsupported } from './simd.ts';
 import type { Parallel } from './parallel.ts';
 import { createRuntime, sizeClass } from './runtime.ts';
 
 const DTYPES: ReadonlySet<DType> = new Set(['float32', 'int32', 'bool']);
 
-/** Elements times cost below which a JavaScript kernel runs on the calling thread alone. */
+/** Elements times cost below which a fused kernel runs on the calling thread alone. */
 const SERIAL_WORK = 1 << 15;
+/** Outputs per grain of a WebAssembly fused kernel: a multiple of its 4 lanes, 64 bytes of f32. */
+const WASM_GRAIN = 16;
 
 /** A tensor in the shared memory: `offset` is in bytes, `size` in elements. */
 export class CpuBuffer implements DeviceBuffer {
@@ -62,11 +65,18 @@ function bufferBytes(dtype: DType, size: number): number {
 
 const nodeBytes = (nd: ProgramNode): number => bufferBytes(nd.dtype, sizeOf(nd.shape));
 
-/** A step ready to run, with the runtime's id of its JavaScript kernel (-1 for a contraction). */
+/**
+ * A step ready to run, with the runtime's id of its fused kernel (-1 for a contraction): a
+ * WebAssembly one (`wasm`: export `k`, byte offsets) or the JavaScript fallback (element offsets).
+ */
 interface Compiled {
   readonly step: Step;
   readonly kernel: number;
+  readonly wasm: boolean;
 }
+
+/** Which language fused elementwise and reduction kernels are compiled to. */
+export type KernelLanguage = 'wasm' | 'js';
 
 export interface CpuExecutable extends Executable {
   readonly steps: readonly Compiled[];
@@ -79,9 +89,16 @@ export class CpuBackend implements Backend {
   readonly name = 'cpu';
   readonly dtypes = DTYPES;
   /** Kernel ids by source, so equal kernels of different programs compile once. */
-  private readonly kernelIds = new Map<string, number>();
+  private readonly kernelIds = new Map<string, { readonly id: number; readonly wasm: boolean }>();
 
-  constructor(readonly runtime: Parallel) {}
+  /**
+   * @param kernels `wasm` (the default) compiles fused kernels to WebAssembly SIMD where the
+   *   compiler supports every op in them, else to JavaScript; `js` always to JavaScript (to compare).
+   */
+  constructor(
+    readonly runtime: Parallel,
+    readonly kernels: KernelLanguage = 'wasm',
+  ) {}
 
   compile(program: Program): CpuExecutable {
     for (const nd of [...program.nodes, ...program.inputs]) {
@@ -89,23 +106,39 @@ export class CpuBackend implements Backend {
     }
     const { steps } = planSteps(program);
     const compiled = steps.map((step): Compiled => {
-      if (step.kind !== 'js') return { step, kernel: -1 };
-      let kernel = this.kernelIds.get(step.source);
+      if (step.kind !== 'js') return { step, kernel: -1, wasm: false };
+      const wasm = this.kernels === 'wasm' ? step.wasm : undefined;
+      const key = wasm === undefined ? `js:${step.source}` : `wasm:${wasm.body}`;
+      let kernel = this.kernelIds.get(key);
       if (kernel === undefined) {
-        if (debugEnabled('js')) console.log(`// ${step.label}\n${step.source}\n`);
-        try {
-          kernel = this.runtime.registerJs({ body: step.source });
-        } catch (e) {
-          throw new BackendError(`${step.label}: the generated kernel does not compile: ${(e as Error).message}\n${step.source}`);
-        }
-        this.kernelIds.set(step.source, kernel);
+        kernel = this.compileKernel(step, wasm);
+        this.kernelIds.set(key, kernel);
       }
-      return { step, kernel };
+      return { step, kernel: kernel.id, wasm: kernel.wasm };
     });
     const memory = planMemory(program, steps, nodeBytes);
     const inputBytes = program.inputs.reduce((s, i) => s + bufferBytes(i.dtype, sizeOf(i.shape)), 0);
     const outputBytes = [...new Set(program.outputs)].reduce((s, n) => s + nodeBytes(program.nodes[n]!), 0);
     return { program, steps: compiled, memory, memoryPlanBytes: inputBytes + memory.slotBytes.reduce((s, b) => s + b, 0) + outputBytes };
+  }
+
+  /** Registers a fused kernel: WebAssembly when `wasm` compiles, else the JavaScript source. */
+  private compileKernel(step: Extract<Step, { kind: 'js' }>, wasm: KernelText | undefined): { id: number; wasm: boolean } {
+    if (wasm !== undefined) {
+      try {
+        const { module } = compileKernel(wasm);
+        if (debugEnabled('wasm')) console.log(`// ${step.label}\n${wasm.body}\n`);
+        return { id: this.runtime.registerWasm(module), wasm: true };
+      } catch (e) {
+        if (!(e instanceof Unsupported)) throw new BackendError(`${step.label}: ${(e as Error).message}`);
+      }
+    }
+    if (debugEnabled('js')) console.log(`// ${step.label}\n${step.source}\n`);
+    try {
+      return { id: this.runtime.registerJs({ body: step.source }), wasm: false };
+    } catch (e) {
+      throw new BackendError(`${step.label}: the generated kernel does not compile: ${(e as Error).message}\n${step.source}`);
+    }
   }
 
   upload(data: TypedArray, shape: Shape, dtype: DType): CpuBuffer {
@@ -197,19 +230,26 @@ export class CpuBackend implements Backend {
       threads: this.runtime.threads,
       dtypes: [...DTYPES],
       kernelsCompiled: this.kernelIds.size,
+      wasmKernels: [...this.kernelIds.values()].filter((k) => k.wasm).length,
       memoryBytes: this.runtime.memory.buffer.byteLength,
       bytesInUse: this.runtime.bytesInUse,
       peakBytes: this.runtime.bytesReserved,
     };
   }
 
-  private runStep({ step, kernel }: Compiled, where: ReadonlyMap<number, number>, nodes: readonly ProgramNode[]): void {
+  private runStep({ step, kernel, wasm }: Compiled, where: ReadonlyMap<number, number>, nodes: readonly ProgramNode[]): void {
     const rt = this.runtime;
     const at = (n: number): number => where.get(n)!;
     switch (step.kind) {
       case 'js': {
+        const serialBelow = Math.ceil(SERIAL_WORK / step.cost);
+        if (wasm) {
+          // Byte offsets; ranges start at multiples of 4, as the vector loop needs.
+          rt.run(kernel, 'k', step.total, [...step.reads, step.writes].map(at), { grain: WASM_GRAIN, serialBelow: Math.max(serialBelow, 2 * WASM_GRAIN) });
+          return;
+        }
         const args = [...step.reads, step.writes].map((n) => at(n) / elementBytes(nodes[n]!.dtype));
-        rt.run(kernel, '', step.total, args, { serialBelow: Math.ceil(SERIAL_WORK / step.cost) });
+        rt.run(kernel, '', step.total, args, { serialBelow });
         return;
       }
       case 'matmul': {
@@ -226,7 +266,9 @@ export class CpuBackend implements Backend {
       case 'conv2dGradInput':
       case 'conv2dGradWeight': {
         const [p, q] = step.reads as [number, number];
-        const shapes = { aShape: nodes[p]!.shape, bShape: nodes[q]!.shape, outShape: nodes[step.writes]!.shape };
+        // The reads may sit under reshapes: the shapes are those of the convolution's own operands.
+        const [x, w] = nodes[step.writes]!.inputs as [number, number];
+        const shapes = { aShape: nodes[x]!.shape, bShape: nodes[w]!.shape, outShape: nodes[step.writes]!.shape };
         const conv = step.kind === 'conv2d' ? conv2d : step.kind === 'conv2dGradInput' ? conv2dGradInput : conv2dGradWeight;
         conv(rt, { a: at(p), b: at(q), out: at(step.writes), ...shapes, ...step.attrs });
         return;

@@ -13,7 +13,10 @@ import type { ConvAttrs } from '../../core/tensor.ts';
 import { Emitter, readBindings } from '../kernel/emitter.ts';
 import { isContraction, planFusion, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { reductionRuns, runOffset } from '../kernel/reduce.ts';
+import type { DType } from '../../core/dtype.ts';
+import type { Dialect } from '../kernel/emitter.ts';
 import { JS, helpersFor, viewOf } from './js.ts';
+import { type KernelText, Unsupported, WASM } from './simd.ts';
 
 /** A contraction operand as the GEMM reads it: a materialized node, maybe transposed or shared by the batch. */
 export interface Operand {
@@ -28,7 +31,10 @@ export type Step =
   | {
       readonly kind: 'js';
       readonly label: string;
+      /** The kernel as JavaScript: always there, the fallback for what the Wasm compiler cannot do. */
       readonly source: string;
+      /** The kernel as text for the WebAssembly compiler (simd.ts), when the dialect can spell it. */
+      readonly wasm: KernelText | undefined;
       /** Elements (outputs) the kernel loops over. */
       readonly total: number;
       /** Rough work per element, to decide whether threads pay off. */
@@ -171,61 +177,113 @@ function contractionStep(program: Program, plan: FusionPlan, n: number): Step {
   throw new BackendError(`${label}: not a contraction`);
 }
 
-/** The JavaScript kernel for an elementwise or reduction root, with the nodes it found overused. */
-function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step; overused: ReadonlySet<number> } {
+/**
+ * How a kernel language spells the parts of a fused kernel that the expression generator does not:
+ * the store of an output element and a reduction's accumulator and loops.
+ */
+interface Skeleton {
+  readonly dialect: Dialect;
+  store(dtype: DType, index: string, value: string): string;
+  /** Declares `acc` for a reduction of `fn` over `dtype` values. */
+  accInit(fn: 'sum' | 'max', dtype: DType): string;
+  /** Adds value `v` to `acc`. */
+  accStep(fn: 'sum' | 'max', dtype: DType, v: string): string;
+  /** The reduction's result (of `dtype`) from `acc`. */
+  accResult(fn: 'sum' | 'max', dtype: DType): string;
+  /** A loop header: `i` over [0, size). */
+  loop(i: string, size: number): string;
+}
+
+const JS_SKELETON: Skeleton = {
+  dialect: JS,
+  store: (dtype, index, value) => `${viewOf(dtype)}[out + ${index}] = ${value};`,
+  accInit: (fn, dtype) => `let acc = ${fn === 'sum' ? '0' : dtype === 'float32' ? '-Infinity' : '-2147483648'};`,
+  // As the reference: float sums accumulate in double, int32 sums wrap, max propagates NaN.
+  accStep: (fn, dtype, v) => (fn === 'max' ? `if (${v} > acc || ${v} !== ${v}) acc = ${v};` : dtype === 'float32' ? `acc += ${v};` : `acc = (acc + ${v}) | 0;`),
+  accResult: (fn, dtype) => (dtype === 'float32' ? 'Math.fround(acc)' : 'acc'),
+  loop: (i, size) => `for (let ${i} = 0; ${i} < ${size}; ${i}++)`,
+};
+
+const WASM_SKELETON: Skeleton = {
+  dialect: WASM,
+  store: (dtype, index, value) => `@store.${dtype}(out, ${index}, ${value});`,
+  accInit: (fn, dtype) =>
+    fn === 'sum' ? (dtype === 'float32' ? 'let acc:f64 = $f0;' : 'let acc:int32 = $i0;') : dtype === 'float32' ? `let acc:float32 = ${WASM.constant(-Infinity, 'float32')};` : 'let acc:int32 = $i-2147483648;',
+  accStep: (fn, dtype, v) => `acc = @acc.${fn}.${dtype}(acc, ${v});`,
+  accResult: (fn, dtype) => (fn === 'sum' && dtype === 'float32' ? '@fround(acc)' : 'acc'),
+  loop: (i, size) => `for (${i} in 0 .. ${size})`,
+};
+
+/**
+ * The body of the fused kernel rooted at `k.root`, in `sk`'s language: the statements for output
+ * index `gi` (elementwise) or `o` (a reduction and its epilogue), the buffers it reads, and the nodes
+ * the generator found recomputed at too many indices.
+ */
+function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skeleton) {
   const nodes = program.nodes;
   const { reads, name } = readBindings(plan.materialized, k.root, 'b');
-  const em = new Emitter(nodes, name, JS);
+  const em = new Emitter(nodes, name, sk.dialect);
   const root = nodes[k.root]!;
-  const store = (index: string, value: string): void => em.line(`${viewOf(root.dtype)}[out + ${index}] = ${value};`);
   let total = sizeOf(root.shape);
-  let cost = 1;
-  let kind = 'elementwise';
+  let rowSize = 1;
+  let index = 'gi';
   if (k.heavy === undefined) {
-    em.block('for (let gi = start; gi < end; gi++)', () => store('gi', em.value(k.root, 'gi')));
+    em.line(sk.store(root.dtype, 'gi', em.value(k.root, 'gi')));
   } else {
     const h = nodes[k.heavy]!;
-    if (h.prim.op !== 'reduce') throw new BackendError(`${program.name}: ${h.prim.op} node ${k.heavy} cannot be fused into a JavaScript kernel`);
-    kind = 'reduce';
+    if (h.prim.op !== 'reduce') throw new BackendError(`${program.name}: ${h.prim.op} node ${k.heavy} cannot be fused into an elementwise kernel`);
+    index = 'o';
     const { fn, axes } = h.prim;
     const input = h.inputs[0]!;
     const inShape = nodes[input]!.shape;
-    const rowSize = sizeOf(axes.map((a) => inShape[a]!));
+    rowSize = sizeOf(axes.map((a) => inShape[a]!));
     const { kept, reduced } = reductionRuns(inShape, axes);
-    const float = h.dtype === 'float32';
     total = sizeOf(h.shape);
-    cost = Math.max(1, rowSize);
-    em.block('for (let o = start; o < end; o++)', () => {
-      const base = em.index(runOffset(em, 'o', kept));
-      em.line(`let acc = ${fn === 'sum' ? '0' : float ? '-Infinity' : '-2147483648'};`);
-      // One loop per reduced run, outermost first: the reference's row-major order, without a
-      // division per element.
-      const accumulate = (level: number, at: string): void => {
-        const run = reduced[level];
-        if (run === undefined) {
-          const v = em.value(input, at);
-          // As the reference: float sums accumulate in double, int32 sums wrap, max propagates NaN.
-          if (fn === 'max') em.line(`if (${v} > acc || ${v} !== ${v}) acc = ${v};`);
-          else em.line(float ? `acc += ${v};` : `acc = (acc + ${v}) | 0;`);
-          return;
-        }
-        em.block(`for (let r${level} = 0; r${level} < ${run.size}; r${level}++)`, () => {
-          accumulate(level + 1, em.index(run.inStride === 1 ? `${at} + r${level}` : `${at} + r${level} * ${run.inStride}`));
-        });
-      };
-      accumulate(0, base);
-      em.define(k.heavy!, 'o', float ? 'Math.fround(acc)' : 'acc');
-      store('o', em.value(k.root, 'o'));
-    });
+    const base = em.index(runOffset(em, 'o', kept));
+    em.line(sk.accInit(fn, h.dtype));
+    // One loop per reduced run, outermost first: the reference's row-major order, without a
+    // division per element.
+    const accumulate = (level: number, at: string): void => {
+      const run = reduced[level];
+      if (run === undefined) {
+        em.line(sk.accStep(fn, h.dtype, em.value(input, at)));
+        return;
+      }
+      em.block(sk.loop(`r${level}`, run.size), () => {
+        accumulate(level + 1, em.index(run.inStride === 1 ? `${at} + r${level}` : `${at} + r${level} * ${run.inStride}`));
+      });
+    };
+    accumulate(0, base);
+    em.define(k.heavy, 'o', sk.accResult(fn, h.dtype));
+    em.line(sk.store(root.dtype, 'o', em.value(k.root, 'o')));
   }
-  const code = em.code();
+  return { code: em.code(), reads, index, total, rowSize, reduce: k.heavy !== undefined, overused: em.overused };
+}
+
+/** The JavaScript kernel for an elementwise or reduction root, with the nodes it found overused. */
+function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step; overused: ReadonlySet<number> } {
+  const body = kernelBody(program, plan, k, JS_SKELETON);
+  const loop = `for (let ${body.index} = start; ${body.index} < end; ${body.index}++) {\n${body.code}\n}`;
   const source = [
-    helpersFor(code),
+    helpersFor(body.code),
     'const f32 = heap.f32, i32 = heap.i32, u8 = heap.u8;',
-    ...reads.map((_, i) => `const b${i} = args[${i}];`),
-    `const out = args[${reads.length}];`,
-    code,
+    ...body.reads.map((_, i) => `const b${i} = args[${i}];`),
+    `const out = args[${body.reads.length}];`,
+    loop,
   ].join('\n');
-  const label = `${program.name}/${kind}${k.root}`;
-  return { step: { kind: 'js', label, source, total, cost: cost * Math.max(1, code.split('\n').length), reads, writes: k.root }, overused: em.overused };
+  const label = `${program.name}/${body.reduce ? 'reduce' : 'elementwise'}${k.root}`;
+  const cost = Math.max(1, body.rowSize) * Math.max(1, body.code.split('\n').length);
+  const wasm = wasmText(program, plan, k);
+  return { step: { kind: 'js', label, source, wasm, total: body.total, cost, reads: body.reads, writes: k.root }, overused: body.overused };
+}
+
+/** The same kernel in the WebAssembly dialect (compiled by simd.ts), or undefined where it cannot be written. */
+function wasmText(program: Program, plan: FusionPlan, k: KernelPlan): KernelText | undefined {
+  try {
+    const body = kernelBody(program, plan, k, WASM_SKELETON);
+    return { body: body.code, index: body.index, buffers: [...body.reads.map((_, i) => `b${i}`), 'out'], vectorize: !body.reduce };
+  } catch (e) {
+    if (e instanceof Unsupported) return undefined;
+    throw e;
+  }
 }

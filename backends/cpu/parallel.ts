@@ -37,7 +37,7 @@ export interface Parallel {
   /** The most bytes ever held in blocks, live or free for reuse (the peak). */
   readonly bytesReserved: number;
   /**
-   * Instantiates `module` on every thread with imports `{ env: { memory } }`; returns its id. The module
+   * Instantiates `module` on every thread with imports `{ env: { memory }, math }` (`math.js`); returns its id. The module
    * must import `env.memory` as shared with maximum 65536 pages (a shared import must declare a maximum,
    * and it must equal the memory's) and a minimum no larger than the memory's current size (1 is safe).
    */

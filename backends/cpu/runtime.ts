@@ -26,6 +26,7 @@
 import os from 'node:os';
 import { MessageChannel, type MessagePort, Worker, receiveMessageOnPort } from 'node:worker_threads';
 import { BackendError } from '../../core/errors.ts';
+import { MATH_IMPORTS } from './math.js';
 import type { Heap, JsKernelSource, Parallel } from './parallel.ts';
 
 /** Alignment of every block: a cache line, and enough for any SIMD load. */
@@ -241,7 +242,7 @@ export class CpuRuntime implements Parallel {
     this.assertLive('registerWasm');
     let instance: WebAssembly.Instance;
     try {
-      instance = new WebAssembly.Instance(module, { env: { memory: this.memory } });
+      instance = new WebAssembly.Instance(module, { env: { memory: this.memory }, math: MATH_IMPORTS });
     } catch (error) {
       throw new BackendError(`cpu runtime registerWasm: cannot instantiate the module (it must import env.memory as a shared memory with maximum ${MAX_PAGES} pages and minimum <= ${this.memory.buffer.byteLength / PAGE}): ${message(error)}`);
     }

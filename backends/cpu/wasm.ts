@@ -16,6 +16,9 @@ const VALTYPE: Record<ValType, number> = { i32: 0x7f, i64: 0x7e, f32: 0x7d, f64:
 /** SIMD instructions are the prefix byte 0xfd followed by their opcode as unsigned LEB128. */
 const SIMD = 0x10000;
 const simd = (code: number) => SIMD + code;
+/** Saturating truncations and other "misc" instructions are the prefix byte 0xfc and a LEB128 opcode. */
+const MISC = 0x20000;
+const misc = (code: number) => MISC + code;
 
 /** Instructions without immediates: they only pop and push operands. */
 const PLAIN = {
@@ -41,6 +44,12 @@ const PLAIN = {
   'f32.gt': 0x5e,
   'f32.le': 0x5f,
   'f32.ge': 0x60,
+  'f64.eq': 0x61,
+  'f64.ne': 0x62,
+  'f64.lt': 0x63,
+  'f64.gt': 0x64,
+  'f64.le': 0x65,
+  'f64.ge': 0x66,
   'i32.clz': 0x67,
   'i32.ctz': 0x68,
   'i32.popcnt': 0x69,
@@ -73,15 +82,32 @@ const PLAIN = {
   'f32.min': 0x96,
   'f32.max': 0x97,
   'f32.copysign': 0x98,
+  'f64.abs': 0x99,
+  'f64.neg': 0x9a,
+  'f64.floor': 0x9c,
+  'f64.sqrt': 0x9f,
+  'f64.add': 0xa0,
+  'f64.sub': 0xa1,
+  'f64.mul': 0xa2,
+  'f64.div': 0xa3,
+  'f64.min': 0xa4,
+  'f64.max': 0xa5,
   'i32.trunc_f32_s': 0xa8,
   'i32.trunc_f32_u': 0xa9,
   'f32.convert_i32_s': 0xb2,
   'f32.convert_i32_u': 0xb3,
+  'f32.demote_f64': 0xb6,
+  'f64.convert_i32_s': 0xb7,
+  'f64.convert_i32_u': 0xb8,
+  'f64.promote_f32': 0xbb,
+  'i32.trunc_sat_f32_s': misc(0x00),
+  'i32.trunc_sat_f64_s': misc(0x02),
   'i32.reinterpret_f32': 0xbc,
   'f32.reinterpret_i32': 0xbe,
   'i8x16.swizzle': simd(0x0e),
   'i32x4.splat': simd(0x11),
   'f32x4.splat': simd(0x13),
+  'f64x2.splat': simd(0x14),
   'i32x4.eq': simd(0x37),
   'i32x4.ne': simd(0x38),
   'i32x4.lt_s': simd(0x39),
@@ -98,6 +124,12 @@ const PLAIN = {
   'f32x4.gt': simd(0x44),
   'f32x4.le': simd(0x45),
   'f32x4.ge': simd(0x46),
+  'f64x2.eq': simd(0x47),
+  'f64x2.ne': simd(0x48),
+  'f64x2.lt': simd(0x49),
+  'f64x2.gt': simd(0x4a),
+  'f64x2.le': simd(0x4b),
+  'f64x2.ge': simd(0x4c),
   'v128.not': simd(0x4d),
   'v128.and': simd(0x4e),
   'v128.andnot': simd(0x4f),
@@ -105,10 +137,19 @@ const PLAIN = {
   'v128.xor': simd(0x51),
   'v128.bitselect': simd(0x52),
   'v128.any_true': simd(0x53),
+  'f32x4.demote_f64x2_zero': simd(0x5e),
+  'f64x2.promote_low_f32x4': simd(0x5f),
   'f32x4.ceil': simd(0x67),
   'f32x4.floor': simd(0x68),
   'f32x4.trunc': simd(0x69),
   'f32x4.nearest': simd(0x6a),
+  'i16x8.extend_low_i8x16_u': simd(0x89),
+  'i32x4.extend_low_i16x8_u': simd(0xa9),
+  'i64x2.extend_low_i32x4_s': simd(0xc7),
+  'i64x2.shl': simd(0xcb),
+  'i64x2.add': simd(0xce),
+  'i32x4.trunc_sat_f64x2_s_zero': simd(0xfc),
+  'f64x2.convert_low_i32x4_s': simd(0xfe),
   'i32x4.abs': simd(0xa0),
   'i32x4.neg': simd(0xa1),
   'i32x4.all_true': simd(0xa3),
@@ -138,6 +179,15 @@ const PLAIN = {
   'i32x4.trunc_sat_f32x4_u': simd(0xf9),
   'f32x4.convert_i32x4_s': simd(0xfa),
   'f32x4.convert_i32x4_u': simd(0xfb),
+  'f64x2.abs': simd(0xec),
+  'f64x2.neg': simd(0xed),
+  'f64x2.sqrt': simd(0xef),
+  'f64x2.add': simd(0xf0),
+  'f64x2.sub': simd(0xf1),
+  'f64x2.mul': simd(0xf2),
+  'f64x2.div': simd(0xf3),
+  'f64x2.min': simd(0xf4),
+  'f64x2.max': simd(0xf5),
 } as const;
 
 /** Memory accesses, with the log2 of their natural alignment (the alignment hint they are given). */
@@ -152,6 +202,8 @@ const MEMORY = {
   'f32.store': [0x38, 2],
   'i32.store8': [0x3a, 0],
   'i32.store16': [0x3b, 1],
+  'f64.load': [0x2b, 3],
+  'f64.store': [0x39, 3],
   'v128.load': [simd(0x00), 4],
   'v128.load32_splat': [simd(0x09), 2],
   'v128.load64_splat': [simd(0x0a), 3],
@@ -166,6 +218,8 @@ const LANE = {
   'i32x4.replace_lane': simd(0x1c),
   'f32x4.extract_lane': simd(0x1f),
   'f32x4.replace_lane': simd(0x20),
+  'f64x2.extract_lane': simd(0x21),
+  'f64x2.replace_lane': simd(0x22),
 } as const;
 
 /** Memory accesses of one lane: a memory immediate, then the lane index. */
@@ -176,7 +230,7 @@ const MEMORY_LANE = {
 
 const CONTROL = { block: 0x02, loop: 0x03, if: 0x04, else: 0x05, end: 0x0b, br: 0x0c, br_if: 0x0d, call: 0x10 } as const;
 const VARIABLE = { 'local.get': 0x20, 'local.set': 0x21, 'local.tee': 0x22 } as const;
-const CONST = { 'i32.const': 0x41, 'f32.const': 0x43, 'v128.const': simd(0x0c) } as const;
+const CONST = { 'i32.const': 0x41, 'f32.const': 0x43, 'f64.const': 0x44, 'v128.const': simd(0x0c) } as const;
 const SHUFFLE = simd(0x0d);
 /** The block type of a block that takes and leaves nothing on the stack. */
 const EMPTY_BLOCK = 0x40;
@@ -213,6 +267,7 @@ export function sleb(n: number): number[] {
 }
 
 function opcode(code: number): number[] {
+  if (code >= MISC) return [0xfc, ...uleb(code - MISC)];
   return code >= SIMD ? [0xfd, ...uleb(code - SIMD)] : [code];
 }
 
@@ -289,6 +344,18 @@ export class FunctionBody {
   f32(x: number): this {
     const bytes = new Uint8Array(new Float32Array([x]).buffer);
     return this.emit(CONST['f32.const'], ...bytes);
+  }
+  f64(x: number): this {
+    const bytes = new Uint8Array(new Float64Array([x]).buffer);
+    return this.emit(CONST['f64.const'], ...bytes);
+  }
+  /** A v128 constant of two f64 lanes. */
+  f64x2(lanes: readonly [number, number]): this {
+    return this.emitCode(CONST['v128.const'], ...new Uint8Array(new Float64Array(lanes).buffer));
+  }
+  /** A v128 constant of four i32 lanes. */
+  i32x4(lanes: readonly [number, number, number, number]): this {
+    return this.emitCode(CONST['v128.const'], ...new Uint8Array(new Int32Array(lanes).buffer));
   }
   /** A v128 constant of four f32 lanes. */
   f32x4(lanes: readonly [number, number, number, number]): this {
@@ -421,33 +488,51 @@ interface FunctionDef {
 export class ModuleBuilder {
   private readonly types: string[] = [];
   private readonly functions: FunctionDef[] = [];
+  private readonly imports: { readonly module: string; readonly field: string; readonly type: number }[] = [];
+
+  private typeIndex(params: readonly ValType[], results: readonly ValType[]): number {
+    const signature = [0x60, ...vector(params.map((t) => [VALTYPE[t]])), ...vector(results.map((t) => [VALTYPE[t]]))];
+    const key = signature.join(',');
+    const type = this.types.indexOf(key);
+    return type >= 0 ? type : this.types.push(key) - 1;
+  }
+
+  /**
+   * Imports function `module.field` (imported functions come first in the index space, so every
+   * import is declared before the first `func`).
+   */
+  importFunc(module: string, field: string, params: readonly ValType[], results: readonly ValType[]): FunctionRef {
+    if (this.functions.length > 0) throw new Error(`wasm: import ${module}.${field} after a function was defined`);
+    const index = this.imports.push({ module, field, type: this.typeIndex(params, results) }) - 1;
+    return { index, name: `${module}.${field}` };
+  }
 
   /**
    * Adds a function built by `build` (given the body and its parameters). Functions are numbered in
    * the order they are added, so a callee is added before its callers.
    */
   func(name: string, params: readonly ValType[], results: readonly ValType[], build: (f: FunctionBody, ...params: Local[]) => void, options: { readonly exported: boolean }): FunctionRef {
-    const signature = [0x60, ...vector(params.map((t) => [VALTYPE[t]])), ...vector(results.map((t) => [VALTYPE[t]]))];
-    const key = signature.join(',');
-    let type = this.types.indexOf(key);
-    if (type < 0) type = this.types.push(key) - 1;
+    const type = this.typeIndex(params, results);
     const body = new FunctionBody(params);
     build(body, ...body.params);
-    const index = this.functions.push({ name, type, body, exported: options.exported }) - 1;
+    const index = this.imports.length + this.functions.push({ name, type, body, exported: options.exported }) - 1;
     return { index, name };
   }
 
   encode(): Uint8Array {
+    const FUNCTION_IMPORT = 0x00;
     const MEMORY_IMPORT = 0x02;
     const SHARED_WITH_MAXIMUM = 0x03;
     const FUNCTION_EXPORT = 0x00;
     const types = this.types.map((key) => key.split(',').map(Number));
     const memoryImport = [...name('env'), ...name('memory'), MEMORY_IMPORT, SHARED_WITH_MAXIMUM, ...uleb(0), ...uleb(65536)];
-    const exports = this.functions.flatMap((f, i) => (f.exported ? [[...name(f.name), FUNCTION_EXPORT, ...uleb(i)]] : []));
+    const funcImports = this.imports.map((im) => [...name(im.module), ...name(im.field), FUNCTION_IMPORT, ...uleb(im.type)]);
+    const base = this.imports.length;
+    const exports = this.functions.flatMap((f, i) => (f.exported ? [[...name(f.name), FUNCTION_EXPORT, ...uleb(base + i)]] : []));
     return new Uint8Array([
       ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00],
       ...section(1, vector(types)),
-      ...section(2, vector([memoryImport])),
+      ...section(2, vector([memoryImport, ...funcImports])),
       ...section(3, vector(this.functions.map((f) => uleb(f.type)))),
       ...section(7, vector(exports)),
       ...section(10, vector(this.functions.map((f) => f.body.encode()))),

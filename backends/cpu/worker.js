@@ -4,6 +4,7 @@
  * cannot disagree about slots. Plain JavaScript, so that it loads with no loader at all.
  */
 import { receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { MATH_IMPORTS } from './math.js';
 
 const { memory, control, port, thread, spinMicros, probeAfter, slot, argsOffset, maxArgs, partsBits } = workerData;
 const ctl = new Int32Array(control, 0, slot.ranges + 2 * (thread + 1));
@@ -21,7 +22,7 @@ function register(registration) {
   switch (registration.kind) {
     case 'wasm':
       try {
-        const instance = new WebAssembly.Instance(registration.module, { env: { memory } });
+        const instance = new WebAssembly.Instance(registration.module, { env: { memory }, math: MATH_IMPORTS });
         kernels[registration.id] = { kind: 'wasm', fns: registration.names.map((name) => instance.exports[name]) };
       } catch (error) {
         // Reported by the first run that uses the kernel, on the thread that asked for it.

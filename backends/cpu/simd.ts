@@ -1,0 +1,1064 @@
+/**
+ * Fused elementwise and reduction kernels as WebAssembly, vectorised over four consecutive outputs.
+ *
+ * The shared expression generator (kernel/emitter.ts) writes a kernel in the `WASM` dialect below: a
+ * small typed statement language (`const`, typed `let`, assignment, `if`/`else`, `for (i in a .. b)`,
+ * infix integer index arithmetic, and `@op(...)` calls for everything typed: loads, stores, unaries,
+ * binaries, casts). This file parses that text and compiles it to one Wasm function twice over:
+ *
+ *  - **vector** (elementwise kernels): four consecutive output indices per iteration. Every integer
+ *    index is tracked as *uniform* (the same in all four lanes), *contiguous* (lane l is base + l) or
+ *    a general i32x4 vector, from the loop index (contiguous, and a multiple of 4) through `+ - * / %`:
+ *    e.g. `gi / 256` is uniform and `gi % 256` contiguous, so a per-channel bias is one scalar load
+ *    and a splat, and a same-shape operand one `v128.load`. Values are f32x4/i32x4; what SIMD128 has
+ *    no instruction for (exp, log, ...) is computed per lane by the reference's own function,
+ *    imported from `math.js`. A branch on a value that differs between lanes (a pad along the
+ *    innermost axis) makes the vector form impossible, and the kernel is compiled scalar only.
+ *  - **scalar**: one output per iteration: the tail of a vector loop, and every reduction (their sums
+ *    accumulate in f64 in the reference's order, which four independent lanes would not keep).
+ *
+ * Every operation rounds as the reference stores it: f32 `+ - * / sqrt` are the correctly rounded
+ * results the reference gets from a double and one rounding; rsqrt is computed in f64 and rounded
+ * once, as the reference does; imported functions see the same doubles. So the kernels are
+ * bit-identical to the reference, as the JavaScript ones are. What this compiler does not support
+ * (random bits, integer division and powers) throws `Unsupported`, and the caller keeps the
+ * JavaScript kernel for it.
+ */
+import type { DType } from '../../core/dtype.ts';
+import { THREEFRY_PARITY, THREEFRY_ROTATIONS } from '../../core/threefry.ts';
+import type { BinaryFn, UnaryFn } from '../../core/tensor.ts';
+import type { Dialect } from '../kernel/emitter.ts';
+import { EXP_FAST_LIMIT, emitExpF64x2 } from './exp.ts';
+import { type FunctionBody, type FunctionRef, type Local, ModuleBuilder, type PlainOp } from './wasm.ts';
+
+/** A kernel this compiler cannot express; the caller falls back to JavaScript. */
+export class Unsupported extends Error {}
+
+/** A kernel whose vector form would branch per lane; it is compiled scalar. */
+class NotUniform extends Error {}
+
+/** f32 bits in hex: exact for every value, NaN payloads and -0 included. */
+function f32Bits(x: number): string {
+  return (new Uint32Array(new Float32Array([x]).buffer)[0]! >>> 0).toString(16);
+}
+
+function constant(value: number, dtype: DType): string {
+  switch (dtype) {
+    case 'float32':
+      return `$f${f32Bits(value)}`;
+    case 'int32':
+      return `$i${value | 0}`;
+    case 'bool':
+      return `$i${value ? 1 : 0}`;
+    default:
+      throw new Unsupported(`${dtype} constant`);
+  }
+}
+
+/** The emitter's spelling for this compiler (see the header). */
+export const WASM: Dialect = {
+  uint: (n) => String(n),
+  quotient: (index, divisor) => `@q(${index}, ${divisor})`,
+  let: (name, expr) => `const ${name} = ${expr};`,
+  var: (name, dtype, init) => `let ${name}:${dtype} = ${init ?? constant(0, dtype)};`,
+  load: (dtype, buffer, index) => `@load.${dtype}(${buffer}, ${index})`,
+  constant,
+  unary: (fn, inDtype, outDtype, x) => `@u.${fn}.${inDtype}.${outDtype}(${x})`,
+  binary: (fn, inDtype, outDtype, a, b) => `@b.${fn}.${inDtype}.${outDtype}(${a}, ${b})`,
+  cast: (from, to, x) => `@cast.${from}.${to}(${x})`,
+  select: (cond, ifTrue, ifFalse) => `@select(${cond}, ${ifTrue}, ${ifFalse})`,
+  signed: (index) => `(${index})`,
+  unsigned: (int) => `(${int})`,
+  clampIndex: (int, max) => `@clamp(${int}, ${max})`,
+  randomBits: (key0, key1, offset, index) => `@random(${key0}, ${key1}, ${offset}, ${index})`,
+};
+
+// ---- Parsing -------------------------------------------------------------------------------
+
+type Expr =
+  | { readonly k: 'int'; readonly v: number }
+  | { readonly k: 'f32'; readonly v: number }
+  | { readonly k: 'name'; readonly name: string }
+  | { readonly k: 'call'; readonly fn: string; readonly args: readonly Expr[] }
+  | { readonly k: 'bin'; readonly op: string; readonly a: Expr; readonly b: Expr }
+  | { readonly k: 'neg'; readonly a: Expr };
+
+type Stmt =
+  | { readonly k: 'const'; readonly name: string; readonly e: Expr }
+  | { readonly k: 'let'; readonly name: string; readonly type: string; readonly e: Expr }
+  | { readonly k: 'set'; readonly name: string; readonly e: Expr }
+  | { readonly k: 'if'; readonly cond: Expr; readonly then: readonly Stmt[]; readonly else?: readonly Stmt[] }
+  | { readonly k: 'for'; readonly v: string; readonly from: Expr; readonly to: Expr; readonly body: readonly Stmt[] }
+  | { readonly k: 'do'; readonly e: Expr };
+
+const TOKEN = /\s*(\$f[0-9a-f]+|\$i-?\d+|@[A-Za-z0-9_.]+|[A-Za-z_][A-Za-z0-9_]*|\d+|\.\.|&&|<=|>=|==|!=|[-+*/%<>=(),;{}:])/y;
+
+function tokenize(src: string): string[] {
+  const out: string[] = [];
+  TOKEN.lastIndex = 0;
+  for (;;) {
+    const at = TOKEN.lastIndex;
+    if (/^\s*$/.test(src.slice(at))) return out;
+    const m = TOKEN.exec(src);
+    if (m === null) throw new Unsupported(`cannot read kernel text at ${JSON.stringify(src.slice(at, at + 30))}`);
+    out.push(m[1]!);
+  }
+}
+
+const PRECEDENCE: Record<string, number> = { '&&': 1, '<': 2, '<=': 2, '>': 2, '>=': 2, '==': 2, '!=': 2, '+': 3, '-': 3, '*': 4, '/': 4, '%': 4 };
+
+/** Parses kernel text written in the `WASM` dialect. */
+export function parseKernel(src: string): Stmt[] {
+  const t = tokenize(src);
+  let p = 0;
+  const peek = (): string | undefined => t[p];
+  const take = (want?: string): string => {
+    const tok = t[p++];
+    if (tok === undefined || (want !== undefined && tok !== want)) throw new Unsupported(`kernel text: expected ${want ?? 'a token'}, got ${tok ?? 'the end'} at token ${p - 1}`);
+    return tok;
+  };
+  const primary = (): Expr => {
+    const tok = take();
+    if (tok === '(') {
+      const e = expr(0);
+      take(')');
+      return e;
+    }
+    if (tok === '-') return { k: 'neg', a: primary() };
+    if (/^\d+$/.test(tok)) return { k: 'int', v: Number(tok) };
+    if (tok === 'true') return { k: 'int', v: 1 };
+    if (tok.startsWith('$i')) return { k: 'int', v: Number(tok.slice(2)) };
+    if (tok.startsWith('$f')) return { k: 'f32', v: new Float32Array(new Uint32Array([parseInt(tok.slice(2), 16)]).buffer)[0]! };
+    if (tok.startsWith('@')) {
+      take('(');
+      const args: Expr[] = [];
+      while (peek() !== ')') {
+        args.push(expr(0));
+        if (peek() === ',') take(',');
+      }
+      take(')');
+      return { k: 'call', fn: tok.slice(1), args };
+    }
+    return { k: 'name', name: tok };
+  };
+  const expr = (min: number): Expr => {
+    let left = primary();
+    for (;;) {
+      const op = peek();
+      const prec = op === undefined ? undefined : PRECEDENCE[op];
+      if (prec === undefined || prec <= min) return left;
+      take();
+      left = { k: 'bin', op: op!, a: left, b: expr(prec) };
+    }
+  };
+  const block = (): Stmt[] => {
+    take('{');
+    const body: Stmt[] = [];
+    while (peek() !== '}') body.push(stmt());
+    take('}');
+    return body;
+  };
+  const stmt = (): Stmt => {
+    const tok = take();
+    switch (tok) {
+      case 'const': {
+        const name = take();
+        take('=');
+        const e = expr(0);
+        take(';');
+        return { k: 'const', name, e };
+      }
+      case 'let': {
+        const name = take();
+        take(':');
+        const type = take();
+        take('=');
+        const e = expr(0);
+        take(';');
+        return { k: 'let', name, type, e };
+      }
+      case 'if': {
+        take('(');
+        const cond = expr(0);
+        take(')');
+        const then = block();
+        if (peek() !== 'else') return { k: 'if', cond, then };
+        take('else');
+        return { k: 'if', cond, then, else: peek() === 'if' ? [stmt()] : block() };
+      }
+      case 'for': {
+        take('(');
+        const v = take();
+        take('in');
+        const from = expr(0);
+        take('..');
+        const to = expr(0);
+        take(')');
+        return { k: 'for', v, from, to, body: block() };
+      }
+      default: {
+        if (tok.startsWith('@')) {
+          p--;
+          const e = expr(0);
+          take(';');
+          return { k: 'do', e };
+        }
+        take('=');
+        const e = expr(0);
+        take(';');
+        return { k: 'set', name: tok, e };
+      }
+    }
+  };
+  const out: Stmt[] = [];
+  while (p < t.length) out.push(stmt());
+  return out;
+}
+
+// ---- Values --------------------------------------------------------------------------------
+
+type Lane = 'i32' | 'f32' | 'f64';
+
+/**
+ * A value as the generated code holds it: uniform (one scalar for every lane; `c` when it is a known
+ * constant, `m4` when it is known to be a multiple of 4), contiguous (an i32 base; lane l holds
+ * base + l; `al` when the base is a multiple of 4), or a v128 vector of four i32/f32 lanes.
+ */
+type Val =
+  | { readonly r: 'u'; readonly t: Lane; readonly l?: Local; readonly c?: number; readonly m4: boolean }
+  | { readonly r: 'c'; readonly l: Local; readonly al: boolean }
+  | { readonly r: 'v'; readonly t: 'i32' | 'f32'; readonly l: Local };
+
+const int = (c: number): Val => ({ r: 'u', t: 'i32', c: c | 0, m4: (c | 0) % 4 === 0 });
+
+function laneOf(dtype: string): 'i32' | 'f32' {
+  if (dtype === 'float32') return 'f32';
+  if (dtype === 'int32' || dtype === 'bool') return 'i32';
+  throw new Unsupported(`${dtype} values`);
+}
+
+const MATH_UNARY = new Set(['exp', 'log', 'sin', 'cos', 'tanh', 'sign', 'sigmoid']);
+
+/** Builds one function body from parsed statements, in vector or scalar form. */
+class Codegen {
+  private readonly env = new Map<string, Val>();
+  /** Mutable `let` variables: their local and lane type (vectors in vector form). */
+  private readonly vars = new Map<string, { readonly l: Local; readonly t: Lane }>();
+
+  constructor(
+    private readonly f: FunctionBody,
+    private readonly vector: boolean,
+    private readonly math: ReadonlyMap<string, FunctionRef>,
+    bindings: ReadonlyMap<string, Val>,
+  ) {
+    bindings.forEach((v, k) => this.env.set(k, v));
+  }
+
+  bind(name: string, v: Val): void {
+    this.env.set(name, v);
+  }
+
+  stmts(list: readonly Stmt[]): void {
+    for (const s of list) this.stmt(s);
+  }
+
+  private stmt(s: Stmt): void {
+    const f = this.f;
+    switch (s.k) {
+      case 'const':
+        this.env.set(s.name, this.expr(s.e));
+        return;
+      case 'let': {
+        const t: Lane = s.type === 'f64' ? 'f64' : laneOf(s.type);
+        if (t === 'f64' && this.vector) throw new Unsupported('an f64 accumulator in vector form');
+        const l = f.local(this.vector ? 'v128' : t);
+        this.vars.set(s.name, { l, t });
+        this.store(l, t, this.expr(s.e));
+        return;
+      }
+      case 'set': {
+        const v = this.vars.get(s.name);
+        if (v === undefined) throw new Unsupported(`assignment to ${s.name}, which is not a variable`);
+        this.store(v.l, v.t, this.expr(s.e));
+        return;
+      }
+      case 'if': {
+        const c = this.expr(s.cond);
+        if (c.r !== 'u') throw new NotUniform('a branch that differs between lanes');
+        if (c.c !== undefined) {
+          this.stmts(c.c !== 0 ? s.then : (s.else ?? []));
+          return;
+        }
+        this.push(c);
+        f.if(
+          () => this.stmts(s.then),
+          s.else === undefined ? undefined : () => this.stmts(s.else!),
+        );
+        return;
+      }
+      case 'for': {
+        const from = this.expr(s.from);
+        const to = this.expr(s.to);
+        if (from.r !== 'u' || to.r !== 'u') throw new NotUniform('a loop bound that differs between lanes');
+        const i = f.local('i32');
+        this.env.set(s.v, { r: 'u', t: 'i32', l: i, m4: false });
+        const bound = to.c !== undefined ? to.c : to.l!;
+        f.for(i, from.c !== undefined ? from.c : from.l!, bound, () => this.stmts(s.body));
+        return;
+      }
+      case 'do':
+        this.expr(s.e);
+        return;
+      default:
+        return s satisfies never;
+    }
+  }
+
+  /** Stores `v` into a variable's local (a vector local in vector form). */
+  private store(l: Local, t: Lane, v: Val): void {
+    if (this.vector) {
+      this.pushVector(v, t as 'i32' | 'f32');
+    } else {
+      this.push(v);
+      const from = v.r === 'u' ? v.t : 'i32';
+      if (t === 'f64' && from === 'f32') this.f.op('f64.promote_f32');
+      else if (from !== t) throw new Error(`simd: a ${from} value stored in a ${t} variable`);
+    }
+    this.f.set(l);
+  }
+
+  // -- pushing values onto the stack --
+
+  /** Pushes a uniform value as its scalar. */
+  private push(v: Val): void {
+    if (v.r !== 'u') throw new Error('simd: a lane-varying value where a scalar was expected');
+    if (v.c !== undefined) {
+      if (v.t === 'i32') this.f.i32(v.c);
+      else if (v.t === 'f32') this.f.f32(v.c);
+      else this.f.f64(v.c);
+    } else {
+      this.f.get(v.l!);
+    }
+  }
+
+  /** Pushes any value as a v128 of lane type `t`. */
+  private pushVector(v: Val, t: 'i32' | 'f32'): void {
+    const f = this.f;
+    if (v.r === 'v') {
+      f.get(v.l);
+      return;
+    }
+    if (v.r === 'c') {
+      f.get(v.l).op('i32x4.splat').i32x4([0, 1, 2, 3]).op('i32x4.add');
+      return;
+    }
+    if (v.t === 'f64') throw new Unsupported('an f64 value in vector form');
+    this.push(v);
+    f.op(v.t === 'f32' ? 'f32x4.splat' : 'i32x4.splat');
+    if (v.t !== t) throw new Error(`simd: a ${v.t} value used as ${t}`);
+  }
+
+  private toLocal(t: Lane | 'v128', build: () => void): Local {
+    const l = this.f.local(t);
+    build();
+    this.f.set(l);
+    return l;
+  }
+
+  private uniform(t: Lane, build: () => void, m4 = false): Val {
+    return { r: 'u', t, l: this.toLocal(t, build), m4 };
+  }
+
+  private vec(t: 'i32' | 'f32', build: () => void): Val {
+    return { r: 'v', t, l: this.toLocal('v128', build) };
+  }
+
+  /** Four scalar results, one per lane: `lane(k)` pushes lane k's scalar of type `t`. */
+  private perLane(t: 'i32' | 'f32', lane: (k: number) => void): Val {
+    const f = this.f;
+    return this.vec(t, () => {
+      f.i32x4([0, 0, 0, 0]);
+      for (let k = 0; k < 4; k++) {
+        lane(k);
+        f.lane(t === 'f32' ? 'f32x4.replace_lane' : 'i32x4.replace_lane', k);
+      }
+    });
+  }
+
+  /** Pushes lane k of `v` as a scalar of type `t`. */
+  private pushLane(v: Val, t: 'i32' | 'f32', k: number): void {
+    if (v.r === 'u') this.push(v);
+    else if (v.r === 'c') this.f.get(v.l).i32(k).op('i32.add');
+    else this.f.get(v.l).lane(t === 'f32' ? 'f32x4.extract_lane' : 'i32x4.extract_lane', k);
+  }
+
+  // -- expressions --
+
+  expr(e: Expr): Val {
+    switch (e.k) {
+      case 'int':
+        return int(e.v);
+      case 'f32':
+        return { r: 'u', t: 'f32', c: e.v, m4: false };
+      case 'name': {
+        const v = this.env.get(e.name);
+        if (v !== undefined) return v;
+        const w = this.vars.get(e.name);
+        if (w === undefined) throw new Unsupported(`unknown name ${e.name}`);
+        return this.vector ? { r: 'v', t: w.t as 'i32' | 'f32', l: w.l } : { r: 'u', t: w.t, l: w.l, m4: false };
+      }
+      case 'neg':
+        return this.index('-', int(0), this.expr(e.a));
+      case 'bin':
+        return this.index(e.op, this.expr(e.a), this.expr(e.b));
+      case 'call':
+        return this.call(e.fn, e.args);
+      default:
+        return e satisfies never;
+    }
+  }
+
+  /** Integer index arithmetic and comparisons (JavaScript's results on values below 2^31). */
+  private index(op: string, a: Val, b: Val): Val {
+    const f = this.f;
+    if (a.r === 'u' && b.r === 'u') {
+      if (a.t !== 'i32' || b.t !== 'i32') throw new Unsupported(`index operator ${op} on ${a.t} and ${b.t}`);
+      if (a.c !== undefined && b.c !== undefined) return int(foldIndex(op, a.c, b.c));
+      if (op === '*' && (a.c === 1 || b.c === 1)) return a.c === 1 ? b : a;
+      if (op === '+' && (a.c === 0 || b.c === 0)) return a.c === 0 ? b : a;
+      const m4 = op === '+' || op === '-' ? a.m4 && b.m4 : op === '*' ? a.m4 || b.m4 : false;
+      return this.uniform('i32', () => {
+        this.push(a);
+        this.push(b);
+        f.op(SCALAR_INDEX_OP[op] ?? unsupported(`index operator ${op}`));
+      }, m4);
+    }
+    // Contiguous forms that stay cheap.
+    if (a.r === 'c' && b.r === 'u') {
+      if (op === '+' || op === '-') {
+        if (b.c === 0) return a;
+        return { r: 'c', al: a.al && b.m4, l: this.toLocal('i32', () => { f.get(a.l); this.push(b); f.op(op === '+' ? 'i32.add' : 'i32.sub'); }) };
+      }
+      if (op === '*' && b.c === 1) return a;
+      if ((op === '/' || op === '%') && a.al && b.c !== undefined && b.c > 0 && b.c % 4 === 0) {
+        const base = this.uniform('i32', () => { f.get(a.l).i32(b.c!).op(op === '/' ? 'i32.div_s' : 'i32.rem_s'); });
+        return op === '/' ? base : { r: 'c', al: true, l: base.l! };
+      }
+    }
+    if (a.r === 'u' && b.r === 'c' && op === '+') return this.index('+', b, a);
+    // General: i32x4 lanes.
+    const vop = VECTOR_INDEX_OP[op];
+    if (vop !== undefined) {
+      const v = this.vec('i32', () => {
+        this.pushVector(a, 'i32');
+        this.pushVector(b, 'i32');
+        f.op(vop);
+        if (COMPARISON.has(op)) f.i32x4([1, 1, 1, 1]).op('v128.and');
+      });
+      return v;
+    }
+    const sop = SCALAR_INDEX_OP[op] ?? unsupported(`index operator ${op}`);
+    return this.perLane('i32', (k) => {
+      this.pushLane(a, 'i32', k);
+      this.pushLane(b, 'i32', k);
+      f.op(sop);
+    });
+  }
+
+  private call(fn: string, args: readonly Expr[]): Val {
+    const [head, ...rest] = fn.split('.');
+    const f = this.f;
+    switch (head) {
+      case 'q':
+        return this.index('/', this.expr(args[0]!), this.expr(args[1]!));
+      case 'clamp': {
+        const x = this.expr(args[0]!);
+        const max = this.expr(args[1]!);
+        if (x.r === 'u') {
+          return this.uniform('i32', () => {
+            // x < 0 ? 0 : x > max ? max : x
+            this.push(int(0));
+            this.push(max);
+            this.push(x);
+            this.push(x);
+            this.push(max);
+            f.op('i32.gt_s').op('select');
+            this.push(x);
+            this.push(int(0));
+            f.op('i32.lt_s').op('select');
+          });
+        }
+        return this.vec('i32', () => {
+          this.pushVector(x, 'i32');
+          this.pushVector(max, 'i32');
+          f.op('i32x4.min_s');
+          this.pushVector(int(0), 'i32');
+          f.op('i32x4.max_s');
+        });
+      }
+      case 'load':
+        return this.load(rest[0]!, this.expr(args[0]!), this.expr(args[1]!));
+      case 'store':
+        this.storeElement(rest[0]!, this.expr(args[0]!), this.expr(args[1]!), this.expr(args[2]!));
+        return int(0);
+      case 'u':
+        return this.unary(rest[0] as UnaryFn, rest[1] as DType, rest[2] as DType, this.expr(args[0]!));
+      case 'b':
+        return this.binary(rest[0] as BinaryFn, rest[1] as DType, rest[2] as DType, this.expr(args[0]!), this.expr(args[1]!));
+      case 'cast':
+        return this.cast(rest[0] as DType, rest[1] as DType, this.expr(args[0]!));
+      case 'select': {
+        const c = this.expr(args[0]!);
+        const a = this.expr(args[1]!);
+        const b = this.expr(args[2]!);
+        const t = a.r === 'u' ? a.t : a.r === 'c' ? 'i32' : a.t;
+        if (t === 'f64') throw new Unsupported('f64 select');
+        if (c.r === 'u' && a.r === 'u' && b.r === 'u') {
+          return this.uniform(t, () => {
+            this.push(a);
+            this.push(b);
+            this.push(c);
+            f.op('select');
+          });
+        }
+        return this.vec(t, () => {
+          this.pushVector(a, t);
+          this.pushVector(b, t);
+          this.pushVector(c, 'i32');
+          this.pushVector(int(0), 'i32');
+          f.op('i32x4.ne').op('v128.bitselect');
+        });
+      }
+      case 'random':
+        return this.random(this.expr(args[0]!), this.expr(args[1]!), this.expr(args[2]!), this.expr(args[3]!));
+      case 'acc':
+        return this.accumulate(rest[0]!, rest[1]!, this.expr(args[0]!), this.expr(args[1]!));
+      case 'fround': {
+        const x = this.expr(args[0]!);
+        return this.uniform('f32', () => {
+          this.push(x);
+          f.op('f32.demote_f64');
+        });
+      }
+      default:
+        throw new Unsupported(`@${fn}`);
+    }
+  }
+
+  private address(buf: Val, index: Val | number, width: number): void {
+    this.push(buf);
+    if (typeof index === 'number') this.f.i32(index);
+    else if (index.r === 'c') this.f.get(index.l);
+    else this.push(index);
+    if (width > 1) this.f.i32(Math.log2(width)).op('i32.shl');
+    this.f.op('i32.add');
+  }
+
+  private load(dtype: string, buf: Val, idx: Val): Val {
+    const f = this.f;
+    const t = laneOf(dtype);
+    const width = dtype === 'bool' ? 1 : 4;
+    const scalarLoad = dtype === 'bool' ? 'i32.load8_u' : dtype === 'float32' ? 'f32.load' : 'i32.load';
+    if (idx.r === 'u') {
+      return this.uniform(t, () => {
+        this.address(buf, idx, width);
+        f.mem(scalarLoad);
+      });
+    }
+    if (idx.r === 'c') {
+      return this.vec(t, () => {
+        this.address(buf, idx, width);
+        if (width === 4) f.mem('v128.load', 0, 2);
+        else f.mem('v128.load32_zero', 0, 0).op('i16x8.extend_low_i8x16_u').op('i32x4.extend_low_i16x8_u');
+      });
+    }
+    const lanes = this.toLocal('v128', () => f.get(idx.l));
+    return this.perLane(t, (k) => {
+      this.push(buf);
+      f.get(lanes).lane('i32x4.extract_lane', k);
+      if (width > 1) f.i32(2).op('i32.shl');
+      f.op('i32.add').mem(scalarLoad);
+    });
+  }
+
+  private storeElement(dtype: string, buf: Val, idx: Val, value: Val): void {
+    const f = this.f;
+    const t = laneOf(dtype);
+    if (idx.r === 'u') {
+      this.address(buf, idx, dtype === 'bool' ? 1 : 4);
+      this.push(value);
+      f.mem(dtype === 'bool' ? 'i32.store8' : dtype === 'float32' ? 'f32.store' : 'i32.store');
+      return;
+    }
+    if (idx.r !== 'c') throw new Unsupported('a store at lane-varying indices');
+    if (dtype !== 'bool') {
+      this.address(buf, idx, 4);
+      this.pushVector(value, t);
+      f.mem('v128.store', 0, 2);
+      return;
+    }
+    const v = value.r === 'v' ? value.l : this.toLocal('v128', () => this.pushVector(value, 'i32'));
+    for (let k = 0; k < 4; k++) {
+      this.address(buf, idx, 1);
+      f.get(v).lane('i32x4.extract_lane', k).mem('i32.store8', k);
+    }
+  }
+
+  /** `op` on float lanes: scalar and vector instruction names. */
+  private floatOp(args: readonly Val[], scalar: PlainOp, vector: PlainOp): Val {
+    if (args.every((a) => a.r === 'u')) {
+      return this.uniform('f32', () => {
+        args.forEach((a) => this.push(a));
+        this.f.op(scalar);
+      });
+    }
+    return this.vec('f32', () => {
+      args.forEach((a) => this.pushVector(a, 'f32'));
+      this.f.op(vector);
+    });
+  }
+
+  private intOp(args: readonly Val[], scalar: PlainOp, vector: PlainOp): Val {
+    if (args.every((a) => a.r === 'u')) {
+      return this.uniform('i32', () => {
+        args.forEach((a) => this.push(a));
+        this.f.op(scalar);
+      });
+    }
+    return this.vec('i32', () => {
+      args.forEach((a) => this.pushVector(a, 'i32'));
+      this.f.op(vector);
+    });
+  }
+
+  /** A comparison giving a bool (0 or 1). */
+  private compare(t: 'i32' | 'f32', a: Val, b: Val, scalar: PlainOp, vector: PlainOp): Val {
+    if (a.r === 'u' && b.r === 'u') {
+      return this.uniform('i32', () => {
+        this.push(a);
+        this.push(b);
+        this.f.op(scalar);
+      });
+    }
+    return this.vec('i32', () => {
+      this.pushVector(a, t);
+      this.pushVector(b, t);
+      this.f.op(vector).i32x4([1, 1, 1, 1]).op('v128.and');
+    });
+  }
+
+  /** An f64 -> f64 function applied to each f32 lane (promoted exactly), rounded back to f32. */
+  private viaF64(args: readonly Val[], body: () => void): Val {
+    const f = this.f;
+    if (args.every((a) => a.r === 'u')) {
+      return this.uniform('f32', () => {
+        args.forEach((a) => {
+          this.push(a);
+          f.op('f64.promote_f32');
+        });
+        body();
+        f.op('f32.demote_f64');
+      });
+    }
+    const locals = args.map((a) => (a.r === 'v' ? a.l : this.toLocal('v128', () => this.pushVector(a, 'f32'))));
+    return this.perLane('f32', (k) => {
+      locals.forEach((l) => f.get(l).lane('f32x4.extract_lane', k).op('f64.promote_f32'));
+      body();
+      f.op('f32.demote_f64');
+    });
+  }
+
+  /**
+   * exp or the reference's sigmoid (x >= 0 ? 1 / (1 + exp(-x)) : e / (1 + e), e = exp(x)) in
+   * f64, rounded once: inline (exp.ts, two lanes at a time) when every lane is in exp's fast range,
+   * else through Math.exp per lane (overflow, underflow, NaN: rare).
+   */
+  private expLike(fn: 'exp' | 'sigmoid', x: Val): Val {
+    const f = this.f;
+    const uniform = x.r === 'u';
+    const out = f.local(uniform ? 'f32' : 'v128');
+    const xs = uniform ? x.l ?? this.toLocal('f32', () => this.push(x)) : x.r === 'v' ? x.l : this.toLocal('v128', () => this.pushVector(x, 'f32'));
+    // All lanes |x| < EXP_FAST_LIMIT (false for NaN).
+    if (uniform) {
+      f.get(xs).op('f32.abs').f32(EXP_FAST_LIMIT).op('f32.lt');
+    } else {
+      f.get(xs).op('f32x4.abs').f32(EXP_FAST_LIMIT).op('f32x4.splat').op('f32x4.lt').op('i32x4.all_true');
+    }
+    /** f(two f64 lanes in `h`), as f64x2 on the stack. */
+    const body = (h: Local): void => {
+      if (fn === 'exp') {
+        emitExpF64x2(f, h);
+        return;
+      }
+      const nonneg = this.toLocal('v128', () => f.get(h).f64x2([0, 0]).op('f64x2.ge'));
+      const u = this.toLocal('v128', () => f.get(h).op('f64x2.neg').get(h).get(nonneg).op('v128.bitselect'));
+      const e = this.toLocal('v128', () => emitExpF64x2(f, u));
+      // The numerator is chosen before the one division: 1 or e, over 1 + e.
+      f.f64x2([1, 1]).get(e).get(nonneg).op('v128.bitselect');
+      f.f64x2([1, 1]).get(e).op('f64x2.add').op('f64x2.div');
+    };
+    const half = this.f.local('v128');
+    f.if(
+      () => {
+        if (uniform) {
+          f.get(xs).op('f64.promote_f32').op('f64x2.splat').set(half);
+          body(half);
+          f.lane('f64x2.extract_lane', 0).op('f32.demote_f64').set(out);
+          return;
+        }
+        f.get(xs).op('f64x2.promote_low_f32x4').set(half);
+        body(half);
+        f.op('f32x4.demote_f64x2_zero');
+        f.get(xs).get(xs).shuffle([8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15]).op('f64x2.promote_low_f32x4').set(half);
+        body(half);
+        f.op('f32x4.demote_f64x2_zero');
+        f.shuffle([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]).set(out);
+      },
+      () => {
+        const slow = this.viaF64([uniform ? { r: 'u', t: 'f32', l: xs, m4: false } : { r: 'v', t: 'f32', l: xs }], () => this.callMath(fn));
+        f.get(slow.l!).set(out);
+      },
+    );
+    return uniform ? { r: 'u', t: 'f32', l: out, m4: false } : { r: 'v', t: 'f32', l: out };
+  }
+
+  private callMath(name: string): void {
+    const fn = this.math.get(name);
+    if (fn === undefined) throw new Error(`simd: math.${name} is not imported`);
+    this.f.call(fn);
+  }
+
+  private unary(fn: UnaryFn, inDtype: DType, outDtype: DType, x: Val): Val {
+    const f = this.f;
+    if (inDtype === 'float32' && outDtype === 'float32') {
+      switch (fn) {
+        case 'neg':
+          return this.floatOp([x], 'f32.neg', 'f32x4.neg');
+        case 'abs':
+          return this.floatOp([x], 'f32.abs', 'f32x4.abs');
+        case 'sqrt':
+          return this.floatOp([x], 'f32.sqrt', 'f32x4.sqrt');
+        case 'floor':
+          return this.floatOp([x], 'f32.floor', 'f32x4.floor');
+        case 'reciprocal':
+          return this.floatOp([{ r: 'u', t: 'f32', c: 1, m4: false }, x], 'f32.div', 'f32x4.div');
+        case 'rsqrt':
+          // 1 / sqrt(x) in double, rounded once (as the reference), two lanes at a time.
+          if (x.r === 'u') return this.uniform('f32', () => { f.f64(1); this.push(x); f.op('f64.promote_f32').op('f64.sqrt').op('f64.div').op('f32.demote_f64'); });
+          return this.vec('f32', () => {
+            const v = this.toLocal('v128', () => this.pushVector(x, 'f32'));
+            const half = (hi: boolean): void => {
+              f.f64(1).op('f64x2.splat').get(v);
+              if (hi) f.get(v).shuffle([8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15]);
+              f.op('f64x2.promote_low_f32x4').op('f64x2.sqrt').op('f64x2.div').op('f32x4.demote_f64x2_zero');
+            };
+            half(false);
+            half(true);
+            f.shuffle([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]);
+          });
+        case 'isFinite':
+        case 'logicalNot':
+        case 'uniformFromBits':
+          break;
+        case 'exp':
+        case 'sigmoid':
+          return this.expLike(fn, x);
+        default:
+          if (MATH_UNARY.has(fn)) return this.viaF64([x], () => this.callMath(fn));
+      }
+    }
+    if (fn === 'isFinite' && inDtype === 'float32') {
+      // x - x is 0 exactly when x is finite (inf - inf and NaN give NaN).
+      const d = this.floatOp([x, x], 'f32.sub', 'f32x4.sub');
+      return this.compare('f32', d, { r: 'u', t: 'f32', c: 0, m4: false }, 'f32.eq', 'f32x4.eq');
+    }
+    if (fn === 'logicalNot') {
+      const t = laneOf(inDtype);
+      return this.compare(t, x, t === 'f32' ? { r: 'u', t: 'f32', c: 0, m4: false } : int(0), t === 'f32' ? 'f32.eq' : 'i32.eq', t === 'f32' ? 'f32x4.eq' : 'i32x4.eq');
+    }
+    if (fn === 'uniformFromBits' && inDtype === 'int32' && outDtype === 'float32') {
+      // (bits >>> 8) * 2^-24: exact in f32.
+      if (x.r === 'u') return this.uniform('f32', () => { this.push(x); f.i32(8).op('i32.shr_u').op('f32.convert_i32_u').f32(5.9604644775390625e-8).op('f32.mul'); });
+      return this.vec('f32', () => { this.pushVector(x, 'i32'); f.i32(8).op('i32x4.shr_u').op('f32x4.convert_i32x4_u').f32(5.9604644775390625e-8).op('f32x4.splat').op('f32x4.mul'); });
+    }
+    if (inDtype === 'int32' && outDtype === 'int32') {
+      if (fn === 'neg') return this.intOp([int(0), x], 'i32.sub', 'i32x4.sub');
+      if (fn === 'abs' && x.r !== 'u') return this.vec('i32', () => { this.pushVector(x, 'i32'); f.op('i32x4.abs'); });
+      if (fn === 'abs') {
+        return this.uniform('i32', () => {
+          this.push(x);
+          f.i32(0);
+          this.push(x);
+          f.op('i32.sub');
+          this.push(x);
+          f.i32(0).op('i32.ge_s').op('select');
+        });
+      }
+    }
+    throw new Unsupported(`${fn} on ${inDtype} -> ${outDtype}`);
+  }
+
+  private binary(fn: BinaryFn, inDtype: DType, outDtype: DType, a: Val, b: Val): Val {
+    if (inDtype === 'float32') {
+      switch (fn) {
+        case 'add':
+          return this.floatOp([a, b], 'f32.add', 'f32x4.add');
+        case 'sub':
+          return this.floatOp([a, b], 'f32.sub', 'f32x4.sub');
+        case 'mul':
+          return this.floatOp([a, b], 'f32.mul', 'f32x4.mul');
+        case 'div':
+          return this.floatOp([a, b], 'f32.div', 'f32x4.div');
+        // NaN-propagating, -0 below +0: as Math.max/Math.min.
+        case 'max':
+          return this.floatOp([a, b], 'f32.max', 'f32x4.max');
+        case 'min':
+          return this.floatOp([a, b], 'f32.min', 'f32x4.min');
+        case 'pow':
+          return this.viaF64([a, b], () => this.callMath('pow'));
+        case 'lt':
+          return this.compare('f32', a, b, 'f32.lt', 'f32x4.lt');
+        case 'le':
+          return this.compare('f32', a, b, 'f32.le', 'f32x4.le');
+        case 'gt':
+          return this.compare('f32', a, b, 'f32.gt', 'f32x4.gt');
+        case 'ge':
+          return this.compare('f32', a, b, 'f32.ge', 'f32x4.ge');
+        case 'eq':
+          return this.compare('f32', a, b, 'f32.eq', 'f32x4.eq');
+        case 'ne':
+          return this.compare('f32', a, b, 'f32.ne', 'f32x4.ne');
+        default:
+          throw new Unsupported(`${fn} on float32`);
+      }
+    }
+    if (inDtype !== 'int32' && inDtype !== 'bool') throw new Unsupported(`${fn} on ${inDtype}`);
+    switch (fn) {
+      case 'add':
+      case 'sub':
+      case 'mul':
+        if (outDtype !== 'int32') throw new Unsupported(`${fn} on ${inDtype} -> ${outDtype}`);
+        return fn === 'add' ? this.intOp([a, b], 'i32.add', 'i32x4.add') : fn === 'sub' ? this.intOp([a, b], 'i32.sub', 'i32x4.sub') : this.intOp([a, b], 'i32.mul', 'i32x4.mul');
+      case 'max':
+      case 'min': {
+        if (a.r === 'u' && b.r === 'u') {
+          return this.uniform('i32', () => {
+            this.push(a);
+            this.push(b);
+            this.push(a);
+            this.push(b);
+            this.f.op(fn === 'max' ? 'i32.gt_s' : 'i32.lt_s').op('select');
+          });
+        }
+        return this.intOp([a, b], fn === 'max' ? 'i32.ge_s' : 'i32.le_s', fn === 'max' ? 'i32x4.max_s' : 'i32x4.min_s');
+      }
+      case 'lt':
+        return this.compare('i32', a, b, 'i32.lt_s', 'i32x4.lt_s');
+      case 'le':
+        return this.compare('i32', a, b, 'i32.le_s', 'i32x4.le_s');
+      case 'gt':
+        return this.compare('i32', a, b, 'i32.gt_s', 'i32x4.gt_s');
+      case 'ge':
+        return this.compare('i32', a, b, 'i32.ge_s', 'i32x4.ge_s');
+      case 'eq':
+        return this.compare('i32', a, b, 'i32.eq', 'i32x4.eq');
+      case 'ne':
+        return this.compare('i32', a, b, 'i32.ne', 'i32x4.ne');
+      case 'and':
+      case 'or': {
+        const na = this.compare('i32', a, int(0), 'i32.ne', 'i32x4.ne');
+        const nb = this.compare('i32', b, int(0), 'i32.ne', 'i32x4.ne');
+        return this.intOp([na, nb], fn === 'and' ? 'i32.and' : 'i32.or', fn === 'and' ? 'v128.and' : 'v128.or');
+      }
+      default:
+        throw new Unsupported(`${fn} on ${inDtype}`);
+    }
+  }
+
+  private cast(from: DType, to: DType, x: Val): Val {
+    if (from === to) return x;
+    if (to === 'bool') {
+      return from === 'float32' ? this.compare('f32', x, { r: 'u', t: 'f32', c: 0, m4: false }, 'f32.ne', 'f32x4.ne') : this.compare('i32', x, int(0), 'i32.ne', 'i32x4.ne');
+    }
+    if (to === 'int32') {
+      if (from === 'bool') return x;
+      if (from === 'float32') return this.intOpFrom(x, 'i32.trunc_sat_f32_s', 'i32x4.trunc_sat_f32x4_s');
+    }
+    if (to === 'float32' && (from === 'int32' || from === 'bool')) {
+      if (x.r === 'u') return this.uniform('f32', () => { this.push(x); this.f.op('f32.convert_i32_s'); });
+      return this.vec('f32', () => { this.pushVector(x, 'i32'); this.f.op('f32x4.convert_i32x4_s'); });
+    }
+    throw new Unsupported(`cast ${from} -> ${to}`);
+  }
+
+  private intOpFrom(x: Val, scalar: PlainOp, vector: PlainOp): Val {
+    if (x.r === 'u') return this.uniform('i32', () => { this.push(x); this.f.op(scalar); });
+    return this.vec('i32', () => { this.pushVector(x, 'f32'); this.f.op(vector); });
+  }
+
+  /**
+   * Word `index & 1` of Threefry-2x32 under key (k0, k1) at counter (0, offset + (index >>> 1)), as
+   * core/threefry.ts defines it: 20 rounds with a key injection after every 4, in i32 (wrapping)
+   * arithmetic; four counters at once in vector form.
+   */
+  private random(k0: Val, k1: Val, offset: Val, index: Val): Val {
+    const f = this.f;
+    const vector = [k0, k1, offset, index].some((v) => v.r !== 'u');
+    const t: Lane | 'v128' = vector ? 'v128' : 'i32';
+    const put = (v: Val): void => (vector ? this.pushVector(v, 'i32') : this.push(v));
+    const op = vector
+      ? { add: 'i32x4.add', xor: 'v128.xor', or: 'v128.or', and: 'v128.and', shl: 'i32x4.shl', shr: 'i32x4.shr_u', eq: 'i32x4.eq' } as const
+      : { add: 'i32.add', xor: 'i32.xor', or: 'i32.or', and: 'i32.and', shl: 'i32.shl', shr: 'i32.shr_u', eq: 'i32.eq' } as const;
+    const konst = (c: number): void => {
+      f.i32(c);
+      if (vector) f.op('i32x4.splat');
+    };
+    const ks = [this.toLocal(t, () => put(k0)), this.toLocal(t, () => put(k1)), f.local(t)] as const;
+    konst(THREEFRY_PARITY);
+    f.get(ks[0]).op(op.xor).get(ks[1]).op(op.xor).set(ks[2]);
+    const a = this.toLocal(t, () => f.get(ks[0]));
+    // b = offset + (index >>> 1) + k1
+    const b = this.toLocal(t, () => {
+      put(offset);
+      put(index);
+      f.i32(1).op(op.shr).op(op.add).get(ks[1]).op(op.add);
+    });
+    for (let round = 0; round < 20; round++) {
+      const r = THREEFRY_ROTATIONS[round % 8]!;
+      f.get(a).get(b).op(op.add).set(a);
+      f.get(b).i32(r).op(op.shl).get(b).i32(32 - r).op(op.shr).op(op.or).get(a).op(op.xor).set(b);
+      if (round % 4 === 3) {
+        const inj = (round + 1) / 4;
+        f.get(a).get(ks[inj % 3]!).op(op.add).set(a);
+        f.get(b).get(ks[(inj + 1) % 3]!).op(op.add);
+        konst(inj);
+        f.op(op.add).set(b);
+      }
+    }
+    // index & 1 ? b : a
+    return (vector ? (build: () => void) => this.vec('i32', build) : (build: () => void) => this.uniform('i32', build))(() => {
+      f.get(a).get(b);
+      put(index);
+      konst(1);
+      f.op(op.and);
+      konst(0);
+      f.op(op.eq);
+      f.op(vector ? 'v128.bitselect' : 'select');
+    });
+  }
+
+  /** Reduction steps (scalar form only): float sums in f64, int sums wrap, max keeps NaN. */
+  private accumulate(fn: string, dtype: string, acc: Val, v: Val): Val {
+    const f = this.f;
+    if (acc.r !== 'u' || v.r !== 'u') throw new Unsupported('a vector accumulator');
+    if (fn === 'sum' && dtype === 'float32') return this.uniform('f64', () => { this.push(acc); this.push(v); f.op('f64.promote_f32').op('f64.add'); });
+    if (fn === 'sum' && dtype === 'int32') return this.uniform('i32', () => { this.push(acc); this.push(v); f.op('i32.add'); });
+    if (fn === 'max' && dtype === 'float32') {
+      // v > acc || v !== v ? v : acc: the first of equal values is kept, NaN sticks.
+      return this.uniform('f32', () => {
+        this.push(v);
+        this.push(acc);
+        this.push(v);
+        this.push(acc);
+        f.op('f32.gt');
+        this.push(v);
+        this.push(v);
+        f.op('f32.ne').op('i32.or').op('select');
+      });
+    }
+    if (fn === 'max' && dtype === 'int32') return this.uniform('i32', () => { this.push(v); this.push(acc); this.push(v); this.push(acc); f.op('i32.gt_s').op('select'); });
+    throw new Unsupported(`${fn} reduction of ${dtype}`);
+  }
+}
+
+function unsupported(what: string): never {
+  throw new Unsupported(what);
+}
+
+const SCALAR_INDEX_OP: Record<string, PlainOp> = {
+  '+': 'i32.add', '-': 'i32.sub', '*': 'i32.mul', '/': 'i32.div_s', '%': 'i32.rem_s',
+  '<': 'i32.lt_s', '<=': 'i32.le_s', '>': 'i32.gt_s', '>=': 'i32.ge_s', '==': 'i32.eq', '!=': 'i32.ne', '&&': 'i32.and',
+};
+const VECTOR_INDEX_OP: Record<string, PlainOp> = {
+  '+': 'i32x4.add', '-': 'i32x4.sub', '*': 'i32x4.mul',
+  '<': 'i32x4.lt_s', '<=': 'i32x4.le_s', '>': 'i32x4.gt_s', '>=': 'i32x4.ge_s', '==': 'i32x4.eq', '!=': 'i32x4.ne', '&&': 'v128.and',
+};
+const COMPARISON = new Set(['<', '<=', '>', '>=', '==', '!=']);
+
+function foldIndex(op: string, a: number, b: number): number {
+  switch (op) {
+    case '+': return (a + b) | 0;
+    case '-': return (a - b) | 0;
+    case '*': return Math.imul(a, b);
+    case '/': return b === 0 ? unsupported('index division by zero') : (a / b) | 0;
+    case '%': return b === 0 ? unsupported('index remainder by zero') : a % b;
+    case '<': return a < b ? 1 : 0;
+    case '<=': return a <= b ? 1 : 0;
+    case '>': return a > b ? 1 : 0;
+    case '>=': return a >= b ? 1 : 0;
+    case '==': return a === b ? 1 : 0;
+    case '!=': return a !== b ? 1 : 0;
+    case '&&': return a !== 0 && b !== 0 ? 1 : 0;
+    default: return unsupported(`index operator ${op}`);
+  }
+}
+
+/** A kernel to compile: its text (in the `WASM` dialect), the loop index's name and its buffers. */
+export interface KernelText {
+  /** Statements run once per output index, named `index`; they store through `@store`. */
+  readonly body: string;
+  readonly index: string;
+  /** Names of the buffer parameters (byte offsets), in argument order. */
+  readonly buffers: readonly string[];
+  /** Try four outputs per iteration (elementwise kernels). */
+  readonly vectorize: boolean;
+}
+
+/** The compiled module: export `k(start, end, ...buffers)`; `vectorized` says whether the vector loop exists. */
+export function compileKernel(kernel: KernelText): { readonly module: WebAssembly.Module; readonly vectorized: boolean } {
+  const stmts = parseKernel(kernel.body);
+  const names = [...new Set(kernel.body.match(/@u\.(\w+)|@b\.pow/g) ?? [])]
+    .map((m) => (m === '@b.pow' ? 'pow' : m.slice(3)))
+    .filter((n) => MATH_UNARY.has(n) || n === 'pow');
+  const build = (vector: boolean): Uint8Array => {
+    const mb = new ModuleBuilder();
+    const math = new Map<string, FunctionRef>();
+    for (const n of names) math.set(n, mb.importFunc('math', n, n === 'pow' ? ['f64', 'f64'] : ['f64'], ['f64']));
+    mb.func('k', ['i32', 'i32', ...kernel.buffers.map(() => 'i32' as const)], [], (f, start, end, ...bufs) => {
+      const bindings = new Map<string, Val>(kernel.buffers.map((b, i) => [b, { r: 'u', t: 'i32', l: bufs[i]!, m4: false }]));
+      const i = f.local('i32');
+      const scalarFrom = f.local('i32');
+      f.get(start!).set(scalarFrom);
+      if (vector) {
+        // Four outputs per iteration over [start, start + 4 floor((end - start) / 4)); `start` is a
+        // multiple of 4 (the runtime's grain), so `i` is too. The scalar loop finishes the rest.
+        const vend = f.local('i32');
+        f.get(end!).get(start!).op('i32.sub').i32(-4).op('i32.and').get(start!).op('i32.add').set(vend);
+        const g = new Codegen(f, true, math, bindings);
+        g.bind(kernel.index, { r: 'c', l: i, al: true });
+        f.for(i, start!, vend, () => g.stmts(stmts), 4);
+        f.get(vend).set(scalarFrom);
+      }
+      const g = new Codegen(f, false, math, bindings);
+      g.bind(kernel.index, { r: 'u', t: 'i32', l: i, m4: false });
+      f.for(i, scalarFrom, end!, () => g.stmts(stmts));
+    }, { exported: true });
+    return mb.encode();
+  };
+  let bytes: Uint8Array | undefined;
+  let vectorized = false;
+  if (kernel.vectorize) {
+    try {
+      bytes = build(true);
+      vectorized = true;
+    } catch (e) {
+      if (!(e instanceof NotUniform) && !(e instanceof Unsupported)) throw e;
+    }
+  }
+  bytes ??= build(false);
+  try {
+    return { module: new WebAssembly.Module(bytes), vectorized };
+  } catch (e) {
+    throw new Error(`simd: the generated module does not validate: ${(e as Error).message}\n${kernel.body}`);
+  }
+}

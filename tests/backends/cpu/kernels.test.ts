@@ -1,0 +1,66 @@
+/**
+ * The CPU backend's fused kernels as WebAssembly (simd.ts): a training step's kernels all compile to
+ * Wasm, and give the same bits as the JavaScript kernels (both are compared with the reference by
+ * the parity suites); the vector form is chosen where the index maps allow it and refused where a
+ * branch would differ between lanes; the kernel text parses as the dialect spells it.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CpuBackend, cpuBackend } from '../../../backends/cpu/index.ts';
+import { planSteps } from '../../../backends/cpu/kernels.ts';
+import { compileKernel, parseKernel } from '../../../backends/cpu/simd.ts';
+import { add, buildProgram, concat, exp, flatten, mul, pad, permute, sigmoid, tensor, type PyTree, type Tensor } from '../../../core/index.ts';
+import { stepBatch } from '../../../train/step.ts';
+import { trainingFixture } from '../parity/model.ts';
+
+const leaves = (tree: unknown): Tensor[] => flatten(tree as PyTree<Tensor>).leaves;
+
+test('cpu kernels: every fused kernel of a training step is WebAssembly, with the same bits as JavaScript', async () => {
+  const { state, step } = await trainingFixture();
+  const b = 16;
+  const images = new Float32Array(b * 8 * 8).map((_, i) => Math.cos(i * 0.21));
+  const corners = Int32Array.from({ length: b }, (_, i) => (i * 5) % 9);
+  const { program, lifted } = buildProgram('kernelLanguages', leaves(step(state, stepBatch(images, [b, 1, 8, 8], corners, corners.map((c) => 8 - c)))));
+  const outputs: Uint8Array[][] = [];
+  for (const kernels of ['wasm', 'js'] as const) {
+    const be = new CpuBackend(cpuBackend().runtime, kernels);
+    const exe = be.compile(program);
+    const described = be.describe() as { kernelsCompiled: number; wasmKernels: number };
+    if (kernels === 'wasm') assert.equal(described.wasmKernels, described.kernelsCompiled, 'kernels left to JavaScript');
+    else assert.equal(described.wasmKernels, 0);
+    const ins = await Promise.all(lifted.map(async (t) => be.upload(await t.data(), t.shape, t.dtype)));
+    const outs = be.run(exe, ins, ins.map(() => false));
+    outputs.push(await Promise.all(outs.map(async (o) => {
+      const d = await be.download(o);
+      return new Uint8Array(d.buffer, d.byteOffset, d.byteLength).slice();
+    })));
+    [...ins, ...outs].forEach((x) => be.free(x));
+  }
+  outputs[0]!.forEach((o, i) => assert.deepEqual(o, outputs[1]![i], `output ${i} differs between wasm and js kernels`));
+});
+
+/** Whether the one fused kernel of `y` (with inputs uploaded, so nothing else fuses) has a vector loop. */
+function vectorized(y: Tensor): boolean {
+  const { program } = buildProgram('vectorized', [y]);
+  const kernels = planSteps(program).steps.filter((s) => s.kind === 'js');
+  assert.equal(kernels.length, 1, `expected one fused kernel, got ${kernels.map((k) => k.label)}`);
+  const text = kernels[0]!.kind === 'js' ? kernels[0]!.wasm : undefined;
+  assert.ok(text !== undefined);
+  return compileKernel(text).vectorized;
+}
+
+test('cpu kernels: the vector form follows the index maps', () => {
+  const x = tensor(new Float32Array(2 * 8 * 4 * 4).map((_, i) => i), [2, 8, 4, 4]);
+  const bias = tensor(new Float32Array(8).fill(1), [1, 8, 1, 1]);
+  assert.ok(vectorized(sigmoid(add(x, x))), 'same-shape operands');
+  assert.ok(vectorized(mul(x, bias)), 'a per-channel broadcast');
+  assert.ok(vectorized(concat([x, exp(x)], 1)), 'a concat along channels');
+  assert.ok(vectorized(permute(x, [0, 1, 3, 2])), 'a transpose (lanes gathered one by one)');
+  assert.ok(!vectorized(pad(x, [0, 0, 0, 1], [0, 0, 0, 1], 0)), 'a pad of the innermost axis branches per lane');
+});
+
+test('cpu kernels: the dialect text parses into statements, and bad text is refused', () => {
+  const stmts = parseKernel('const j0 = @q(gi, 256) % 8;\nlet v1:float32 = $f3f800000;\nif (j0 < 4 && j0 >= 0) {\n  v1 = @load.float32(b0, j0);\n}\nelse {\n  v1 = $f0;\n}\n@store.float32(out, gi, v1);');
+  assert.deepEqual(stmts.map((s) => s.k), ['const', 'let', 'if', 'do']);
+  assert.throws(() => parseKernel('const = ;'), /expected/);
+});
