@@ -7,6 +7,7 @@
  *   npx tsx bench/profile-step.ts [--case patchR|patchR/2|patchR/4|edm] [--runs 5] [--warmup 1] [--top 25] [--show 0] [--kernels wasm|js]
  */
 import '../index.ts';
+if (process.env['PROFILE_SCRATCH']) await import('/tmp/prof/scratch.mts');
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { buildProgram, flatten, random, realize } from '../core/index.ts';
@@ -83,7 +84,7 @@ for (const e of times.values()) {
 }
 const sum = [...byKind.values()].reduce((s, k) => s + k.ms, 0);
 console.log(`# ${caseName}, batch ${b}, ${size}x${size}; ${exe.steps.length} steps; ${runs} timed runs; load ${os.loadavg()[0]!.toFixed(2)}`);
-console.log(`${JSON.stringify(be.describe())}`);
+console.log(`${JSON.stringify(be.describe())}; memory plan ${(exe.memoryPlanBytes / 2 ** 20).toFixed(1)} MiB`);
 console.log(`wall per run ${(wall.reduce((s, x) => s + x, 0) / runs).toFixed(1)} ms; steps ${sum.toFixed(1)} ms`);
 for (const [kind, k] of [...byKind].sort((x, y) => y[1].ms - x[1].ms)) console.log(`${kind.padEnd(18)} ${k.ms.toFixed(1).padStart(7)} ms  ${String(k.steps).padStart(5)} steps`);
 console.log('\nslowest steps (ms per run, elements):');

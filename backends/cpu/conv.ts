@@ -15,7 +15,7 @@
  */
 import { BackendError } from '../../core/errors.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
-import { A_STEP, B_STEP, F32, MR, NR, chunkOf, gemm, gemmKernels, kernelModule, packedABytes, withScratch } from './gemm.ts';
+import { A_STEP, B_STEP, F32, MR, NR, chunkOf, gemm, gemmKernels, kernelModule, packedABytes, scratchLayout, withScratch } from './gemm.ts';
 import type { Parallel } from './parallel.ts';
 import type { FunctionBody, Local, ModuleBuilder } from './wasm.ts';
 
@@ -249,13 +249,20 @@ const convKernels = kernelModule((mod) => {
  * conv2dGradInput(a = dy, b = w) -> out = dx, conv2dGradWeight(a = x, b = dy) -> out = dw; byte
  * offsets of float32 tensors, x NCHW, w OIHW.
  */
-export interface ConvParams extends ConvAttrs {
-  readonly a: number;
-  readonly b: number;
-  readonly out: number;
+/** The sizes of a convolution: its attributes and the shapes of its operands and result. */
+export interface ConvShapes extends ConvAttrs {
   readonly aShape: readonly number[];
   readonly bShape: readonly number[];
   readonly outShape: readonly number[];
+}
+
+export interface ConvParams extends ConvShapes {
+  /** Byte offsets of the operands and the result. */
+  readonly a: number;
+  readonly b: number;
+  readonly out: number;
+  /** A block of at least `convScratchBytes` bytes for the scratch buffers (else allocated per call). */
+  readonly scratch?: number;
 }
 
 interface ConvGeometry {
@@ -337,13 +344,18 @@ function padImages(par: Parallel, g: ConvGeometry, x: number, n0: number, count:
  * y = conv2d(x, w): per image and group, Y = W · im2col(x), with W packed once and the patch
  * matrix written in packed-B layout, one chunk of images at a time.
  */
-export function conv2d(par: Parallel, p: ConvParams): void {
+function conv2dLayout(p: ConvShapes) {
   const g = convGeometry('conv2d', p.aShape, p.bShape, p.outShape, p);
-  if (g.n === 0) return;
   const weightBytes = packedABytes(g.og, g.taps);
   const colBytes = g.groups * g.panels * g.taps * B_STEP;
   const chunk = chunkOf(g.n, g.c * g.planeBytes + colBytes, g.groups * weightBytes + tableBytes(g));
-  withScratch(par, [tableBytes(g), g.groups * weightBytes, chunk * g.c * g.planeBytes, chunk * colBytes], (table, wPacked, xp, cols) => {
+  return { g, weightBytes, chunk, scratch: [tableBytes(g), g.groups * weightBytes, chunk * g.c * g.planeBytes, chunk * colBytes] };
+}
+
+export function conv2d(par: Parallel, p: ConvParams): void {
+  const { g, weightBytes, chunk, scratch } = conv2dLayout(p);
+  if (g.n === 0) return;
+  withScratch(par, scratch, p.scratch, (table, wPacked, xp, cols) => {
     writePositionTable(par, g, table);
     const panelsM = Math.ceil(g.og / MR);
     gemmKernels.launch(par, 'pack_a', g.groups * panelsM, g.o * g.taps, [p.b, wPacked, g.og, g.taps, g.taps * F32, F32, g.groups, 0, g.og * g.taps * F32, 0, weightBytes, g.taps * A_STEP]);
@@ -361,15 +373,19 @@ export function conv2d(par: Parallel, p: ConvParams): void {
  * dx = conv2dGradInput(dy, w): per image and group, the column matrix Wᵀ · dy (taps x positions),
  * added back onto zero-padded input planes by col2im, whose interiors are dx.
  */
-export function conv2dGradInput(par: Parallel, p: ConvParams): void {
+function conv2dGradInputLayout(p: ConvShapes) {
   const g = convGeometry('conv2dGradInput', p.outShape, p.bShape, p.aShape, p);
-  if (g.n === 0) return;
   const weightBytes = packedABytes(g.taps, g.og);
   const dyBytes = g.groups * g.panels * g.og * B_STEP;
   const colBytes = g.groups * g.taps * g.positions * F32;
   const chunk = chunkOf(g.n, dyBytes + colBytes + g.c * g.planeBytes, g.groups * weightBytes + tableBytes(g));
-  const scratch = [tableBytes(g), g.groups * weightBytes, chunk * dyBytes, chunk * colBytes, chunk * g.c * g.planeBytes];
-  withScratch(par, scratch, (table, wPacked, dyPacked, cols, dxp) => {
+  return { g, weightBytes, chunk, scratch: [tableBytes(g), g.groups * weightBytes, chunk * dyBytes, chunk * colBytes, chunk * g.c * g.planeBytes] };
+}
+
+export function conv2dGradInput(par: Parallel, p: ConvParams): void {
+  const { g, weightBytes, chunk, scratch } = conv2dGradInputLayout(p);
+  if (g.n === 0) return;
+  withScratch(par, scratch, p.scratch, (table, wPacked, dyPacked, cols, dxp) => {
     writePositionTable(par, g, table);
     // A = Wᵀ (taps x og): element (tap, o) of group g is w[g og + o, tap].
     gemmKernels.launch(par, 'pack_a', g.groups * Math.ceil(g.taps / MR), g.o * g.taps, [p.b, wPacked, g.taps, g.og, F32, g.taps * F32, g.groups, 0, g.og * g.taps * F32, 0, weightBytes, g.og * A_STEP]);
@@ -390,16 +406,21 @@ export function conv2dGradInput(par: Parallel, p: ConvParams): void {
  * every image, with dY packed as A and the transposed patch matrix as B; each chunk of images
  * after the first adds onto dw, so every element is still summed in one fixed order.
  */
-export function conv2dGradWeight(par: Parallel, p: ConvParams): void {
+function conv2dGradWeightLayout(p: ConvShapes) {
   const g = convGeometry('conv2dGradWeight', p.aShape, p.outShape, p.bShape, p);
-  // No images: a contraction of depth 0, which stores zeros.
-  if (g.n === 0) return gemm(par, { batch: g.groups, m: g.og, n: g.taps, k: 0, aPacked: 0, bPacked: 0, c: p.out, aPeriod: 1, bPeriod: 1, accumulate: false });
   const tapPanels = Math.ceil(g.taps / NR);
   const panelsM = Math.ceil(g.og / MR);
   const colBytes = g.groups * tapPanels * g.positions * B_STEP;
   const dyBytes = g.groups * panelsM * g.positions * A_STEP;
   const chunk = chunkOf(g.n, g.c * g.planeBytes + colBytes + dyBytes, tableBytes(g));
-  withScratch(par, [tableBytes(g), chunk * g.c * g.planeBytes, chunk * colBytes, chunk * dyBytes], (table, xp, cols, dyPacked) => {
+  return { g, tapPanels, panelsM, chunk, scratch: [tableBytes(g), chunk * g.c * g.planeBytes, chunk * colBytes, chunk * dyBytes] };
+}
+
+export function conv2dGradWeight(par: Parallel, p: ConvParams): void {
+  const { g, tapPanels, panelsM, chunk, scratch } = conv2dGradWeightLayout(p);
+  // No images: a contraction of depth 0, which stores zeros.
+  if (g.n === 0) return gemm(par, { batch: g.groups, m: g.og, n: g.taps, k: 0, aPacked: 0, bPacked: 0, c: p.out, aPeriod: 1, bPeriod: 1, accumulate: false });
+  withScratch(par, scratch, p.scratch, (table, xp, cols, dyPacked) => {
     writePositionTable(par, g, table);
     for (let n0 = 0; n0 < g.n; n0 += chunk) {
       const count = Math.min(chunk, g.n - n0);
@@ -415,4 +436,10 @@ export function conv2dGradWeight(par: Parallel, p: ConvParams): void {
       gemm(par, { batch: g.groups, m: g.og, n: g.taps, k: depth, aPacked: dyPacked, bPacked: cols, c: p.out, aPeriod: g.groups, bPeriod: g.groups, accumulate: n0 > 0 });
     }
   });
+}
+
+/** Bytes of scratch a convolution of these sizes needs (0 when it has no images). */
+export function convScratchBytes(kind: 'conv2d' | 'conv2dGradInput' | 'conv2dGradWeight', p: ConvShapes): number {
+  const layout = kind === 'conv2d' ? conv2dLayout(p) : kind === 'conv2dGradInput' ? conv2dGradInputLayout(p) : conv2dGradWeightLayout(p);
+  return layout.g.n === 0 ? 0 : scratchLayout(layout.scratch).total;
 }

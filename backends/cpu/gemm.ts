@@ -293,7 +293,26 @@ export const gemmKernels = kernelModule((mod) => {
 });
 
 /** Allocates blocks of the given sizes, runs `body` with their offsets, and frees them. */
-export function withScratch(par: Parallel, bytes: readonly number[], body: (...offsets: number[]) => void): void {
+/** Offsets of `bytes` buffers laid out one after another in one block, each 64-byte aligned, and the block's size. */
+export function scratchLayout(bytes: readonly number[]): { readonly offsets: readonly number[]; readonly total: number } {
+  const offsets: number[] = [];
+  let total = 0;
+  for (const b of bytes) {
+    offsets.push(total);
+    total += Math.ceil(Math.max(b, 64) / 64) * 64;
+  }
+  return { offsets, total };
+}
+
+/**
+ * Runs `body` with scratch buffers of `bytes` bytes: carved from `arena` (a block of at least
+ * `scratchLayout(bytes).total` bytes the caller planned) when given, else allocated and freed.
+ */
+export function withScratch(par: Parallel, bytes: readonly number[], arena: number | undefined, body: (...offsets: number[]) => void): void {
+  if (arena !== undefined) {
+    body(...scratchLayout(bytes).offsets.map((o) => arena + o));
+    return;
+  }
   const offsets: number[] = [];
   try {
     for (const b of bytes) offsets.push(par.alloc(Math.max(b, 64)));
@@ -349,6 +368,25 @@ export interface MatmulParams {
   /** A is stored [k, m] (else [m, k]); B is stored [n, k] (else [k, n]). */
   readonly transA: boolean;
   readonly transB: boolean;
+  /** A block of at least `matmulScratchBytes` bytes for the packed operands (else allocated per call). */
+  readonly scratch?: number;
+}
+
+type MatmulDims = Pick<MatmulParams, 'batch' | 'm' | 'n' | 'k' | 'aBatchStride' | 'bBatchStride'>;
+
+/** The packed operands' scratch: sizes, whether each operand is shared by the batch, and the chunk of batch entries per pass. */
+function matmulLayout({ batch, m, n, k, aBatchStride, bBatchStride }: MatmulDims) {
+  const aShared = aBatchStride === 0 || batch === 1;
+  const bShared = bBatchStride === 0 || batch === 1;
+  const aBytes = packedABytes(m, k);
+  const bBytes = packedBBytes(k, n);
+  const chunk = chunkOf(batch, (aShared ? 0 : aBytes) + (bShared ? 0 : bBytes), (aShared ? aBytes : 0) + (bShared ? bBytes : 0));
+  return { aShared, bShared, aBytes, chunk, scratch: [(aShared ? 1 : chunk) * aBytes, (bShared ? 1 : chunk) * bBytes] };
+}
+
+/** Bytes of scratch `matmul` needs for these sizes (0 when it has nothing to do). */
+export function matmulScratchBytes(dims: MatmulDims): number {
+  return dims.batch === 0 || dims.m === 0 || dims.n === 0 ? 0 : scratchLayout(matmulLayout(dims).scratch).total;
 }
 
 /** C[t] = op(A[t]) · op(B[t]) for t < batch, C contiguous [batch, m, n], float32. */
@@ -356,11 +394,7 @@ export function matmul(par: Parallel, p: MatmulParams): void {
   const { batch, m, n, k } = p;
   checkSizes('matmul', { batch, m, n, k, aBatchStride: p.aBatchStride, bBatchStride: p.bBatchStride });
   if (batch === 0 || m === 0 || n === 0) return;
-  const aShared = p.aBatchStride === 0 || batch === 1;
-  const bShared = p.bBatchStride === 0 || batch === 1;
-  const aBytes = packedABytes(m, k);
-  const bBytes = packedBBytes(k, n);
-  const chunk = chunkOf(batch, (aShared ? 0 : aBytes) + (bShared ? 0 : bBytes), (aShared ? aBytes : 0) + (bShared ? bBytes : 0));
+  const { aShared, bShared, aBytes, chunk, scratch } = matmulLayout(p);
   // Byte strides of element (row, column) of op(A) (m x k) and of op(B) (k x n).
   const [aRow, aCol] = p.transA ? [F32, m * F32] : [k * F32, F32];
   const [bRow, bCol] = p.transB ? [F32, k * F32] : [n * F32, F32];
@@ -368,7 +402,7 @@ export function matmul(par: Parallel, p: MatmulParams): void {
     gemmKernels.launch(par, 'pack_a', count * Math.ceil(m / MR), count * m * k, [p.a + t0 * p.aBatchStride * F32, dst, m, k, aRow, aCol, 1, p.aBatchStride * F32, 0, aBytes, 0, k * A_STEP]);
   const packB = (t0: number, count: number, dst: number) =>
     gemmKernels.launch(par, 'pack_b', count * Math.ceil(n / NR), count * k * n, [p.b + t0 * p.bBatchStride * F32, dst, k, n, bRow, bCol, p.bBatchStride * F32]);
-  withScratch(par, [(aShared ? 1 : chunk) * aBytes, (bShared ? 1 : chunk) * bBytes], (aPacked, bPacked) => {
+  withScratch(par, scratch, p.scratch, (aPacked, bPacked) => {
     if (aShared) packA(0, 1, aPacked);
     if (bShared) packB(0, 1, bPacked);
     for (let t0 = 0; t0 < batch; t0 += chunk) {

@@ -15,8 +15,8 @@ import { sizeOf, type Shape } from '../../core/shape.ts';
 import type { DeviceBuffer } from '../../core/tensor.ts';
 import { debugEnabled } from '../kernel/debug.ts';
 import { assignOutputs, planMemory, type MemoryPlan } from '../kernel/memory.ts';
-import { conv2d, conv2dGradInput, conv2dGradWeight } from './conv.ts';
-import { matmul } from './gemm.ts';
+import { type ConvShapes, conv2d, conv2dGradInput, conv2dGradWeight, convScratchBytes } from './conv.ts';
+import { matmul, matmulScratchBytes } from './gemm.ts';
 import { elementBytes, viewOf } from './js.ts';
 import { planSteps, type Step } from './kernels.ts';
 import { compileKernel, type KernelText, Unsupported } from './simd.ts';
@@ -81,7 +81,9 @@ export type KernelLanguage = 'wasm' | 'js';
 export interface CpuExecutable extends Executable {
   readonly steps: readonly Compiled[];
   readonly memory: MemoryPlan;
-  /** Bytes a run holds by its memory plan: inputs, intermediates' slots and outputs (no donation counted). */
+  /** Bytes of one workspace block that contractions share for packed operands and patch matrices. */
+  readonly scratchBytes: number;
+  /** Bytes a run holds by its memory plan: inputs, intermediates' slots, the workspace and outputs (no donation counted). */
   readonly memoryPlanBytes: number;
 }
 
@@ -119,7 +121,9 @@ export class CpuBackend implements Backend {
     const memory = planMemory(program, steps, nodeBytes);
     const inputBytes = program.inputs.reduce((s, i) => s + bufferBytes(i.dtype, sizeOf(i.shape)), 0);
     const outputBytes = [...new Set(program.outputs)].reduce((s, n) => s + nodeBytes(program.nodes[n]!), 0);
-    return { program, steps: compiled, memory, memoryPlanBytes: inputBytes + memory.slotBytes.reduce((s, b) => s + b, 0) + outputBytes };
+    const scratchBytes = Math.max(0, ...steps.map((st) => stepScratchBytes(st, program.nodes)));
+    const memoryPlanBytes = inputBytes + memory.slotBytes.reduce((s, b) => s + b, 0) + scratchBytes + outputBytes;
+    return { program, steps: compiled, memory, scratchBytes, memoryPlanBytes };
   }
 
   /** Registers a fused kernel: WebAssembly when `wasm` compiles, else the JavaScript source. */
@@ -181,6 +185,8 @@ export class CpuBackend implements Backend {
     const rt = this.runtime;
     const slots = memory.slotBytes.map((bytes) => rt.alloc(bytes));
     memory.slotOf.forEach((slot, n) => where.set(n, slots[slot]!));
+    // One workspace for every contraction of the run: the same size each run, so it is reused.
+    const scratch = exe.scratchBytes > 0 ? rt.alloc(exe.scratchBytes) : undefined;
 
     const { outputs, unused } = assignOutputs(program, memory, canDonate, (i, n) =>
       // Only a block of the same size class: a larger one would drift to ever smaller tensors.
@@ -206,9 +212,11 @@ export class CpuBackend implements Backend {
     });
 
     try {
-      for (const c of exe.steps) this.runStep(c, where, nodes);
+      for (const c of exe.steps) this.runStep(c, where, nodes, scratch);
     } catch (e) {
       throw e instanceof BackendError ? e : new BackendError(`cpu: program '${program.name}' failed: ${(e as Error).message}`);
+    } finally {
+      if (scratch !== undefined) rt.free(scratch);
     }
     const u8 = rt.heap().u8;
     for (const [from, to] of copies) u8.copyWithin(to.offset, from, from + to.size * elementBytes(to.dtype));
@@ -237,7 +245,7 @@ export class CpuBackend implements Backend {
     };
   }
 
-  private runStep({ step, kernel, wasm }: Compiled, where: ReadonlyMap<number, number>, nodes: readonly ProgramNode[]): void {
+  private runStep({ step, kernel, wasm }: Compiled, where: ReadonlyMap<number, number>, nodes: readonly ProgramNode[], scratch: number | undefined): void {
     const rt = this.runtime;
     const at = (n: number): number => where.get(n)!;
     switch (step.kind) {
@@ -258,7 +266,7 @@ export class CpuBackend implements Backend {
           batch: step.batch, m, n, k,
           a: at(a.node), b: at(b.node), c: at(step.writes),
           aBatchStride: a.shared ? 0 : m * k, bBatchStride: b.shared ? 0 : k * n,
-          transA: a.transposed, transB: b.transposed,
+          transA: a.transposed, transB: b.transposed, scratch,
         });
         return;
       }
@@ -267,10 +275,8 @@ export class CpuBackend implements Backend {
       case 'conv2dGradWeight': {
         const [p, q] = step.reads as [number, number];
         // The reads may sit under reshapes: the shapes are those of the convolution's own operands.
-        const [x, w] = nodes[step.writes]!.inputs as [number, number];
-        const shapes = { aShape: nodes[x]!.shape, bShape: nodes[w]!.shape, outShape: nodes[step.writes]!.shape };
         const conv = step.kind === 'conv2d' ? conv2d : step.kind === 'conv2dGradInput' ? conv2dGradInput : conv2dGradWeight;
-        conv(rt, { a: at(p), b: at(q), out: at(step.writes), ...shapes, ...step.attrs });
+        conv(rt, { a: at(p), b: at(q), out: at(step.writes), ...convShapes(step, nodes), scratch });
         return;
       }
       default:
@@ -291,6 +297,24 @@ export class CpuBackend implements Backend {
   private own(buffer: DeviceBuffer, what: string): CpuBuffer {
     if (!(buffer instanceof CpuBuffer)) throw new BackendError(`cpu: ${what} is a buffer of backend '${buffer.backendName}', not of 'cpu'`);
     return buffer;
+  }
+}
+
+/** A convolution step's sizes. The reads may sit under reshapes: the shapes are those of the convolution's own operands. */
+function convShapes(step: Extract<Step, { kind: 'conv2d' | 'conv2dGradInput' | 'conv2dGradWeight' }>, nodes: readonly ProgramNode[]): ConvShapes {
+  const [x, w] = nodes[step.writes]!.inputs as [number, number];
+  return { aShape: nodes[x]!.shape, bShape: nodes[w]!.shape, outShape: nodes[step.writes]!.shape, ...step.attrs };
+}
+
+/** Bytes of workspace a step needs (contractions only). */
+function stepScratchBytes(step: Step, nodes: readonly ProgramNode[]): number {
+  switch (step.kind) {
+    case 'js':
+      return 0;
+    case 'matmul':
+      return matmulScratchBytes({ batch: step.batch, m: step.m, n: step.n, k: step.k, aBatchStride: step.a.shared ? 0 : step.m * step.k, bBatchStride: step.b.shared ? 0 : step.k * step.n });
+    default:
+      return convScratchBytes(step.kind, convShapes(step, nodes));
   }
 }
 
