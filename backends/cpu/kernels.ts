@@ -281,7 +281,7 @@ function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step
 function wasmText(program: Program, plan: FusionPlan, k: KernelPlan): KernelText | undefined {
   try {
     const body = kernelBody(program, plan, k, WASM_SKELETON);
-    return { body: body.code, index: body.index, buffers: [...body.reads.map((_, i) => `b${i}`), 'out'], vectorize: !body.reduce };
+    return { body: body.code, index: body.index, buffers: [...body.reads.map((_, i) => `b${i}`), 'out'], vectorize: true, gathers: !body.reduce };
   } catch (e) {
     if (e instanceof Unsupported) return undefined;
     throw e;

@@ -227,7 +227,18 @@ type Lane = 'i32' | 'f32' | 'f64';
 type Val =
   | { readonly r: 'u'; readonly t: Lane; readonly l?: Local; readonly c?: number; readonly m4: boolean }
   | { readonly r: 'c'; readonly l: Local; readonly al: boolean }
-  | { readonly r: 'v'; readonly t: 'i32' | 'f32'; readonly l: Local };
+  | { readonly r: 'v'; readonly t: 'i32' | 'f32'; readonly l: Local }
+  /** Four f64 lanes (a vector reduction's sums): lanes 0 and 1 in `lo`, 2 and 3 in `hi`. */
+  | { readonly r: 'w'; readonly lo: Local; readonly hi: Local };
+
+type Uniform = Extract<Val, { r: 'u' }>;
+type Vector = Extract<Val, { r: 'v' }>;
+
+/** Narrows out four f64 lanes, which only a reduction's accumulator and its rounding see. */
+function notWide(v: Val): Exclude<Val, { r: 'w' }> {
+  if (v.r === 'w') throw new Error('simd: four f64 lanes where a value was expected');
+  return v;
+}
 
 const int = (c: number): Val => ({ r: 'u', t: 'i32', c: c | 0, m4: (c | 0) % 4 === 0 });
 
@@ -243,13 +254,15 @@ const MATH_UNARY = new Set(['exp', 'log', 'sin', 'cos', 'tanh', 'sign', 'sigmoid
 class Codegen {
   private readonly env = new Map<string, Val>();
   /** Mutable `let` variables: their local and lane type (vectors in vector form). */
-  private readonly vars = new Map<string, { readonly l: Local; readonly t: Lane }>();
+  private readonly vars = new Map<string, { readonly l: Local; readonly t: Lane; readonly hi?: Local }>();
 
   constructor(
     private readonly f: FunctionBody,
     private readonly vector: boolean,
     private readonly math: ReadonlyMap<string, FunctionRef>,
     bindings: ReadonlyMap<string, Val>,
+    /** Whether the vector form may load lanes one by one (else such a kernel compiles scalar). */
+    private readonly gathers = true,
   ) {
     bindings.forEach((v, k) => this.env.set(k, v));
   }
@@ -270,16 +283,16 @@ class Codegen {
         return;
       case 'let': {
         const t: Lane = s.type === 'f64' ? 'f64' : laneOf(s.type);
-        if (t === 'f64' && this.vector) throw new Unsupported('an f64 accumulator in vector form');
         const l = f.local(this.vector ? 'v128' : t);
-        this.vars.set(s.name, { l, t });
-        this.store(l, t, this.expr(s.e));
+        const v = { l, t, hi: this.vector && t === 'f64' ? f.local('v128') : undefined };
+        this.vars.set(s.name, v);
+        this.assign(v, this.expr(s.e));
         return;
       }
       case 'set': {
         const v = this.vars.get(s.name);
         if (v === undefined) throw new Unsupported(`assignment to ${s.name}, which is not a variable`);
-        this.store(v.l, v.t, this.expr(s.e));
+        this.assign(v, this.expr(s.e));
         return;
       }
       case 'if': {
@@ -314,6 +327,23 @@ class Codegen {
     }
   }
 
+  /** Stores `v` into a variable (four f64 lanes are two locals). */
+  private assign(w: { readonly l: Local; readonly t: Lane; readonly hi?: Local }, v: Val): void {
+    if (w.hi === undefined) {
+      this.store(w.l, w.t, v);
+      return;
+    }
+    const f = this.f;
+    if (v.r === 'w') {
+      f.get(v.lo).set(w.l).get(v.hi).set(w.hi);
+      return;
+    }
+    if (v.r !== 'u' || v.t !== 'f32') throw new Error('simd: an f64 variable takes an f32 constant or four f64 lanes');
+    this.push(v);
+    f.op('f64.promote_f32').op('f64x2.splat').set(w.l);
+    f.get(w.l).set(w.hi);
+  }
+
   /** Stores `v` into a variable's local (a vector local in vector form). */
   private store(l: Local, t: Lane, v: Val): void {
     if (this.vector) {
@@ -342,8 +372,9 @@ class Codegen {
   }
 
   /** Pushes any value as a v128 of lane type `t`. */
-  private pushVector(v: Val, t: 'i32' | 'f32'): void {
+  private pushVector(w: Val, t: 'i32' | 'f32'): void {
     const f = this.f;
+    const v = notWide(w);
     if (v.r === 'v') {
       f.get(v.l);
       return;
@@ -365,16 +396,16 @@ class Codegen {
     return l;
   }
 
-  private uniform(t: Lane, build: () => void, m4 = false): Val {
+  private uniform(t: Lane, build: () => void, m4 = false): Uniform {
     return { r: 'u', t, l: this.toLocal(t, build), m4 };
   }
 
-  private vec(t: 'i32' | 'f32', build: () => void): Val {
+  private vec(t: 'i32' | 'f32', build: () => void): Vector {
     return { r: 'v', t, l: this.toLocal('v128', build) };
   }
 
   /** Four scalar results, one per lane: `lane(k)` pushes lane k's scalar of type `t`. */
-  private perLane(t: 'i32' | 'f32', lane: (k: number) => void): Val {
+  private perLane(t: 'i32' | 'f32', lane: (k: number) => void): Vector {
     const f = this.f;
     return this.vec(t, () => {
       f.i32x4([0, 0, 0, 0]);
@@ -386,7 +417,8 @@ class Codegen {
   }
 
   /** Pushes lane k of `v` as a scalar of type `t`. */
-  private pushLane(v: Val, t: 'i32' | 'f32', k: number): void {
+  private pushLane(w: Val, t: 'i32' | 'f32', k: number): void {
+    const v = notWide(w);
     if (v.r === 'u') this.push(v);
     else if (v.r === 'c') this.f.get(v.l).i32(k).op('i32.add');
     else this.f.get(v.l).lane(t === 'f32' ? 'f32x4.extract_lane' : 'i32x4.extract_lane', k);
@@ -405,6 +437,7 @@ class Codegen {
         if (v !== undefined) return v;
         const w = this.vars.get(e.name);
         if (w === undefined) throw new Unsupported(`unknown name ${e.name}`);
+        if (w.hi !== undefined) return { r: 'w', lo: w.l, hi: w.hi };
         return this.vector ? { r: 'v', t: w.t as 'i32' | 'f32', l: w.l } : { r: 'u', t: w.t, l: w.l, m4: false };
       }
       case 'neg':
@@ -511,7 +544,8 @@ class Codegen {
         const c = this.expr(args[0]!);
         const a = this.expr(args[1]!);
         const b = this.expr(args[2]!);
-        const t = a.r === 'u' ? a.t : a.r === 'c' ? 'i32' : a.t;
+        const na = notWide(a);
+        const t = na.r === 'u' ? na.t : na.r === 'c' ? 'i32' : na.t;
         if (t === 'f64') throw new Unsupported('f64 select');
         if (c.r === 'u' && a.r === 'u' && b.r === 'u') {
           return this.uniform(t, () => {
@@ -535,6 +569,12 @@ class Codegen {
         return this.accumulate(rest[0]!, rest[1]!, this.expr(args[0]!), this.expr(args[1]!));
       case 'fround': {
         const x = this.expr(args[0]!);
+        if (x.r === 'w') {
+          return this.vec('f32', () => {
+            f.get(x.lo).op('f32x4.demote_f64x2_zero').get(x.hi).op('f32x4.demote_f64x2_zero');
+            f.shuffle([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]);
+          });
+        }
         return this.uniform('f32', () => {
           this.push(x);
           f.op('f32.demote_f64');
@@ -554,7 +594,8 @@ class Codegen {
     this.f.op('i32.add');
   }
 
-  private load(dtype: string, buf: Val, idx: Val): Val {
+  private load(dtype: string, buf: Val, w: Val): Val {
+    const idx = notWide(w);
     const f = this.f;
     const t = laneOf(dtype);
     const width = dtype === 'bool' ? 1 : 4;
@@ -572,6 +613,7 @@ class Codegen {
         else f.mem('v128.load32_zero', 0, 0).op('i16x8.extend_low_i8x16_u').op('i32x4.extend_low_i16x8_u');
       });
     }
+    if (!this.gathers) throw new NotUniform('a load gathered lane by lane');
     const lanes = this.toLocal('v128', () => f.get(idx.l));
     return this.perLane(t, (k) => {
       this.push(buf);
@@ -648,7 +690,7 @@ class Codegen {
   }
 
   /** An f64 -> f64 function applied to each f32 lane (promoted exactly), rounded back to f32. */
-  private viaF64(args: readonly Val[], body: () => void): Val {
+  private viaF64(args: readonly Val[], body: () => void): Uniform | Vector {
     const f = this.f;
     if (args.every((a) => a.r === 'u')) {
       return this.uniform('f32', () => {
@@ -947,10 +989,46 @@ class Codegen {
     });
   }
 
+  /** A reduction step of four outputs at once, each lane summing its own row in the same order. */
+  private accumulateLanes(fn: string, dtype: string, acc: Val, v: Val): Val {
+    const f = this.f;
+    if (fn === 'sum' && dtype === 'float32') {
+      if (acc.r !== 'w') throw new Error('simd: a float sum accumulates in four f64 lanes');
+      const x = v.r === 'v' ? v.l : this.toLocal('v128', () => this.pushVector(v, 'f32'));
+      const lo = this.toLocal('v128', () => f.get(acc.lo).get(x).op('f64x2.promote_low_f32x4').op('f64x2.add'));
+      const hi = this.toLocal('v128', () => {
+        f.get(acc.hi).get(x).get(x).shuffle([8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15]);
+        f.op('f64x2.promote_low_f32x4').op('f64x2.add');
+      });
+      return { r: 'w', lo, hi };
+    }
+    if (fn === 'sum' && dtype === 'int32') return this.intOp([acc, v], 'i32.add', 'i32x4.add');
+    const t = dtype === 'float32' ? 'f32' : 'i32';
+    if (fn === 'max' && (dtype === 'float32' || dtype === 'int32')) {
+      return this.vec(t, () => {
+        this.pushVector(v, t);
+        this.pushVector(acc, t);
+        this.pushVector(v, t);
+        this.pushVector(acc, t);
+        if (t === 'f32') {
+          // v > acc || v !== v
+          f.op('f32x4.gt');
+          this.pushVector(v, t);
+          this.pushVector(v, t);
+          f.op('f32x4.ne').op('v128.or');
+        } else {
+          f.op('i32x4.gt_s');
+        }
+        f.op('v128.bitselect');
+      });
+    }
+    throw new Unsupported(`${fn} reduction of ${dtype}`);
+  }
+
   /** Reduction steps (scalar form only): float sums in f64, int sums wrap, max keeps NaN. */
   private accumulate(fn: string, dtype: string, acc: Val, v: Val): Val {
     const f = this.f;
-    if (acc.r !== 'u' || v.r !== 'u') throw new Unsupported('a vector accumulator');
+    if (acc.r !== 'u' || v.r !== 'u') return this.accumulateLanes(fn, dtype, acc, v);
     if (fn === 'sum' && dtype === 'float32') return this.uniform('f64', () => { this.push(acc); this.push(v); f.op('f64.promote_f32').op('f64.add'); });
     if (fn === 'sum' && dtype === 'int32') return this.uniform('i32', () => { this.push(acc); this.push(v); f.op('i32.add'); });
     if (fn === 'max' && dtype === 'float32') {
@@ -1010,8 +1088,16 @@ export interface KernelText {
   readonly index: string;
   /** Names of the buffer parameters (byte offsets), in argument order. */
   readonly buffers: readonly string[];
-  /** Try four outputs per iteration (elementwise kernels). */
+  /** Try four outputs per iteration (with a scalar loop for the rest). */
   readonly vectorize: boolean;
+  /**
+   * Whether that vector form may gather loads lane by lane. Measured on the 2-core machine: four
+   * row sums side by side pay off only when their rows start at adjacent elements (a column sum of
+   * [32, 64, 256] over axis 0: 0.31 against 0.76 ns per element scalar); with gathered rows (a sum
+   * over axes 0 and 2) the vector form was no faster (0.62 against 0.41 to 0.63 ns over repeated
+   * runs, on a loaded machine), so reductions say false.
+   */
+  readonly gathers: boolean;
 }
 
 /** The compiled module: export `k(start, end, ...buffers)`; `vectorized` says whether the vector loop exists. */
@@ -1034,7 +1120,7 @@ export function compileKernel(kernel: KernelText): { readonly module: WebAssembl
         // multiple of 4 (the runtime's grain), so `i` is too. The scalar loop finishes the rest.
         const vend = f.local('i32');
         f.get(end!).get(start!).op('i32.sub').i32(-4).op('i32.and').get(start!).op('i32.add').set(vend);
-        const g = new Codegen(f, true, math, bindings);
+        const g = new Codegen(f, true, math, bindings, kernel.gathers);
         g.bind(kernel.index, { r: 'c', l: i, al: true });
         f.for(i, start!, vend, () => g.stmts(stmts), 4);
         f.get(vend).set(scalarFrom);

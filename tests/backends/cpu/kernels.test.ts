@@ -6,12 +6,14 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CpuBackend, cpuBackend } from '../../../backends/cpu/index.ts';
+import { CpuBackend, cpuBackend, registerCpuBackend } from '../../../backends/cpu/index.ts';
 import { planSteps } from '../../../backends/cpu/kernels.ts';
 import { compileKernel, parseKernel } from '../../../backends/cpu/simd.ts';
-import { add, buildProgram, concat, exp, flatten, mul, pad, permute, sigmoid, tensor, type PyTree, type Tensor } from '../../../core/index.ts';
+import { add, buildProgram, concat, exp, flatten, jit, max, mul, pad, permute, sigmoid, sum, tensor, type PyTree, type Tensor } from '../../../core/index.ts';
 import { stepBatch } from '../../../train/step.ts';
 import { trainingFixture } from '../parity/model.ts';
+
+registerCpuBackend();
 
 const leaves = (tree: unknown): Tensor[] => flatten(tree as PyTree<Tensor>).leaves;
 
@@ -64,3 +66,23 @@ test('cpu kernels: the dialect text parses into statements, and bad text is refu
   assert.deepEqual(stmts.map((s) => s.k), ['const', 'let', 'if', 'do']);
   assert.throws(() => parseKernel('const = ;'), /expected/);
 });
+
+test('cpu kernels: vector reductions keep NaN, the first of equal zeros and int32 wrapping, four rows at a time', async () => {
+  // 9 rows (two vector iterations and a scalar one), NaN and signed zeros at different places per row.
+  const rows = [
+    [1, NaN, 2], [NaN, 1, 2], [-0, 0, 0], [0, -0, -0], [-1, -0, -2], [-Infinity, -Infinity, -Infinity], [3, 2, NaN], [-0, -0, -0], [5, 5, 5],
+  ];
+  // Stored [3, 9], one row per column, so that the reduction over axis 0 reads four rows with one load.
+  const x = tensor([0, 1, 2].flatMap((r) => rows.map((row) => row[r]!)), [3, 9]);
+  await sameBits('vector max and sum', (v) => [max(v, [0]), sum(v, [0]), max(permute(v, [1, 0]), [1])], x);
+  const big = 2 ** 30;
+  const xi = tensor(Int32Array.from({ length: 3 * 8 }, (_, i) => (i < 8 ? big : i % 2 === 0 ? -big : big)), [3, 8], 'int32');
+  await sameBits('int32 vector sums wrap', (v) => [sum(v, [0]), max(v, [0])], xi);
+});
+
+/** `f(x)` on cpu and on the reference agree value for value with Object.is (so -0 is not 0), NaN equal to NaN. */
+async function sameBits(name: string, f: (x: Tensor) => Tensor[], x: Tensor): Promise<void> {
+  const run = async (backend: string) => Promise.all((await jit(f, { backend, name })(x)).map((t) => t.data()));
+  const [want, got] = [await run('reference'), await run('cpu')];
+  want.forEach((w, i) => Array.from(w).forEach((v, j) => assert.ok(Object.is(v, got[i]![j]), `${name}: output ${i} element ${j} is ${got[i]![j]} on cpu, ${v} on the reference`)));
+}
