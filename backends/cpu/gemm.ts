@@ -14,8 +14,8 @@
  * Work is split over output tiles (a batch entry, a 16-column panel, a block of row panels); each
  * element of C is always summed by the same code in the same order (k ascending: passes of KC steps
  * only store and reload the partial sum), so results are bit-identical for any partition. Scratch
- * (packed operands) comes from `par.alloc` and stays under SCRATCH_BYTES by processing the batch in
- * chunks (at least one batch entry per chunk).
+ * (packed operands) stays under SCRATCH_BYTES by processing the batch in chunks (at least one batch
+ * entry per chunk); it is carved from the workspace the caller planned, or allocated per call.
  */
 import { BackendError } from '../../core/errors.ts';
 import type { Parallel } from './parallel.ts';
@@ -292,7 +292,6 @@ export const gemmKernels = kernelModule((mod) => {
   emitPackB(mod);
 });
 
-/** Allocates blocks of the given sizes, runs `body` with their offsets, and frees them. */
 /** Offsets of `bytes` buffers laid out one after another in one block, each 64-byte aligned, and the block's size. */
 export function scratchLayout(bytes: readonly number[]): { readonly offsets: readonly number[]; readonly total: number } {
   const offsets: number[] = [];
