@@ -6,7 +6,7 @@ preconditioning (Table 1), EDM's loss, non-finite gradient replacement, optional
 clipping, Adam with EDM's learning-rate ramp-up, and the EMA of the params with its ramp-up.
 Same cases, batches and data as bench/train-step.ts; prints one JSON line.
 
-    python3 bench/torch_train_step.py --case patchR/4 [--config train/configs/demo.json] [--steps 3]
+    python3 bench/torch_train_step.py --case patchR/4 [--config train/configs/demo.json] [--steps 3] [--warmup 5]
 
 The config is resolved by train/config.ts (defaults, checks) through node, so both sides read the
 same numbers. Needs Debian's python3-torch (1.13): `npm run bench:setup`.
@@ -316,6 +316,7 @@ def main():
     ap.add_argument('--case', default='patchR', choices=['patchR', 'patchR/2', 'patchR/4', 'edm'])
     ap.add_argument('--config', default=os.path.join(ROOT, 'train', 'configs', 'demo.json'))
     ap.add_argument('--steps', type=int, default=3)
+    ap.add_argument('--warmup', type=int, default=5, help='untimed steps between the first and the timed ones')
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
@@ -378,10 +379,11 @@ def main():
         return loss.item()
 
     times = []
-    for _ in range(args.steps + 1):
+    for i in range(args.warmup + args.steps + 1):
         t0 = time.perf_counter()
         step()
-        times.append((time.perf_counter() - t0) * 1000)
+        if i == 0 or i > args.warmup:
+            times.append((time.perf_counter() - t0) * 1000)
     step_ms = statistics.median_low(times[1:]) if len(times) > 1 else times[0]
     print(json.dumps({'case': args.case, 'imagesPerS': 1000 * batch / step_ms, 'stepMs': step_ms, 'firstMs': times[0],
                       'params': parameter_count(net), 'threads': torch.get_num_threads(), 'torch': torch.__version__}))

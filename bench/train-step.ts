@@ -13,7 +13,7 @@
  * its reason; without python3-torch the PyTorch column is skipped with the command that installs it.
  *
  *   npm run bench:train -- [--config FILE] [--cases patchR,patchR/2,patchR/4,edm] [--backends cpu,reference,webgpu]
- *                          [--steps 3] [--no-torch] [--shader-cache]
+ *                          [--steps 3] [--warmup 5] [--no-torch] [--shader-cache]
  */
 import '../index.ts';
 import { spawnSync } from 'node:child_process';
@@ -35,6 +35,8 @@ const caseNames = arg('cases', 'patchR,patchR/2,patchR/4,edm').split(',');
 const configFile = arg('config', 'train/configs/demo.json');
 const backendNames = arg('backends', 'cpu,reference,webgpu').split(',');
 const steps = Number(arg('steps', '3'));
+/** Untimed steps between the first and the timed ones, so every side is measured warm (V8 and Wasm tier up while a program runs). */
+const warmup = Number(arg('warmup', '5'));
 const withTorch = !process.argv.includes('--no-torch');
 process.env['XDG_RUNTIME_DIR'] ??= '/tmp/xdg';
 // Mesa keeps compiled shaders on disk: without this, a second benchmark run would not measure the
@@ -124,11 +126,11 @@ async function measure(name: string, be: Backend): Promise<Row> {
   const pipelines = exe.kernels?.map((k) => k.pipeline).filter((p) => p !== undefined);
   const bufs = await Promise.all(lifted.map(async (t) => be.upload(await t.data(), t.shape, t.dtype)));
   const times: number[] = [];
-  for (let i = 0; i <= steps; i++) {
+  for (let i = 0; i <= warmup + steps; i++) {
     t0 = performance.now();
     const res = be.run(exe, bufs, bufs.map(() => false));
     await be.download(res[0]!);
-    times.push(performance.now() - t0);
+    if (i === 0 || i > warmup) times.push(performance.now() - t0);
     res.forEach((r) => be.free(r));
   }
   bufs.forEach((x) => be.free(x));
@@ -151,7 +153,7 @@ const TWIN = fileURLToPath(new URL('./torch_train_step.py', import.meta.url));
 let torchInfo = '';
 
 function measureTorch(python: string, name: string): Row | string {
-  const r = spawnSync(python, [TWIN, '--case', name, '--config', configFile, '--steps', String(steps)], { encoding: 'utf8' });
+  const r = spawnSync(python, [TWIN, '--case', name, '--config', configFile, '--steps', String(steps), '--warmup', String(warmup)], { encoding: 'utf8' });
   const line = r.stdout?.trim().split('\n').pop();
   if (r.status !== 0 || line === undefined || line === '') return `torch failed (${r.status ?? r.signal}): ${(r.stderr ?? r.error?.message ?? '').trim().split('\n').slice(-3).join(' | ')}`;
   const j = JSON.parse(line) as { imagesPerS: number; stepMs: number; firstMs: number; params: number; threads: number; torch: string };
@@ -180,7 +182,7 @@ const fmt = (r: Row): string => COLUMNS.map(([, w, f], i) => (i < 2 ? f(r).padEn
 
 const cpus = os.cpus();
 console.log(`# machine: ${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; node ${process.version}`);
-console.log(`# ${configFile}; steps per case: 1 first + ${steps} timed (median); ${new Date().toISOString()}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(', ')}`);
+console.log(`# ${configFile}; steps per case: 1 first + ${warmup} untimed + ${steps} timed (median); ${new Date().toISOString()}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(', ')}`);
 
 const backends: Backend[] = [];
 for (const name of backendNames) {
