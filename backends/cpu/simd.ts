@@ -646,31 +646,26 @@ class Codegen {
     }
   }
 
-  /** `op` on float lanes: scalar and vector instruction names. */
-  private floatOp(args: readonly Val[], scalar: PlainOp, vector: PlainOp): Val {
+  /** An instruction on `t` lanes: `scalar` when every operand is uniform, else `vector`. */
+  private laneOp(t: 'i32' | 'f32', args: readonly Val[], scalar: PlainOp, vector: PlainOp): Val {
     if (args.every((a) => a.r === 'u')) {
-      return this.uniform('f32', () => {
+      return this.uniform(t, () => {
         args.forEach((a) => this.push(a));
         this.f.op(scalar);
       });
     }
-    return this.vec('f32', () => {
-      args.forEach((a) => this.pushVector(a, 'f32'));
+    return this.vec(t, () => {
+      args.forEach((a) => this.pushVector(a, t));
       this.f.op(vector);
     });
   }
 
+  private floatOp(args: readonly Val[], scalar: PlainOp, vector: PlainOp): Val {
+    return this.laneOp('f32', args, scalar, vector);
+  }
+
   private intOp(args: readonly Val[], scalar: PlainOp, vector: PlainOp): Val {
-    if (args.every((a) => a.r === 'u')) {
-      return this.uniform('i32', () => {
-        args.forEach((a) => this.push(a));
-        this.f.op(scalar);
-      });
-    }
-    return this.vec('i32', () => {
-      args.forEach((a) => this.pushVector(a, 'i32'));
-      this.f.op(vector);
-    });
+    return this.laneOp('i32', args, scalar, vector);
   }
 
   /** A comparison giving a bool (0 or 1). */
@@ -842,45 +837,22 @@ class Codegen {
 
   private binary(fn: BinaryFn, inDtype: DType, outDtype: DType, a: Val, b: Val): Val {
     if (inDtype === 'float32') {
-      switch (fn) {
-        case 'add':
-          return this.floatOp([a, b], 'f32.add', 'f32x4.add');
-        case 'sub':
-          return this.floatOp([a, b], 'f32.sub', 'f32x4.sub');
-        case 'mul':
-          return this.floatOp([a, b], 'f32.mul', 'f32x4.mul');
-        case 'div':
-          return this.floatOp([a, b], 'f32.div', 'f32x4.div');
-        // NaN-propagating, -0 below +0: as Math.max/Math.min.
-        case 'max':
-          return this.floatOp([a, b], 'f32.max', 'f32x4.max');
-        case 'min':
-          return this.floatOp([a, b], 'f32.min', 'f32x4.min');
-        case 'pow':
-          return this.viaF64([a, b], () => this.callMath('pow'));
-        case 'lt':
-          return this.compare('f32', a, b, 'f32.lt', 'f32x4.lt');
-        case 'le':
-          return this.compare('f32', a, b, 'f32.le', 'f32x4.le');
-        case 'gt':
-          return this.compare('f32', a, b, 'f32.gt', 'f32x4.gt');
-        case 'ge':
-          return this.compare('f32', a, b, 'f32.ge', 'f32x4.ge');
-        case 'eq':
-          return this.compare('f32', a, b, 'f32.eq', 'f32x4.eq');
-        case 'ne':
-          return this.compare('f32', a, b, 'f32.ne', 'f32x4.ne');
-        default:
-          throw new Unsupported(`${fn} on float32`);
-      }
+      const arith = F32_ARITHMETIC[fn];
+      if (arith !== undefined) return this.floatOp([a, b], ...arith);
+      const cmp = F32_COMPARE[fn];
+      if (cmp !== undefined) return this.compare('f32', a, b, ...cmp);
+      if (fn === 'pow') return this.viaF64([a, b], () => this.callMath('pow'));
+      throw new Unsupported(`${fn} on float32`);
     }
     if (inDtype !== 'int32' && inDtype !== 'bool') throw new Unsupported(`${fn} on ${inDtype}`);
+    const cmp = I32_COMPARE[fn];
+    if (cmp !== undefined) return this.compare('i32', a, b, ...cmp);
+    const arith = I32_ARITHMETIC[fn];
+    if (arith !== undefined) {
+      if (outDtype !== 'int32') throw new Unsupported(`${fn} on ${inDtype} -> ${outDtype}`);
+      return this.intOp([a, b], ...arith);
+    }
     switch (fn) {
-      case 'add':
-      case 'sub':
-      case 'mul':
-        if (outDtype !== 'int32') throw new Unsupported(`${fn} on ${inDtype} -> ${outDtype}`);
-        return fn === 'add' ? this.intOp([a, b], 'i32.add', 'i32x4.add') : fn === 'sub' ? this.intOp([a, b], 'i32.sub', 'i32x4.sub') : this.intOp([a, b], 'i32.mul', 'i32x4.mul');
       case 'max':
       case 'min': {
         if (a.r === 'u' && b.r === 'u') {
@@ -892,20 +864,12 @@ class Codegen {
             this.f.op(fn === 'max' ? 'i32.gt_s' : 'i32.lt_s').op('select');
           });
         }
-        return this.intOp([a, b], fn === 'max' ? 'i32.ge_s' : 'i32.le_s', fn === 'max' ? 'i32x4.max_s' : 'i32x4.min_s');
+        return this.vec('i32', () => {
+          this.pushVector(a, 'i32');
+          this.pushVector(b, 'i32');
+          this.f.op(fn === 'max' ? 'i32x4.max_s' : 'i32x4.min_s');
+        });
       }
-      case 'lt':
-        return this.compare('i32', a, b, 'i32.lt_s', 'i32x4.lt_s');
-      case 'le':
-        return this.compare('i32', a, b, 'i32.le_s', 'i32x4.le_s');
-      case 'gt':
-        return this.compare('i32', a, b, 'i32.gt_s', 'i32x4.gt_s');
-      case 'ge':
-        return this.compare('i32', a, b, 'i32.ge_s', 'i32x4.ge_s');
-      case 'eq':
-        return this.compare('i32', a, b, 'i32.eq', 'i32x4.eq');
-      case 'ne':
-        return this.compare('i32', a, b, 'i32.ne', 'i32x4.ne');
       case 'and':
       case 'or': {
         const na = this.compare('i32', a, int(0), 'i32.ne', 'i32x4.ne');
@@ -1052,6 +1016,22 @@ class Codegen {
 function unsupported(what: string): never {
   throw new Unsupported(what);
 }
+
+type OpPair = readonly [scalar: PlainOp, vector: PlainOp];
+
+/** float32 binaries that are one instruction; max and min propagate NaN and order -0 below +0, as Math.max/min. */
+const F32_ARITHMETIC: Partial<Record<BinaryFn, OpPair>> = {
+  add: ['f32.add', 'f32x4.add'], sub: ['f32.sub', 'f32x4.sub'], mul: ['f32.mul', 'f32x4.mul'], div: ['f32.div', 'f32x4.div'],
+  max: ['f32.max', 'f32x4.max'], min: ['f32.min', 'f32x4.min'],
+};
+const F32_COMPARE: Partial<Record<BinaryFn, OpPair>> = {
+  lt: ['f32.lt', 'f32x4.lt'], le: ['f32.le', 'f32x4.le'], gt: ['f32.gt', 'f32x4.gt'], ge: ['f32.ge', 'f32x4.ge'], eq: ['f32.eq', 'f32x4.eq'], ne: ['f32.ne', 'f32x4.ne'],
+};
+/** int32 (wrapping) binaries that are one instruction; * is Math.imul. */
+const I32_ARITHMETIC: Partial<Record<BinaryFn, OpPair>> = { add: ['i32.add', 'i32x4.add'], sub: ['i32.sub', 'i32x4.sub'], mul: ['i32.mul', 'i32x4.mul'] };
+const I32_COMPARE: Partial<Record<BinaryFn, OpPair>> = {
+  lt: ['i32.lt_s', 'i32x4.lt_s'], le: ['i32.le_s', 'i32x4.le_s'], gt: ['i32.gt_s', 'i32x4.gt_s'], ge: ['i32.ge_s', 'i32x4.ge_s'], eq: ['i32.eq', 'i32x4.eq'], ne: ['i32.ne', 'i32x4.ne'],
+};
 
 const SCALAR_INDEX_OP: Record<string, PlainOp> = {
   '+': 'i32.add', '-': 'i32.sub', '*': 'i32.mul', '/': 'i32.div_s', '%': 'i32.rem_s',
