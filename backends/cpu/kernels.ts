@@ -11,12 +11,16 @@ import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf } from '../../core/shape.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
 import { Emitter, readBindings } from '../kernel/emitter.ts';
-import { isContraction, planFusion, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
+import { isContraction, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { reductionRuns, runOffset } from '../kernel/reduce.ts';
 import type { DType } from '../../core/dtype.ts';
 import type { Dialect } from '../kernel/emitter.ts';
 import { JS, helpersFor, viewOf } from './js.ts';
+import { MAX_ARGS } from './runtime.ts';
 import { type KernelText, Unsupported, WASM } from './simd.ts';
+
+/** Buffers one fused kernel may bind (reads and output): the runtime's argument slots. */
+export const MAX_KERNEL_BUFFERS = MAX_ARGS;
 
 /** A contraction operand as the GEMM reads it: a materialized node, maybe transposed or shared by the batch. */
 export interface Operand {
@@ -141,6 +145,12 @@ export function planSteps(program: Program): { plan: FusionPlan; steps: Step[] }
       }
       const { step, overused } = jsStep(program, plan, k);
       overused.forEach((n) => forced.add(n));
+      // A kernel's buffers (its reads and its output) travel as arguments, of which the runtime has MAX_ARGS.
+      if (step.reads.length + 1 > MAX_KERNEL_BUFFERS) {
+        const cs = splitCandidates(program, plan, k, MAX_KERNEL_BUFFERS - 1);
+        if (cs.length === 0) throw new BackendError(`${step.label}: reads ${step.reads.length} buffers, more than the ${MAX_KERNEL_BUFFERS - 1} a kernel may take, and cannot be split`);
+        cs.forEach((c) => forced.add(c));
+      }
       steps.push(step);
     }
     if (forced.size === before) return { plan, steps };

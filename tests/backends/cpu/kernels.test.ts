@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CpuBackend, cpuBackend, registerCpuBackend } from '../../../backends/cpu/index.ts';
-import { planSteps } from '../../../backends/cpu/kernels.ts';
+import { MAX_KERNEL_BUFFERS, planSteps } from '../../../backends/cpu/kernels.ts';
 import { compileKernel, parseKernel } from '../../../backends/cpu/simd.ts';
 import { add, buildProgram, concat, exp, flatten, jit, max, mul, pad, permute, sigmoid, sum, tensor, type PyTree, type Tensor } from '../../../core/index.ts';
 import { stepBatch } from '../../../train/step.ts';
@@ -86,3 +86,14 @@ async function sameBits(name: string, f: (x: Tensor) => Tensor[], x: Tensor): Pr
   const [want, got] = [await run('reference'), await run('cpu')];
   want.forEach((w, i) => Array.from(w).forEach((v, j) => assert.ok(Object.is(v, got[i]![j]), `${name}: output ${i} element ${j} is ${got[i]![j]} on cpu, ${v} on the reference`)));
 }
+
+test('cpu kernels: a sum of more tensors than a kernel has argument slots is split into kernels that fit', async () => {
+  const xs = Array.from({ length: 300 }, (_, i) => tensor([i, -i, 0.5 * i], [3]));
+  const { program } = buildProgram('manyReads', [xs.reduce((acc, x) => add(acc, mul(x, x)))]);
+  const { steps } = planSteps(program);
+  assert.ok(steps.length > 1);
+  assert.ok(steps.every((s) => s.reads.length + 1 <= MAX_KERNEL_BUFFERS), `reads per kernel: ${steps.map((s) => s.reads.length)}`);
+  const got = await jit((...ys: Tensor[]) => ys.reduce((acc, x) => add(acc, mul(x, x))), { backend: 'cpu' })(...xs);
+  const want = [0, 1, 2].map((j) => xs.reduce((acc, _, i) => acc + ([i, -i, 0.5 * i][j]! ** 2), 0));
+  assert.deepEqual(Array.from(await got.data()), want);
+});
