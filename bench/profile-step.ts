@@ -7,7 +7,6 @@
  *   npx tsx bench/profile-step.ts [--case patchR|patchR/2|patchR/4|edm] [--runs 5] [--warmup 1] [--top 25] [--show 0] [--kernels wasm|js]
  */
 import '../index.ts';
-if (process.env['PROFILE_SCRATCH']) await import('/tmp/prof/scratch.mts');
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { buildProgram, flatten, random, realize } from '../core/index.ts';
