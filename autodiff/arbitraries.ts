@@ -5,7 +5,7 @@
  */
 import fc from 'fast-check';
 import type { DType } from '../core/dtype.ts';
-import { tensor } from '../core/ops.ts';
+import { convOutSize, tensor } from '../core/ops.ts';
 import { sizeOf, type Shape } from '../core/shape.ts';
 import type { ConvAttrs, Tensor } from '../core/tensor.ts';
 
@@ -101,6 +101,8 @@ export interface ConvCase {
   readonly xShape: [number, number, number, number];
   readonly wShape: [number, number, number, number];
   readonly attrs: ConvAttrs;
+  /** The output's shape (and so the shape of a cotangent dy). */
+  readonly yShape: [number, number, number, number];
 }
 
 export interface ConvConstraints {
@@ -144,10 +146,13 @@ export function arbConvCase(c: ConvConstraints = {}): fc.Arbitrary<ConvCase> {
     .map(({ attrs, n, cin, cout, kh, kw, extraH, extraW }) => {
       const fits = (k: number, axis: 0 | 1) => Math.max(1, attrs.dilation[axis] * (k - 1) + 1 - 2 * attrs.padding[axis]);
       const g = attrs.groups;
+      const [h, w] = [fits(kh, 0) + extraH, fits(kw, 1) + extraW];
+      const out = (size: number, k: number, axis: 0 | 1) => convOutSize(size, k, attrs.stride[axis], attrs.padding[axis], attrs.dilation[axis]);
       return {
-        xShape: [n, cin * g, fits(kh, 0) + extraH, fits(kw, 1) + extraW],
+        xShape: [n, cin * g, h, w],
         wShape: [cout * g, cin, kh, kw],
         attrs,
+        yShape: [n, cout * g, out(h, kh, 0), out(w, kw, 1)],
       };
     });
 }

@@ -3,37 +3,183 @@
  * identity node, `f` builds its graph on top, and the backward pass walks that graph from the outputs
  * down to the wrappers, applying each primitive's rule. Nothing is computed here: the gradients are
  * lazy tensors, evaluated eagerly by `data()` or compiled together with the forward pass by `jit`.
+ *
+ * Marked nodes (see `Marker` in core/tensor.ts) change the walk: nothing flows through a
+ * `stopGradient`; a `customVjp` call asks the user's `bwd`; a `remat` call recomputes its function
+ * behind barriers and walks the recomputation instead of the forward graph.
  */
 import { isFloat } from '../core/dtype.ts';
 import { DTypeError, ShapeError, TesseraError, TreeError, fmtShape } from '../core/errors.ts';
-import { add, scalar, zeros } from '../core/ops.ts';
+import { add, markNode, scalar, zeros } from '../core/ops.ts';
 import { flatten, leafPaths, treeMismatch, unflatten, type PyTree, type TreeDef } from '../core/pytree.ts';
 import { shapesEqual } from '../core/shape.ts';
-import { Tensor, isTensor } from '../core/tensor.ts';
+import { Tensor, isTensor, type CustomVjpCall, type MarkedCall } from '../core/tensor.ts';
+import { postOrder } from './graph.ts';
 import { vjpRule } from './rules.ts';
 
-/** Every node below `outputs` in post-order (inputs first), not descending below `stops`. Iterative: graphs are deep. */
-function topoOrder(outputs: readonly Tensor[], stops: ReadonlySet<Tensor>): Tensor[] {
-  const order: Tensor[] = [];
-  const seen = new Set<Tensor>();
-  const stack: { t: Tensor; expanded: boolean }[] = outputs.map((t) => ({ t, expanded: false }));
-  while (stack.length > 0) {
-    const top = stack[stack.length - 1]!;
-    if (top.expanded) {
-      stack.pop();
-      order.push(top.t);
-      continue;
-    }
-    if (seen.has(top.t)) {
-      stack.pop();
-      continue;
-    }
-    seen.add(top.t);
-    top.expanded = true;
-    if (stops.has(top.t)) continue;
-    for (const inp of top.t.inputs) if (!seen.has(inp)) stack.push({ t: inp, expanded: false });
+/** Every node below `outputs` in post-order, not descending below `isStop` nodes nor through a stopGradient. */
+function topoOrder(outputs: readonly Tensor[], isStop: (t: Tensor) => boolean): Tensor[] {
+  return postOrder(outputs, (t) => isStop(t) || t.marker?.kind === 'stopGradient');
+}
+
+/** Whether `t` depends differentiably on a live node, honouring markers (see `Marker`). */
+function dependsOnLive(t: Tensor, live: ReadonlySet<Tensor>): boolean {
+  if (!isFloat(t.dtype)) return false;
+  switch (t.marker?.kind) {
+    case undefined: case 'remat': return t.inputs.some((i) => live.has(i));
+    case 'stopGradient': return false;
+    case 'rematBarrier': return live.has(t.inputs[0]!);
+    case 'customVjp': return t.inputs.slice(1).some((i) => live.has(i));
+    default: return t.marker satisfies never;
   }
-  return order;
+}
+
+/** The calls of customVjp / remat met in a backward pass, gathering their outputs' cotangents. */
+interface PendingCall {
+  readonly cts: (Tensor | undefined)[];
+  remaining: number;
+}
+
+/**
+ * Cotangents of the `isSource` nodes given cotangents `seeds` of `outputs`. Sources are live by
+ * definition and not descended into; only float nodes that depend on one are visited. A call of
+ * customVjp or remat is handled once the cotangents of all its outputs are known.
+ */
+function propagate(outputs: readonly Tensor[], seeds: readonly Tensor[], isSource: (t: Tensor) => boolean): Map<Tensor, Tensor[]> {
+  const order = topoOrder(outputs, isSource);
+  const live = new Set<Tensor>();
+  const pending = new Map<MarkedCall, PendingCall>();
+  for (const t of order) {
+    if (isSource(t) || dependsOnLive(t, live)) {
+      live.add(t);
+      if (t.marker?.kind === 'customVjp' || t.marker?.kind === 'remat') {
+        const entry = pending.get(t.marker.call) ?? { cts: t.marker.call.outputs.map(() => undefined), remaining: 0 };
+        entry.remaining++;
+        pending.set(t.marker.call, entry);
+      }
+    }
+  }
+  const cts = new Map<Tensor, Tensor>();
+  // A source keeps its contributions apart, in arrival order, so that a caller summing them into
+  // its own accumulator adds in the same order as one pass over the whole graph would.
+  const atSources = new Map<Tensor, Tensor[]>();
+  const accumulate = (t: Tensor, g: Tensor): void => {
+    if (isSource(t)) {
+      const list = atSources.get(t);
+      if (list === undefined) atSources.set(t, [g]);
+      else list.push(g);
+      return;
+    }
+    const prev = cts.get(t);
+    cts.set(t, prev === undefined ? g : add(prev, g));
+  };
+  const give = (y: Tensor, x: Tensor, part: Tensor | undefined, what: string): void => {
+    if (part === undefined || !live.has(x)) return;
+    if (!shapesEqual(part.shape, x.shape) || part.dtype !== x.dtype) {
+      throw new TesseraError(`${what} gave a cotangent ${part.dtype} ${fmtShape(part.shape)} for ${x.dtype} ${fmtShape(x.shape)} (at ${y.toString()})`);
+    }
+    accumulate(x, part);
+  };
+  outputs.forEach((t, i) => {
+    if (live.has(t)) accumulate(t, seeds[i]!);
+  });
+  const sources: Tensor[] = [];
+  for (let k = order.length - 1; k >= 0; k--) {
+    const y = order[k]!;
+    if (!live.has(y)) continue;
+    if (isSource(y)) {
+      sources.push(y);
+      continue;
+    }
+    const g = cts.get(y);
+    cts.delete(y);
+    const m = y.marker;
+    if (m?.kind === 'customVjp' || m?.kind === 'remat') {
+      const entry = pending.get(m.call)!;
+      entry.cts[m.output] = g;
+      if (--entry.remaining > 0 || entry.cts.every((c) => c === undefined)) continue;
+      const outCts = entry.cts.map((c, j) => c ?? zeros(m.call.outputs[j]!.shape, m.call.outputs[j]!.dtype));
+      const parts = m.kind === 'customVjp' ? customVjpCotangents(m.call, outCts, live) : rematCotangents(m.call, outCts, live);
+      for (const [x, part] of parts) give(y, x, part, `${m.kind}(${m.call.f.name || 'f'})`);
+      continue;
+    }
+    if (g === undefined) continue;
+    const parts = m?.kind === 'rematBarrier' ? [g] : vjpRule(y, g);
+    y.inputs.forEach((x, i) => give(y, x, parts[i], `internal: the vjp rule of ${y.prim.op} (input ${i})`));
+  }
+  return new Map(sources.map((t) => [t, atSources.get(t) ?? []]));
+}
+
+/** The call's arguments, rebuilt from its leaves (tensor leaves replaced by `tensors` if given). */
+function callArgs(call: MarkedCall, tensors?: readonly Tensor[]): unknown[] {
+  let k = 0;
+  const leaves = tensors === undefined ? call.argLeaves : call.argLeaves.map((l) => (isTensor(l) ? tensors[k++]! : l));
+  return unflatten(call.argDef, leaves) as unknown[];
+}
+
+/** Asks `bwd` for the cotangents of a customVjp call's tensor arguments. */
+function customVjpCotangents(call: CustomVjpCall, outCts: readonly Tensor[], live: ReadonlySet<Tensor>): [Tensor, Tensor | undefined][] {
+  const name = `customVjp(${call.f.name || 'f'})`;
+  const argTensors = call.argLeaves.filter(isTensor);
+  // A tensor that f closes over and that depends on the differentiated inputs would silently get no gradient.
+  const args = new Set(argTensors);
+  const outer = (t: Tensor): boolean => args.has(t) || t.id < call.firstId;
+  for (const t of topoOrder(call.outputs.map((o) => o.inputs[0]!), outer)) {
+    if (!args.has(t) && t.id < call.firstId && live.has(t)) {
+      throw new TesseraError(`${name}: f uses ${t.toString()}, which depends on the differentiated inputs, without taking it as an argument; pass it as an argument so that bwd gives its cotangent`);
+    }
+  }
+  const fwdOut = (call.fwd as (...a: unknown[]) => unknown)(...callArgs(call));
+  if (!Array.isArray(fwdOut) || fwdOut.length !== 2) throw new TreeError(`${name}: fwd must return [output, residuals], got ${describe(fwdOut)}`);
+  const ct = unflatten(call.outDef, outCts);
+  const back = (call.bwd as (r: unknown, c: unknown) => unknown)(fwdOut[1], ct);
+  const primal = callArgs(call);
+  if (!Array.isArray(back) || back.length !== primal.length) {
+    throw new TreeError(`${name}: bwd must return an array with one cotangent tree (or null) per argument (${primal.length}), got ${describe(back)}`);
+  }
+  const out: [Tensor, Tensor | undefined][] = [];
+  primal.forEach((arg, i) => {
+    const b = back[i];
+    if (b === null || b === undefined) return;
+    const a = flatten<unknown>(arg as PyTree<unknown>);
+    const c = flatten<unknown>(b as PyTree<unknown>);
+    const mismatch = treeMismatch(a.def, c.def);
+    if (mismatch !== undefined) throw new TreeError(`${name}: bwd's cotangent for argument ${i} does not match the argument's tree ${mismatch}`);
+    const paths = leafPaths(a.def, `args[${i}]`);
+    a.leaves.forEach((x, j) => {
+      const g = c.leaves[j];
+      if (!isTensor(x) || !isFloat(x.dtype) || g === null || g === undefined) return;
+      if (!isTensor(g) || !shapesEqual(g.shape, x.shape) || g.dtype !== x.dtype) {
+        throw new ShapeError(`${name}: bwd's cotangent for ${paths[j]} is ${describe(g)}, the argument is ${x.dtype} ${fmtShape(x.shape)}`);
+      }
+      out.push([x, g]);
+    });
+  });
+  return out;
+}
+
+/**
+ * Recomputes a remat call from its arguments behind barriers scheduled after the outputs'
+ * cotangents, and backpropagates through the recomputation. Tensors that f closes over and that
+ * are live outside get their cotangents too.
+ */
+function rematCotangents(call: MarkedCall, outCts: readonly Tensor[], live: ReadonlySet<Tensor>): [Tensor, Tensor | undefined][] {
+  const name = `remat(${call.f.name || 'f'})`;
+  const argTensors = call.argLeaves.filter(isTensor);
+  const barriers = argTensors.map((x) => markNode({ kind: 'rematBarrier' }, [x, ...outCts]));
+  const again = flatten<unknown>((call.f as (...a: unknown[]) => unknown)(...callArgs(call, barriers)) as PyTree<unknown>);
+  const mismatch = treeMismatch(call.outDef, again.def);
+  if (mismatch !== undefined) throw new TreeError(`${name}: recomputing f gave a different tree ${mismatch}; f must be a pure function of its arguments`);
+  const outs = again.leaves.map((o, j) => {
+    const first = call.outputs[j]!;
+    if (!isTensor(o) || !shapesEqual(o.shape, first.shape) || o.dtype !== first.dtype) {
+      throw new TesseraError(`${name}: recomputing f gave ${describe(o)} for output ${j}, first ${first.dtype} ${fmtShape(first.shape)}; f must be a pure function of its arguments`);
+    }
+    return o;
+  });
+  const barrierSet = new Set(barriers);
+  const inner = propagate(outs, outCts, (t) => barrierSet.has(t) || live.has(t));
+  return [...inner].flatMap(([t, gs]) => gs.map((g): [Tensor, Tensor] => [barrierSet.has(t) ? t.inputs[0]! : t, g]));
 }
 
 /**
@@ -42,37 +188,11 @@ function topoOrder(outputs: readonly Tensor[], stops: ReadonlySet<Tensor>): Tens
  */
 function backprop(outputs: readonly Tensor[], seeds: readonly Tensor[], wrappers: readonly Tensor[]): Tensor[] {
   const stops = new Set(wrappers);
-  const order = topoOrder(outputs, stops);
-  const live = new Set<Tensor>();
-  for (const t of order) {
-    if (stops.has(t) || (isFloat(t.dtype) && t.inputs.some((i) => live.has(i)))) live.add(t);
-  }
-  const cts = new Map<Tensor, Tensor>();
-  const accumulate = (t: Tensor, g: Tensor): void => {
-    const prev = cts.get(t);
-    cts.set(t, prev === undefined ? g : add(prev, g));
-  };
-  outputs.forEach((t, i) => {
-    if (live.has(t)) accumulate(t, seeds[i]!);
+  const cts = propagate(outputs, seeds, (t) => stops.has(t));
+  return wrappers.map((w) => {
+    const parts = cts.get(w) ?? [];
+    return parts.length === 0 ? zeros(w.shape, w.dtype) : parts.reduce((acc, g) => add(acc, g));
   });
-  for (let k = order.length - 1; k >= 0; k--) {
-    const y = order[k]!;
-    const g = cts.get(y);
-    if (g === undefined || stops.has(y)) continue;
-    cts.delete(y);
-    const parts = vjpRule(y, g);
-    y.inputs.forEach((x, i) => {
-      const part = parts[i];
-      if (part === undefined || !live.has(x)) return;
-      if (!shapesEqual(part.shape, x.shape) || part.dtype !== x.dtype) {
-        throw new TesseraError(
-          `internal: the vjp rule of ${y.prim.op} gave ${part.dtype} ${fmtShape(part.shape)} for input ${i}, which is ${x.dtype} ${fmtShape(x.shape)}`,
-        );
-      }
-      accumulate(x, part);
-    });
-  }
-  return wrappers.map((w) => cts.get(w) ?? zeros(w.shape, w.dtype));
 }
 
 interface Wrapped {

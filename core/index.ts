@@ -2,7 +2,7 @@
 export * from './dtype.ts';
 export * from './errors.ts';
 export * from './shape.ts';
-export { Tensor, isTensor, type Prim, type PrimOp, type UnaryFn, type BinaryFn, type ConvAttrs, type DeviceBuffer, type Storage } from './tensor.ts';
+export { Tensor, isTensor, nextTensorId, TracedValueError, type Marker, type MarkerKind, type MarkedCall, type CustomVjpCall, type Prim, type PrimOp, type UnaryFn, type BinaryFn, type ConvAttrs, type DeviceBuffer, type Storage } from './tensor.ts';
 export * from './ops.ts';
 export * from './composite.ts';
 export * as random from './random.ts';

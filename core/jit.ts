@@ -123,6 +123,13 @@ export interface JitOptions {
   readonly backend?: Backend | BackendName;
   /** Name used in messages and kernel labels; default: the function's name. */
   readonly name?: string;
+  /**
+   * Positions of static arguments: passed to `f` as they are (any value: a config record, a
+   * function, a flag), never traced. The program is compiled once per distinct static value and
+   * cached: plain data (numbers, strings, booleans, arrays, plain records) is compared by value,
+   * anything else (functions, class instances) by identity. A tensor cannot be static.
+   */
+  readonly staticArgnums?: readonly number[];
 }
 
 interface CacheEntry {
@@ -140,21 +147,54 @@ function isStatic(x: unknown): x is Static {
   return x === null || x === undefined || typeof x === 'number' || typeof x === 'boolean' || typeof x === 'string';
 }
 
+const identities = new WeakMap<object, number>();
+let nextIdentity = 0;
+
+/** A cache key for a static argument: by value for plain data, by identity otherwise. */
+function staticKey(name: string, x: unknown, path: string): string {
+  if (isTensor(x)) throw new TreeError(`${name}: static argument ${path} is a Tensor; tensors are traced, so pass it outside staticArgnums`);
+  if (x === undefined) return 'u';
+  if (typeof x === 'number') return Object.is(x, -0) ? '-0' : String(x);
+  if (x === null || typeof x === 'boolean' || typeof x === 'string') return JSON.stringify(x);
+  if (typeof x === 'bigint') return `${x}n`;
+  if (Array.isArray(x)) return `[${x.map((v, i) => staticKey(name, v, `${path}[${i}]`)).join(',')}]`;
+  if (typeof x === 'object' && (Object.getPrototypeOf(x) === Object.prototype || Object.getPrototypeOf(x) === null)) {
+    const rec = x as Record<string, unknown>;
+    return `{${Object.keys(rec).sort().map((k) => `${JSON.stringify(k)}:${staticKey(name, rec[k], `${path}.${k}`)}`).join(',')}}`;
+  }
+  const obj = x as object;
+  let id = identities.get(obj);
+  if (id === undefined) identities.set(obj, (id = nextIdentity++));
+  return `#${id}`;
+}
+
 /** Replaces tensors by concrete results in the output type of a jitted function. */
 export type Jitted<F extends (...args: never[]) => unknown> = (...args: Parameters<F>) => Promise<ReturnType<F>>;
 
 /**
  * Traces `f` once per input signature (tree structure, shapes, dtypes and the values of non-tensor
  * leaves, which are static) into one program, and runs it on a backend. Tensors that `f` closes over
- * are captured at trace time, as in JAX.
+ * are captured at trace time, as in JAX. Whole arguments can be made static with `staticArgnums`.
+ * While tracing, tensors are placeholders: JS control flow on them (`if (x > 0)`) throws a
+ * `TracedValueError`; use `where`, or make the deciding value static.
  */
 export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitOptions = {}): Jitted<F> {
   const name = options.name ?? (f.name || 'jit');
   const cache = new Map<string, CacheEntry>();
 
-  const call = async (...args: unknown[]): Promise<unknown> => {
+  const staticArgs = new Set(options.staticArgnums ?? []);
+  for (const n of staticArgs) {
+    if (!Number.isInteger(n) || n < 0) throw new TreeError(`${name}: staticArgnums entry ${n} is not an argument position`);
+  }
+  const call = async (...allArgs: unknown[]): Promise<unknown> => {
+    for (const n of staticArgs) {
+      if (n >= allArgs.length) throw new TreeError(`${name}: staticArgnums names argument ${n}, but the call has ${allArgs.length} argument(s)`);
+    }
+    // Static arguments stay out of the traced tree (a null stands in) and join the cache key.
+    const args = allArgs.map((a, i) => (staticArgs.has(i) ? null : a));
+    const staticSig = [...staticArgs].sort((a, b) => a - b).map((n) => `${n}=${staticKey(name, allArgs[n], `args[${n}]`)}`);
     const { leaves, def } = flatten<unknown>(args as PyTree<unknown>);
-    const sig: string[] = [];
+    const sig: string[] = [...staticSig];
     leaves.forEach((leaf, i) => {
       if (isTensor(leaf)) {
         if (leaf.isDonated) throw new TesseraError(`${name}: argument ${leafPaths(def, 'args')[i]} was donated to an earlier call or disposed`);
@@ -176,7 +216,8 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
         params.push(p);
         return p;
       });
-      const out = (f as unknown as (...a: unknown[]) => unknown)(...(unflatten(def, traced) as unknown[]));
+      const tracedArgs = (unflatten(def, traced) as unknown[]).map((a, i) => (staticArgs.has(i) ? allArgs[i] : a));
+      const out = (f as unknown as (...a: unknown[]) => unknown)(...tracedArgs);
       if (out instanceof Promise) throw new TesseraError(`${name}: the function returned a Promise; jit traces synchronous functions only`);
       const flat = flatten<unknown>(out as PyTree<unknown>);
       const outIsTensor = flat.leaves.map((l, i) => {

@@ -5,7 +5,7 @@
 import { allocate, coerceScalar, isFloat, matchesDType, type DType, type TypedArray } from './dtype.ts';
 import { DTypeError, ShapeError, TreeError, fmtShape } from './errors.ts';
 import { broadcastShapes, checkShape, normalizeAxes, normalizeAxis, shapesEqual, sizeOf, type Shape } from './shape.ts';
-import { COMPARISONS, Tensor, isTensor, type BinaryFn, type ConvAttrs, type Prim, type UnaryFn } from './tensor.ts';
+import { COMPARISONS, Tensor, isTensor, type BinaryFn, type ConvAttrs, type Marker, type Prim, type UnaryFn } from './tensor.ts';
 
 export type TensorLike = Tensor | number;
 
@@ -421,3 +421,27 @@ export function randomBits(keyIn: Tensor, shape: Shape, offset = 0): Tensor {
 }
 
 export const uniformFromBits = (bits: Tensor) => unary('uniformFromBits', bits);
+
+// ---------------------------------------------------------------- markers
+
+/**
+ * An identity node carrying `marker` (see `Marker`): the value of `inputs[0]`, with the further
+ * inputs recorded as dependences. Transformations build these; `buildProgram` strips them.
+ */
+export function markNode(marker: Marker, inputs: readonly Tensor[]): Tensor {
+  const x = expectTensor(`markNode(${marker.kind})`, inputs[0], 'first input');
+  return new Tensor({ op: 'reshape' }, inputs, x.shape, x.dtype, undefined, marker);
+}
+
+/**
+ * `x` itself, through which no gradient flows: `grad` sees a constant (JAX's `lax.stop_gradient`).
+ * Non-tensor leaves of a tree pass unchanged, so `stopGradient(params)` freezes a whole tree.
+ */
+export function stopGradient<T>(x: T): T {
+  if (isTensor(x)) return markNode({ kind: 'stopGradient' }, [x]) as T;
+  if (Array.isArray(x)) return x.map((v) => stopGradient(v)) as T;
+  if (x !== null && typeof x === 'object' && !ArrayBuffer.isView(x) && (Object.getPrototypeOf(x) === Object.prototype || Object.getPrototypeOf(x) === null)) {
+    return Object.fromEntries(Object.entries(x).map(([k, v]) => [k, stopGradient(v)])) as T;
+  }
+  return x;
+}

@@ -59,7 +59,8 @@ function primKey(p: Prim): string {
 /**
  * Builds the program computing `outputs`. `params` are the jit placeholders (prim 'input', index i
  * = position in `params`); realized tensors met on the way become further inputs. Identical nodes
- * are merged (common-subexpression elimination), so the hash is structural.
+ * are merged (common-subexpression elimination), so the hash is structural. Markers (see `Marker`)
+ * do not reach the program: a marked node is its first input, a remat barrier a plain identity.
  */
 export function buildProgram(name: string, outputs: readonly Tensor[], params: readonly Tensor[] = []): TracedProgram {
   const nodes: ProgramNode[] = [];
@@ -69,8 +70,8 @@ export function buildProgram(name: string, outputs: readonly Tensor[], params: r
   const byKey = new Map<string, number>();
   const keys: string[] = [];
 
-  const emit = (prim: Prim, ins: number[], t: Tensor): number => {
-    const key = `${primKey(prim)}|${ins.join(',')}|${t.shape.join('x')}|${t.dtype}`;
+  const emit = (prim: Prim, ins: number[], t: Tensor, after = ''): number => {
+    const key = `${primKey(prim)}|${ins.join(',')}|${t.shape.join('x')}|${t.dtype}${after}`;
     const existing = byKey.get(key);
     if (existing !== undefined) return existing;
     nodes.push({ prim, inputs: ins, shape: t.shape, dtype: t.dtype });
@@ -106,16 +107,23 @@ export function buildProgram(name: string, outputs: readonly Tensor[], params: r
         `${name}: a traced value ${t.toString()} from another trace was used here; jit and grad inputs cannot escape their function`,
       );
     }
+    // A marker is stripped: the node is its first input. Only a remat barrier follows its other
+    // inputs too, for order, and stays a distinct identity node so that the recomputation hanging
+    // below it is not merged with the forward pass.
+    const follow = t.marker === undefined || t.marker.kind === 'rematBarrier' ? t.inputs : t.inputs.slice(0, 1);
     if (!top.expanded) {
       top.expanded = true;
-      for (let i = t.inputs.length - 1; i >= 0; i--) {
-        const inp = t.inputs[i]!;
+      for (let i = follow.length - 1; i >= 0; i--) {
+        const inp = follow[i]!;
         if (!index.has(inp.id)) stack.push({ t: inp, expanded: false });
       }
       continue;
     }
     stack.pop();
-    index.set(t.id, emit(t.prim, t.inputs.map((inp) => index.get(inp.id)!), t));
+    const ins = follow.map((inp) => index.get(inp.id)!);
+    if (t.marker === undefined) index.set(t.id, emit(t.prim, ins, t));
+    else if (t.marker.kind === 'rematBarrier') index.set(t.id, emit({ op: 'reshape' }, ins.slice(0, 1), t, `|barrier after ${ins.slice(1).join(',')}`));
+    else index.set(t.id, ins[0]!);
   }
 
   const outs = outputs.map((t) => index.get(t.id)!);

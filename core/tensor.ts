@@ -1,5 +1,6 @@
 import type { DType, TypedArray } from './dtype.ts';
 import type { Shape } from './shape.ts';
+import type { TreeDef } from './pytree.ts';
 import { sizeOf } from './shape.ts';
 import { TesseraError, fmtShape } from './errors.ts';
 
@@ -69,6 +70,51 @@ export type Prim =
 
 export type PrimOp = Prim['op'];
 
+/**
+ * An annotation on an identity node, for transformations (autodiff, vmap, jvp) to honour. A marked
+ * node's value is its first input's value (same shape and dtype) and its `prim` is an identity
+ * `reshape`, so a transformation that ignores the marker still computes the right values. Further
+ * inputs record dependences (see each kind). `buildProgram` strips markers: a backend never sees one.
+ * - `stopGradient`: inputs `[x]`; no cotangent (and no tangent) flows to `x`.
+ * - `customVjp`: inputs `[o, ...a]`, `o` the `output`-th result leaf of `call.f` and `a` the call's
+ *   tensor arguments (`call.argLeaves` that are tensors, in order); grad asks `call.bwd` for the
+ *   cotangents of `a` instead of walking `o`'s graph.
+ * - `remat`: inputs `[o, ...a]` as for customVjp; grad recomputes `call.f` on the arguments (behind
+ *   `rematBarrier`s) in the backward pass instead of keeping the forward intermediates of `o`.
+ * - `rematBarrier`: inputs `[x, ...after]`; the value is `x`, recomputed work hangs below it.
+ *   Program building keeps it apart from `x` (no CSE across it) and schedules it after `after` (the
+ *   cotangents that start the recomputation). No gradient flows to `after`.
+ */
+export type Marker =
+  | { readonly kind: 'stopGradient' }
+  | { readonly kind: 'customVjp'; readonly call: CustomVjpCall; readonly output: number }
+  | { readonly kind: 'remat'; readonly call: MarkedCall; readonly output: number }
+  | { readonly kind: 'rematBarrier' };
+
+export type MarkerKind = Marker['kind'];
+
+/** One call of a function wrapped by `customVjp` or `remat`: what a transformation needs to redo it. */
+export interface MarkedCall {
+  /** The wrapped function, called as `f(...unflatten(argDef, argLeaves))`. */
+  readonly f: (...args: never[]) => unknown;
+  /** The tree of the argument list (an array with one entry per argument). */
+  readonly argDef: TreeDef;
+  /** The argument leaves: tensors (the marked nodes' inputs after the first, in order) and static values. */
+  readonly argLeaves: readonly unknown[];
+  /** The tree of `f`'s result; its leaves are all tensors. */
+  readonly outDef: TreeDef;
+  /** The marked nodes, one per result leaf, in order. */
+  readonly outputs: readonly Tensor[];
+  /** The id of the first tensor `f` built in this call: tensors with smaller ids below the outputs were passed in or closed over. */
+  readonly firstId: number;
+}
+
+/** A `customVjp` call: `fwd(...args)` gives `[output, residuals]`, `bwd(residuals, ct)` one cotangent tree per argument. */
+export interface CustomVjpCall extends MarkedCall {
+  readonly fwd: (...args: never[]) => unknown;
+  readonly bwd: (residuals: never, cotangent: never) => unknown;
+}
+
 /** A value that lives on a backend. Opaque to core; each backend defines its own. */
 export interface DeviceBuffer {
   readonly backendName: string;
@@ -92,6 +138,11 @@ export const evaluation: {
 
 let nextId = 0;
 
+/** The id the next tensor built will get (ids increase with creation). */
+export function nextTensorId(): number {
+  return nextId;
+}
+
 /**
  * An immutable graph node. Op functions build these and never compute. A tensor is concrete when it
  * holds a storage (its `prim.op` is 'const'); anything else is evaluated on demand by `data()`.
@@ -108,6 +159,8 @@ export class Tensor {
     readonly shape: Shape,
     readonly dtype: DType,
     storage?: Storage,
+    /** Set on identity nodes that transformations treat specially (see `Marker`); prim is then `reshape`. */
+    readonly marker?: Marker,
   ) {
     this._storage = storage;
   }
@@ -175,6 +228,37 @@ export class Tensor {
 
   toString(): string {
     return `Tensor(${this.prim.op}, ${fmtShape(this.shape)}, ${this.dtype})`;
+  }
+
+  /**
+   * A tensor has no synchronous value, so JS arithmetic, comparisons and conditions on it
+   * (`if (x > 0)`, `x + 1`, `x == y`) throw instead of silently comparing object strings. Template
+   * strings still print it (`${x}`). Under jit or grad the value is not even known yet.
+   */
+  [Symbol.toPrimitive](hint: 'number' | 'string' | 'default'): string {
+    if (hint === 'string') return this.toString();
+    throw new TracedValueError(this);
+  }
+
+  /** Throws like `Symbol.toPrimitive` (some code calls valueOf directly). */
+  valueOf(): never {
+    throw new TracedValueError(this);
+  }
+}
+
+/** A tensor was used where JS needs a number or boolean now (a condition, arithmetic, a comparison). */
+export class TracedValueError extends TesseraError {
+  override readonly name = 'TracedValueError';
+
+  constructor(readonly tensor: Tensor) {
+    const lazy = tensor.prim.op !== 'const';
+    super(
+      `${tensor.toString()} was used as a JS number or condition (e.g. \`if (x > 0)\`, \`x < y\`, \`x + 1\`); ` +
+        (lazy ? 'its value is not known while the graph is built (under jit or grad it is a traced placeholder). ' : 'its value lives on a backend and is read asynchronously. ') +
+        'Choose per element with where(cond, a, b) and compute with the op functions (add, greater, ...); ' +
+        'for a choice fixed per compilation pass a plain number/boolean, or mark the argument static with jit(f, { staticArgnums }); ' +
+        'outside a trace read the value with `await x.item()` or `await x.data()`.',
+    );
   }
 }
 

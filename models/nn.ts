@@ -11,7 +11,7 @@
 import {
   add, broadcastTo, concat, conv2d as conv2dOp, conv2dGradInput, cos, div, groupNorm as groupNormOp, matmul, mul,
   isTensor, ones, permute, reshape, scaledDotProductAttention, silu, sin, slice, tensor, transpose, where, zeros,
-  random, ShapeError, TesseraError, fmtShape, type Tensor,
+  random, stopGradient, ShapeError, TesseraError, fmtShape, type Tensor,
 } from '../core/index.ts';
 
 // ---------------------------------------------------------------- initialisation
@@ -325,7 +325,9 @@ export interface FourierEmbeddingConfig {
 /**
  * EDM's `FourierEmbedding` (random Fourier features, Tancik et al. 2020; NCSN++): fixed
  * freqs ~ N(0, scale^2) (scale 16), output [cos(2 pi x freqs), sin(2 pi x freqs)]. EDM keeps `freqs`
- * as a buffer, not a trained parameter: see `frozenParameterPaths` in songunet.ts.
+ * as a buffer, not a trained parameter: it stays in the params (so EDM's state_dict name
+ * `map_noise.freqs` loads) behind `stopGradient`, so its gradient is zero and an optimizer started
+ * from zero moments never moves it.
  */
 export function fourierEmbedding(config: FourierEmbeddingConfig) {
   const half = Math.floor(config.numChannels / 2);
@@ -335,7 +337,7 @@ export function fourierEmbedding(config: FourierEmbeddingConfig) {
       return { freqs: mul(random.normal(key, [half]), config.scale ?? 16) };
     },
     apply(params: FourierEmbeddingParams, x: Tensor): Tensor {
-      const arg = mul(reshape(x, [x.size, 1]), reshape(mul(params.freqs, 2 * Math.PI), [1, half]));
+      const arg = mul(reshape(x, [x.size, 1]), reshape(mul(stopGradient(params.freqs), 2 * Math.PI), [1, half]));
       return concat([cos(arg), sin(arg)], 1);
     },
   };

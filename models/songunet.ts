@@ -13,6 +13,7 @@ import {
   conv2d, dropout, fourierEmbedding, groupNorm, linear, positionalEmbedding, selfAttention, silu,
   type ApplyOptions, type Conv2dParams, type FourierEmbeddingParams, type GroupNormParams, type InitOptions, type LinearParams,
 } from './nn.ts';
+import { remat } from '../autodiff/custom.ts';
 
 const { foldIn } = random;
 
@@ -158,6 +159,12 @@ export interface SongUNetConfig {
   readonly resampleFilter?: readonly number[];
   /** Patch Diffusion's stem: three 1x1 convs with SiLU before the first 3x3 conv. */
   readonly implicitMlp?: boolean;
+  /**
+   * Rematerialise every UNet block (gradient checkpointing): the backward pass recomputes a block's
+   * intermediates from its input instead of keeping them, so a training step needs less memory for
+   * more compute. Values and gradients are unchanged (false).
+   */
+  readonly remat?: boolean;
 }
 
 /** EDM's DDPM++ settings (train.py, --arch=ddpmpp) at 32x32: 55.73M parameters with 3 channels. */
@@ -212,11 +219,12 @@ function convEntry(name: string, role: Role, layer: ReturnType<typeof conv2d>): 
   };
 }
 
-function blockEntry(name: string, layer: ReturnType<typeof unetBlock>): Entry {
+function blockEntry(name: string, layer: ReturnType<typeof unetBlock>, rematerialise: boolean): Entry {
+  const apply = (p: ModuleParams | undefined, x: Tensor, emb: Tensor, options: ApplyOptions) => layer.apply(p as UNetBlockParams, x, emb, options);
   return {
     name, role: 'block', inChannels: layer.config.inChannels, outChannels: layer.config.outChannels,
     init: (key) => layer.init(key),
-    apply: (p, x, emb, options) => layer.apply(p as UNetBlockParams, x, emb, options),
+    apply: rematerialise ? remat(apply) : apply,
   };
 }
 
@@ -248,7 +256,7 @@ export function songUNet(configIn: SongUNetConfig) {
   const config: Required<SongUNetConfig> = {
     labelDim: 0, augmentDim: 0, modelChannels: 128, channelMult: [1, 2, 2, 2], channelMultEmb: 4, numBlocks: 4,
     attnResolutions: [16], dropout: 0.1, labelDropout: 0, embeddingType: 'positional', channelMultNoise: 1,
-    encoderType: 'standard', decoderType: 'standard', resampleFilter: [1, 1], implicitMlp: false,
+    encoderType: 'standard', decoderType: 'standard', resampleFilter: [1, 1], implicitMlp: false, remat: false,
     ...stripUndefined(configIn),
     imgResolution: configIn.imgResolution, inChannels: configIn.inChannels, outChannels: configIn.outChannels,
   };
@@ -286,7 +294,7 @@ export function songUNet(configIn: SongUNetConfig) {
         ? implicitMlpEntry(`${at}_conv`, cin, cout, init)
         : convEntry(`${at}_conv`, 'conv', conv2d({ inChannels: cin, outChannels: cout, kernel: 3, init })));
     } else {
-      enc.push(blockEntry(`${at}_down`, block(cout, cout, { down: true })));
+      enc.push(blockEntry(`${at}_down`, block(cout, cout, { down: true }), config.remat));
       if (config.encoderType === 'skip') {
         enc.push(convEntry(`${at}_aux_down`, 'aux_down', conv2d({ inChannels: caux, outChannels: caux, kernel: 0, down: true, resampleFilter })));
         enc.push(convEntry(`${at}_aux_skip`, 'aux_skip', conv2d({ inChannels: caux, outChannels: cout, kernel: 1, init })));
@@ -299,7 +307,7 @@ export function songUNet(configIn: SongUNetConfig) {
     for (let idx = 0; idx < numBlocks; idx++) {
       const cin = cout;
       cout = modelChannels * mult;
-      enc.push(blockEntry(`${at}_block${idx}`, block(cin, cout, { attention: config.attnResolutions.includes(res) })));
+      enc.push(blockEntry(`${at}_block${idx}`, block(cin, cout, { attention: config.attnResolutions.includes(res) }), config.remat));
     }
   });
   const skips = enc.filter((e) => !e.role.startsWith('aux')).map((e) => e.outChannels);
@@ -311,16 +319,16 @@ export function songUNet(configIn: SongUNetConfig) {
     const res = imgResolution >> level;
     const at = `${res}x${res}`;
     if (level === channelMult.length - 1) {
-      dec.push(blockEntry(`${at}_in0`, block(cout, cout, { attention: true })));
-      dec.push(blockEntry(`${at}_in1`, block(cout, cout, {})));
+      dec.push(blockEntry(`${at}_in0`, block(cout, cout, { attention: true }), config.remat));
+      dec.push(blockEntry(`${at}_in1`, block(cout, cout, {}), config.remat));
     } else {
-      dec.push(blockEntry(`${at}_up`, block(cout, cout, { up: true })));
+      dec.push(blockEntry(`${at}_up`, block(cout, cout, { up: true }), config.remat));
     }
     for (let idx = 0; idx <= numBlocks; idx++) {
       const cin = cout + skips.pop()!;
       cout = modelChannels * mult;
       const attention = idx === numBlocks && config.attnResolutions.includes(res);
-      dec.push(blockEntry(`${at}_block${idx}`, block(cin, cout, { attention })));
+      dec.push(blockEntry(`${at}_block${idx}`, block(cin, cout, { attention }), config.remat));
     }
     if (config.decoderType === 'skip' || level === 0) {
       if (config.decoderType === 'skip' && level < channelMult.length - 1) {
@@ -438,11 +446,6 @@ export function songUNet(configIn: SongUNetConfig) {
       return out!;
     },
   };
-}
-
-/** The state_dict names of EDM's buffers that live among our parameters and must not be trained. */
-export function frozenParameterPaths(config: Pick<SongUNetConfig, 'embeddingType'>): string[] {
-  return config.embeddingType === 'fourier' ? ['map_noise.freqs'] : [];
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

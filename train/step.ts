@@ -5,13 +5,11 @@
  * is a fold whose memory stays flat while the API stays immutable.
  */
 import {
-  add, jit, random, reshape, scalar, tensor, zerosLike, type BackendName, type PyTree, type Tensor,
+  add, cast, isFinite, isFloat, jit, logicalNot, random, reshape, scalar, sum, tensor, treeLeaves, type BackendName, type PyTree, type Tensor,
 } from '../core/index.ts';
 import { valueAndGrad } from '../autodiff/index.ts';
 import { patchCoordinates } from '../models/patch.ts';
 import { patchModel, type PatchModelParams } from '../models/precond.ts';
-import { frozenParameterPaths } from '../models/songunet.ts';
-import { leafPaths, flatten, unflatten } from '../core/pytree.ts';
 import type { TrainingConfig } from './config.ts';
 import { edmLoss } from './loss.ts';
 import { adam, applyUpdates, chain, clipByGlobalNorm, edmLearningRate, emaUpdate, replaceNonFinite, type GradientTransformation, type Params } from './optim.ts';
@@ -39,6 +37,11 @@ export interface StepMetrics {
   readonly loss: Tensor;
   /** Running count of non-finite gradient entries replaced by zero. */
   readonly replaced: Tensor;
+  /**
+   * Non-finite values in the new state (params, EMA, floating optimizer state), float32 scalar
+   * counted inside the compiled step, so a run never checkpoints a state it has not seen finite.
+   */
+  readonly nonFinite: Tensor;
 }
 
 /** The model a config describes; `kind: 'edm'` is the plain EDM baseline (no coordinates). */
@@ -88,19 +91,10 @@ export function initState(model: Model, config: TrainingConfig): TrainState {
   };
 }
 
-/** Zeroes the updates of buffers that EDM does not train (the Fourier embedding's frequencies). */
-function maskFrozen(updates: Params, frozen: readonly string[]): Params {
-  if (frozen.length === 0) return updates;
-  const { leaves, def } = flatten(updates);
-  const paths = leafPaths(def);
-  return unflatten(def, leaves.map((u, i) => (frozen.some((f) => paths[i]!.endsWith(f)) ? zerosLike(u) : u)));
-}
-
 /** The pure step function (before jit), exposed for tests and for users composing their own. */
 export function stepFunction(model: Model, config: TrainingConfig) {
   const { height, width } = fullSize(config);
   const useCoords = config.model.kind === 'patch' && config.model.use_coords;
-  const frozen = frozenParameterPaths({ embeddingType: config.model.embedding_type });
   const lossOptions = { pMean: config.train.P_mean, pStd: config.train.P_std, sigmaData: config.train.sigma_data };
   const t = config.train;
   return (state: TrainState, batch: StepBatch): { state: TrainState; metrics: StepMetrics } => {
@@ -115,15 +109,51 @@ export function stepFunction(model: Model, config: TrainingConfig) {
     const [loss, grads] = valueAndGrad(lossOf)(state.params);
     const opt = optimizer(config, state.imagesSeen);
     const [updates, optState] = opt.update(grads as Params, state.opt as PyTree<Tensor>[], state.params);
-    const params = applyUpdates(state.params, maskFrozen(updates, frozen)) as PatchModelParams;
+    // EDM's frozen buffers (the Fourier frequencies) sit behind stopGradient in the model: zero
+    // gradient, zero Adam moments, zero update, so no mask is needed here.
+    const params = applyUpdates(state.params, updates) as PatchModelParams;
     // EDM updates the EMA with the count before this batch, then advances it.
     const ema = emaUpdate(state.ema, params, state.imagesSeen, b, t.ema_halflife_images, t.ema_rampup_ratio) as PatchModelParams;
     const replaced = (optState as [{ replaced: Tensor }])[0].replaced;
     return {
       state: { params, ema, opt: optState, imagesSeen: add(state.imagesSeen, b), key: kNext },
-      metrics: { loss, replaced },
+      metrics: { loss, replaced, nonFinite: countNonFinite([params, ema, optState as PyTree<Tensor>]) },
     };
   };
+}
+
+/**
+ * How many entries of the trees' floating-point leaves are NaN or infinite (float32 scalar). Leaves
+ * of one shape (a parameter, its EMA and its two Adam moments) are counted elementwise together and
+ * reduced once, up to 16 at a time, so the check costs a few dozen reductions rather than one per
+ * leaf, and the kernel that adds them up binds few buffers.
+ */
+function countNonFinite(trees: readonly PyTree<Tensor>[]): Tensor {
+  const byShape = new Map<string, Tensor[]>();
+  for (const x of trees.flatMap((tree) => treeLeaves(tree))) {
+    if (!isFloat(x.dtype)) continue;
+    const key = x.shape.join('x');
+    byShape.set(key, [...(byShape.get(key) ?? []), x]);
+  }
+  const bad = (x: Tensor) => cast(logicalNot(isFinite(x)), 'float32');
+  const sums: Tensor[] = [];
+  for (const group of byShape.values()) {
+    for (let i = 0; i < group.length; i += 16) sums.push(sum(group.slice(i + 1, i + 16).reduce((acc, x) => add(acc, bad(x)), bad(group[i]!))));
+  }
+  return sums.reduce((acc, s) => add(acc, s), scalar(0));
+}
+
+/**
+ * Carries optimizer state across a change of `train.grad_clip` on resume. The optimizer is
+ * chain(replaceNonFinite, [clip], adam) and the clip stage holds no state, so adding or removing it
+ * only shifts the later stages by one place.
+ */
+export function carryOptimizerState(opt: PyTree<Tensor>, from: TrainingConfig, to: TrainingConfig): PyTree<Tensor> {
+  const hadClip = from.train.grad_clip !== undefined;
+  const hasClip = to.train.grad_clip !== undefined;
+  if (hadClip === hasClip || !Array.isArray(opt)) return opt;
+  const [first, ...rest] = opt as PyTree<Tensor>[];
+  return (hasClip ? [first, {}, ...rest] : [first, ...rest.slice(1)]) as PyTree<Tensor>;
 }
 
 /** The compiled step; the old state is donated to the new one. */

@@ -52,10 +52,11 @@ test('arbShape respects its bounds', () =>
 test('arbBroadcastPair shapes broadcast together', () =>
   fc.assert(fc.property(arbBroadcastPair(), ([a, b]) => void broadcastShapes('test', a, b)), { numRuns: runs * 10 }));
 
-test('arbConvCase gives convolutions that build', () =>
-  holds(arbConvCase().chain((c) => fc.tuple(fc.constant(c))), async ({ xShape, wShape, attrs }) => {
+test('arbConvCase gives convolutions that build, with the shape of their output', () =>
+  holds(arbConvCase().chain((c) => fc.tuple(fc.constant(c))), async ({ xShape, wShape, yShape, attrs }) => {
     const y = conv2d(zeros(xShape), zeros(wShape), attrs);
     assert.ok(y.shape.every((d) => d >= 1));
+    assert.deepEqual([...y.shape], yShape);
   }));
 
 test('arbTensor honours positive, awayFrom, distinct and step', () =>

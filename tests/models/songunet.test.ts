@@ -5,7 +5,7 @@ import { registerReferenceBackend } from '../../backends/reference/index.ts';
 import { flatten, leafPaths, realize, mean, oneHot, pad, random, setDefaultBackend, square, tensor, treeLeaves, type Tensor } from '../../core/index.ts';
 import { grad } from '../../autodiff/index.ts';
 import { parameterCount } from '../../models/nn.ts';
-import { DDPMPP, NCSNPP, frozenParameterPaths, songUNet, type SongUNetConfig } from '../../models/songunet.ts';
+import { DDPMPP, NCSNPP, songUNet, type SongUNetConfig } from '../../models/songunet.ts';
 
 registerReferenceBackend();
 setDefaultBackend('reference');
@@ -46,12 +46,11 @@ test('parameter paths are EDM\'s state_dict keys', () => {
   }
 });
 
-test('encoder/decoder variants name their aux layers as EDM; NCSN++ keeps the Fourier freqs frozen', () => {
+test('encoder/decoder variants name their aux layers as EDM; NCSN++ keeps the Fourier freqs as a param', () => {
   const base = { imgResolution: 16, inChannels: 3, outChannels: 3, modelChannels: 16, channelMult: [1, 2, 2], numBlocks: 1, attnResolutions: [] } as const;
   const ncsn = songUNet({ ...base, ...NCSNPP, channelMult: [1, 2, 2], modelChannels: 16 });
   const k1 = paths(ncsn.init(random.key(0)));
   assert.ok(k1.includes('map_noise.freqs') && k1.includes('enc.8x8_aux_residual.weight') && k1.includes('enc.4x4_aux_residual.bias'));
-  assert.deepEqual(frozenParameterPaths(ncsn.config), ['map_noise.freqs']);
   const skip = songUNet({ ...base, encoderType: 'skip', decoderType: 'skip' });
   const k2 = paths(skip.init(random.key(0)));
   for (const k of ['enc.8x8_aux_skip.weight', 'dec.4x4_aux_norm.weight', 'dec.4x4_aux_conv.weight', 'dec.8x8_aux_conv.weight', 'dec.16x16_aux_conv.weight']) assert.ok(k2.includes(k), k);
@@ -110,4 +109,16 @@ test('grad of a tiny SongUNet loss runs and is finite', async () => {
   const data = await Promise.all(leaves.map((t) => t.data()));
   assert.ok(data.every((d) => Array.from(d).every(Number.isFinite)));
   assert.ok(data.some((d) => Array.from(d).some((v) => v !== 0)));
+});
+
+test('NCSN++: the Fourier frequencies stay a parameter (EDM name) but get a zero gradient (stopGradient)', async () => {
+  const net = songUNet({ imgResolution: 8, inChannels: 1, outChannels: 1, ...NCSNPP, modelChannels: 8, channelMult: [1, 2], numBlocks: 1, attnResolutions: [] });
+  const params = net.init(random.key(0));
+  const x = random.normal(random.key(1), [2, 1, 8, 8]);
+  const loss = (p: typeof params) => mean(square(net.apply(p, x, tensor([0.1, -0.3]))));
+  const g = grad(loss)(params);
+  const freqs = Array.from(await g.map_noise!.freqs.data());
+  assert.equal(freqs.length, params.map_noise!.freqs.size);
+  assert.ok(freqs.every((v) => v === 0), `freqs gradient ${freqs}`);
+  assert.ok(Array.from(await g.map_layer0.weight.data()).some((v) => v !== 0), 'the rest of the mapping network trains');
 });
