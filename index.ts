@@ -17,5 +17,5 @@ export * from './autodiff/index.ts';
 export * as nn from './models/nn.ts';
 export { songUNet, DDPMPP, NCSNPP, type SongUNetConfig, type SongUNetParams } from './models/songunet.ts';
 export { patchCoordinates, fullCoordinates, batchCoordinates } from './models/patch.ts';
-export { edmPrecondition, patchModel, makeDenoiser, type Denoiser, type DenoiserExtra, type PatchModelConfig, type PatchModelParams } from './models/precond.ts';
+export { edmPrecondition, patchModel, makeDenoiser, checkedDenoiser, checkDenoised, type Denoiser, type DenoiserExtra, type PatchModelConfig, type PatchModelParams } from './models/precond.ts';
 export { edmSigmas, heunSampler, eulerSampler, ddimSampler, initialState, noiseLevel, perSample, type Sampler, type SampleOptions } from './models/samplers.ts';

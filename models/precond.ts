@@ -107,10 +107,32 @@ export function patchModel(config: PatchModelConfig) {
   };
 }
 
-/** A `Denoiser` from parameters and a model config (or a model built by `patchModel`). */
+/** A `Denoiser` from parameters and a model config (or a model built by `patchModel`); its output is checked like `checkedDenoiser`'s. */
 export function makeDenoiser(params: PatchModelParams, model: PatchModelConfig | ReturnType<typeof patchModel>): Denoiser {
   const m = 'apply' in model ? model : patchModel(model);
-  return (x, sigma, extra) => m.apply(params, x, sigma, extra);
+  return (x, sigma, extra) => checkDenoised(m.apply(params, x, sigma, extra), x, sigma, 'makeDenoiser');
+}
+
+/**
+ * `out` if it has x's shape and dtype, as D(x, sigma) must; otherwise a ShapeError from `who` that
+ * names both and says how sigma usually causes it: sigma is per sample ([N]), and combining it with
+ * x [N, ...] without reshaping it to [N, 1, ...] broadcasts to a wrong, often huge, shape.
+ */
+export function checkDenoised(out: Tensor, x: Tensor, sigma: Tensor, who: string): Tensor {
+  const sameShape = out.rank === x.rank && out.shape.every((d, i) => d === x.shape[i]);
+  if (sameShape && out.dtype === x.dtype) return out;
+  const n = x.shape[0] ?? 1;
+  const perSample = `[${[n, ...x.shape.slice(1).map(() => 1)].join(', ')}]`;
+  throw new ShapeError(
+    `${who}: the denoiser returned ${out.dtype} ${fmtShape(out.shape)} for x ${x.dtype} ${fmtShape(x.shape)}; D(x, sigma) must return x's shape and dtype. `
+    + `sigma ${fmtShape(sigma.shape)} is per sample (one noise level for each of the ${n} samples): reshape it to [B, 1, ...], here ${perSample}, `
+    + `before combining it with x (reshape(sigma, ${perSample})), or it broadcasts against x's other axes.`,
+  );
+}
+
+/** `denoiser` with every output checked by `checkDenoised` (for samplers, built in or a user's own). */
+export function checkedDenoiser(denoiser: Denoiser, who: string): Denoiser {
+  return (x, sigma, extra) => checkDenoised(denoiser(x, sigma, extra), x, sigma, who);
 }
 
 /** sigma as [n]: a scalar, [1] or [n]. */

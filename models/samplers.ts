@@ -1,6 +1,7 @@
 /**
  * Samplers for the probability-flow ODE and SDE of EDM (Karras et al. 2022), written against the
- * `Denoiser` interface only, with sigma(t) = t and s(t) = 1:
+ * `Denoiser` interface only (each checks, via `checkedDenoiser`, that D(x, sigma) has x's shape and
+ * dtype), with sigma(t) = t and s(t) = 1:
  *
  *   dx/dt = (x - D(x; t)) / t                                   (EDM eq. 1 with eq. 3)
  *
@@ -10,7 +11,7 @@
 import {
   add, broadcastTo, div, jit, mul, reshape, sqrt, square, sub, tensor, random, TesseraError, type Backend, type BackendName, type Shape, type Tensor,
 } from '../core/index.ts';
-import type { Denoiser, DenoiserExtra } from './precond.ts';
+import { checkedDenoiser, type Denoiser, type DenoiserExtra } from './precond.ts';
 
 export interface ScheduleOptions {
   /** N, the number of noise levels before t_N = 0 (18). */
@@ -87,7 +88,8 @@ export const perSample = (t: Tensor, x: Tensor): Tensor => broadcastTo(reshape(t
  * Euler step to t_{i+1} and, for order 2 and t_{i+1} > 0, correct it with the trapezoidal rule
  * (Heun). With S_churn = 0 this is EDM Algorithm 1 (deterministic).
  */
-async function edmSample(denoiser: Denoiser, options: SampleOptions & ChurnOptions, order: 1 | 2): Promise<Tensor> {
+async function edmSample(denoiserIn: Denoiser, options: SampleOptions & ChurnOptions, order: 1 | 2, name: string): Promise<Tensor> {
+  const denoiser = checkedDenoiser(denoiserIn, name);
   const { sigmas, x: x0 } = initialState(options);
   const n = sigmas.length - 1;
   const sChurn = options.sChurn ?? 0;
@@ -126,10 +128,10 @@ async function edmSample(denoiser: Denoiser, options: SampleOptions & ChurnOptio
  * EDM's Heun sampler (Algorithm 2; Algorithm 1 when S_churn = 0): 2N - 1 denoiser calls.
  * Defaults N = 18, sigma in [0.002, 80], rho = 7, S_churn = 0, S_min = 0, S_max = inf, S_noise = 1.
  */
-export const heunSampler: Sampler<ChurnOptions> = (denoiser, options) => edmSample(denoiser, options, 2);
+export const heunSampler: Sampler<ChurnOptions> = (denoiser, options) => edmSample(denoiser, options, 2, 'heunSampler');
 
 /** Euler steps of EDM's sampler (Algorithm 2 without the correction): N denoiser calls, with optional churn. */
-export const eulerSampler: Sampler<ChurnOptions> = (denoiser, options) => edmSample(denoiser, options, 1);
+export const eulerSampler: Sampler<ChurnOptions> = (denoiser, options) => edmSample(denoiser, options, 1, 'eulerSampler');
 
 /**
  * Deterministic DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models") in EDM's
@@ -138,4 +140,4 @@ export const eulerSampler: Sampler<ChurnOptions> = (denoiser, options) => edmSam
  * sigma(t) = t and s(t) = 1; it differs from `eulerSampler` only in having no churn. Pass DDIM's own
  * time steps through `sigmas` to reproduce it step for step.
  */
-export const ddimSampler: Sampler = (denoiser, options) => edmSample(denoiser, { ...options, sChurn: 0 }, 1);
+export const ddimSampler: Sampler = (denoiser, options) => edmSample(denoiser, { ...options, sChurn: 0 }, 1, 'ddimSampler');

@@ -24,5 +24,8 @@ snippets.forEach((code, i) => {
     await writeFile(file, code);
     const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', file], { cwd: root, timeout: 600_000 });
     assert.ok(stdout.trim().length > 0, 'the snippet printed its result');
+    // The DPM-Solver-2 example: a denoiser that broadcast its per-sample sigma against x once made
+    // the samples [4096, 4096] while the mean/std check still passed; the shape must be x's.
+    if (code.includes('dpmSolver2')) assert.match(stdout, /^shape \[4096, 1\], mean /m);
   });
 });

@@ -12,11 +12,14 @@
  * (temp file, fsync, rename) and the manifest goes last, so a crash at any point leaves either the
  * previous checkpoints untouched plus an incomplete folder that is ignored and later removed, or
  * a complete new checkpoint. Older checkpoints are pruned only after the new manifest is on disk,
- * and pruning deletes a manifest before the files it points to.
+ * and pruning deletes a manifest before the files it points to. `writeCheckpointFiles` splits the
+ * write from the commit (the manifest), so a trainer can hold a checkpoint back until it knows the
+ * state is good; `setAsideCheckpoint` renames a bad one out of the way rather than deleting it.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { statfsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { left, right, type Either } from 'fp-ts/lib/Either.js';
 import * as t from 'io-ts';
 import { tensor } from '../core/ops.ts';
@@ -25,6 +28,7 @@ import type { Tensor } from '../core/tensor.ts';
 import { writeFileAtomic, syncDir, writeAndSync, type FileWriter } from './atomicFile.ts';
 import { integer, jsonValue, strictStruct } from './codecs.ts';
 import { formatDecodeErrors } from './decodeErrors.ts';
+import { parseJsonBounded } from './jsonScan.ts';
 import { CheckpointError } from './errors.ts';
 import { treeFromSafetensors, treeToSafetensors } from './stateDict.ts';
 
@@ -85,8 +89,31 @@ async function exists(path: string): Promise<boolean> {
   return stat(path).then(() => true, () => false);
 }
 
+/**
+ * A checkpoint whose files are on disk but whose manifest is not: invisible to `listCheckpoints`
+ * until `commit` writes the manifest (and prunes older checkpoints). A run holds one back until the
+ * next step has shown that the state it holds trains on (a finite loss).
+ */
+export interface PendingCheckpoint {
+  readonly dir: string;
+  readonly step: number;
+  /** Writes the manifest, then prunes to the newest `keep`. Returns the folder. */
+  commit(): Promise<string>;
+  /** Removes the incomplete folder. */
+  abandon(): Promise<void>;
+}
+
 /** Writes a checkpoint for `state.step`, then prunes to the newest `keep`. Returns its folder. */
 export async function saveCheckpoint(runDir: string, state: CheckpointState, options: SaveOptions = {}): Promise<string> {
+  return (await writeCheckpointFiles(runDir, state, options)).commit();
+}
+
+/**
+ * Writes a checkpoint's tensor files but not its manifest. On a failed write (disk full, no
+ * permission) the new folder and its temporary files are removed, earlier checkpoints are left as
+ * they were, and the error names the folder and the bytes the checkpoint needs.
+ */
+export async function writeCheckpointFiles(runDir: string, state: CheckpointState, options: SaveOptions = {}): Promise<PendingCheckpoint> {
   const keep = options.keep ?? 3;
   const write = options.writeFile ?? writeAndSync;
   if (!Number.isInteger(keep) || keep < 1) throw new CheckpointError(`saveCheckpoint: keep must be an integer >= 1, got ${keep}`);
@@ -102,18 +129,34 @@ export async function saveCheckpoint(runDir: string, state: CheckpointState, opt
   }
 
   const dir = checkpointDir(runDir, state.step);
-  await mkdir(dir, { recursive: true });
-  // Re-saving a step: the old manifest must go before any file it vouches for is replaced.
-  if (await exists(join(dir, MANIFEST))) {
-    await rm(join(dir, MANIFEST));
-    await syncDir(dir);
-  }
-
+  const treeNames = Object.keys(state.trees).sort();
   const files: { name: string; sha256: string; bytes: number }[] = [];
-  for (const treeName of Object.keys(state.trees).sort()) {
+  const failed = async (e: unknown, what: string): Promise<never> => {
+    await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    const written = files.reduce((n, f) => n + f.bytes, 0);
+    let rest = 0;
+    for (const name of treeNames.slice(files.length)) rest += (await treeToSafetensors(state.trees[name]!)).length;
+    throw writeFailure(e, dir, what, written + rest + 4096);
+  };
+
+  try {
+    await mkdir(dir, { recursive: true });
+    // Re-saving a step: the old manifest must go before any file it vouches for is replaced.
+    if (await exists(join(dir, MANIFEST))) {
+      await rm(join(dir, MANIFEST));
+      await syncDir(dir);
+    }
+  } catch (e) {
+    return failed(e, dir);
+  }
+  for (const treeName of treeNames) {
     const bytes = await treeToSafetensors(state.trees[treeName]!, { format: FORMAT, tree: treeName, step: String(state.step) });
     const name = `${treeName}.safetensors`;
-    await writeFileAtomic(join(dir, name), bytes, write);
+    try {
+      await writeFileAtomic(join(dir, name), bytes, write);
+    } catch (e) {
+      return failed(e, join(dir, name));
+    }
     files.push({ name, sha256: sha256(bytes), bytes: bytes.length });
   }
   const manifest: Manifest = {
@@ -126,10 +169,66 @@ export async function saveCheckpoint(runDir: string, state: CheckpointState, opt
     files,
     created: new Date().toISOString(),
   };
-  await writeFileAtomic(join(dir, MANIFEST), new TextEncoder().encode(`${JSON.stringify(manifest, null, 2)}\n`), write);
-  await syncDir(runDir);
-  await pruneCheckpoints(runDir, keep, state.step);
-  return dir;
+  const manifestBytes = new TextEncoder().encode(`${JSON.stringify(manifest, null, 2)}\n`);
+  return {
+    dir,
+    step: state.step,
+    commit: async () => {
+      try {
+        await writeFileAtomic(join(dir, MANIFEST), manifestBytes, write);
+        await syncDir(runDir);
+      } catch (e) {
+        return failed(e, join(dir, MANIFEST));
+      }
+      await pruneCheckpoints(runDir, keep, state.step);
+      return dir;
+    },
+    abandon: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+const WRITE_FAILURES: Readonly<Record<string, string>> = {
+  ENOSPC: 'no space left on the device',
+  EDQUOT: 'the disk quota is exhausted',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EROFS: 'the file system is read-only',
+};
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
+/** The error for a checkpoint that could not be written: the folder, the reason, the bytes needed. */
+function writeFailure(e: unknown, dir: string, what: string, needed: number): CheckpointError {
+  const err = e as NodeJS.ErrnoException;
+  const reason = err.code !== undefined && err.code in WRITE_FAILURES ? `${WRITE_FAILURES[err.code]} (${err.code})` : (err.message ?? String(e));
+  let free = '';
+  try {
+    const fs = statfsSync(dirname(dir));
+    free = `, ${fs.bavail * fs.bsize} bytes (${mib(fs.bavail * fs.bsize)}) are free there`;
+  } catch {
+    // statfs is a courtesy; the reason above is what matters.
+  }
+  return new CheckpointError(
+    `cannot write checkpoint ${dir} (at ${what}): ${reason}. The checkpoint needs about ${needed} bytes (${mib(needed)}) in ${dirname(dir)}${free}. ` +
+    'Its incomplete folder and temporary files were removed; earlier checkpoints are intact.',
+  );
+}
+
+/**
+ * Moves a checkpoint out of the way, `checkpoint-N` -> `checkpoint-N.<why>` (or `.<why>-2`, ...),
+ * so that it is kept for inspection but never listed, resumed, overwritten or pruned. `why` is
+ * e.g. 'corrupt' (it fails to load) or 'diverged' (training from it gives a non-finite loss).
+ */
+export async function setAsideCheckpoint(dir: string, why: string): Promise<string> {
+  for (let i = 1; ; i++) {
+    const target = `${dir}.${why}${i === 1 ? '' : `-${i}`}`;
+    if (await exists(target)) continue;
+    await rename(dir, target);
+    await syncDir(dirname(dir));
+    return target;
+  }
 }
 
 /** Complete checkpoints (those with a manifest), oldest first. */
@@ -188,6 +287,16 @@ export interface LoadOptions {
   readonly expectedConfig?: unknown;
 }
 
+/** Why a folder has no manifest: it does not exist, is not a folder, is a run folder, or is incomplete. */
+async function missingManifest(dir: string, manifestPath: string): Promise<string> {
+  const info = await stat(dir).catch(() => undefined);
+  if (info === undefined) return `${dir}: no such checkpoint folder`;
+  if (!info.isDirectory()) return `${dir}: not a folder (a checkpoint is a checkpoint-<step> folder)`;
+  const inside = await readdir(dir).catch(() => [] as string[]);
+  if (inside.some((name) => DIR_PATTERN.test(name))) return `${dir}: a run folder, not a checkpoint folder (it holds checkpoint-<step> folders; pass one of them)`;
+  return `${manifestPath}: missing (the checkpoint is incomplete: its writer stopped before finishing)`;
+}
+
 /**
  * Reads a checkpoint folder, verifying the manifest, each file's size and SHA-256, the
  * safetensors structure, and (optionally) the config.
@@ -197,12 +306,13 @@ export async function loadCheckpoint(dir: string, options: LoadOptions = {}): Pr
   const manifestPath = join(dir, MANIFEST);
   let raw: unknown;
   try {
-    raw = JSON.parse(await readFile(manifestPath, 'utf8'));
+    // Depth-bounded: a hostile manifest must not overflow the stack of what walks it next.
+    const parsed = parseJsonBounded(await readFile(manifestPath));
+    if (parsed._tag === 'Left') return fail(`${manifestPath}: ${parsed.left}`);
+    raw = parsed.right;
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    return fail(err.code === 'ENOENT'
-      ? `${manifestPath}: missing (the checkpoint is incomplete: its writer stopped before finishing)`
-      : `${manifestPath}: ${err instanceof SyntaxError ? 'not valid JSON: ' : ''}${err.message}`);
+    return fail(err.code === 'ENOENT' || err.code === 'ENOTDIR' ? await missingManifest(dir, manifestPath) : `${manifestPath}: cannot be read (${err.message})`);
   }
   const decoded = Manifest.decode(raw);
   if (decoded._tag === 'Left') return fail(`${manifestPath}: ${formatDecodeErrors(decoded.left).join('; ')}`);

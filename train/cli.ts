@@ -2,19 +2,20 @@
  * The command line: `tessera train | sample | eval | info`. Configs are JSON files plus
  * `--section.key=value` flags, decoded with io-ts; errors name the path of what was wrong.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import '../index.ts';
 import { defaultChoice, getBackend, registeredBackends, TesseraError } from '../core/index.ts';
 import { latestCheckpoint, loadCheckpoint } from './checkpoint.ts';
-import { resolveConfig, loadConfig, type TrainingConfig } from './config.ts';
+import { loadConfig, parseOverrides, resolveConfig, type TrainingConfig } from './config.ts';
 import { orThrow } from './errors.ts';
 import { EVAL_USAGE, evalCommand } from './eval/cli.ts';
 import { restoreLike, sampleGrid, trainRun } from './run.ts';
+import { readJsonFile } from './runFiles.ts';
 import { buildModel, initState } from './step.ts';
 
 const USAGE = `usage:
-  tessera train [--config FILE] [--run DIR] [--resume] [--stop-after STEPS] [--minutes M] [--backend cpu|webgpu|reference] [--section.key=value ...]
+  tessera train [--config FILE] [--run DIR] [--resume [--strict]] [--stop-after STEPS] [--minutes M] [--backend cpu|webgpu|reference] [--section.key=value ...]
   tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png] [--backend cpu|webgpu|reference]
   ${EVAL_USAGE}
   tessera info`;
@@ -48,33 +49,75 @@ function positiveInt(name: string, value: string | undefined, dflt: number): num
   return n;
 }
 
+/**
+ * The config of a run: a new run's from `--config` and flags; a resumed run's from `--config` and
+ * flags if a file is given, else from the run's own config.json with the flags applied on top.
+ * Either way the run compares it with the checkpoint's: the fields a resume may change are taken
+ * (and recorded in history.jsonl), the others are refused by name.
+ */
+async function trainingConfig(runDir: string, resume: boolean, file: string | undefined, flags: readonly string[]): Promise<TrainingConfig> {
+  if (!resume || file !== undefined) return orThrow(await loadConfig(file, flags));
+  const saved = await readJsonFile(join(runDir, 'config.json'));
+  return orThrow(resolveConfig(saved, orThrow(parseOverrides(flags))));
+}
+
+/** Exit codes after a signal, by the shell's convention (128 + the signal's number). */
+const SIGNAL_EXIT: Readonly<Record<string, number>> = { SIGINT: 130, SIGTERM: 143 };
+
 async function train(argv: readonly string[]): Promise<void> {
-  const { opts, rest } = parseArgs(argv, ['config', 'run', 'stop-after', 'minutes', 'grid', 'backend'], ['resume']);
+  const { opts, rest } = parseArgs(argv, ['config', 'run', 'stop-after', 'minutes', 'grid', 'backend'], ['resume', 'strict']);
   if (opts.has('backend')) rest.push(`--backend=${opts.get('backend')}`);
   const resume = opts.get('resume') === 'true';
+  if (opts.has('strict') && !resume) throw new TesseraError(`--strict: only means something with --resume (stop at a corrupt newest checkpoint)\n${USAGE}`);
   const runDir = resolve(opts.get('run') ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-')));
-  let config: TrainingConfig;
-  if (resume && opts.get('config') === undefined) {
-    // A resumed run reads its own resolved config; flags may not change it (the checkpoint checks).
-    const saved = JSON.parse(await readFile(join(runDir, 'config.json'), 'utf8')) as unknown;
-    config = orThrow(resolveConfig(saved, {}));
-  } else {
-    config = orThrow(await loadConfig(opts.get('config'), rest));
-  }
+  const config = await trainingConfig(runDir, resume, opts.get('config'), rest);
+
+  // The first SIGINT/SIGTERM finishes the step in progress, writes a checkpoint and exits with
+  // 130/143; a second one exits at once (the newest complete checkpoint is intact either way).
+  const stop = new AbortController();
+  let received: string | undefined;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (received !== undefined) {
+      console.error(`\ntessera: ${signal} again: exiting at once; the newest complete checkpoint in ${runDir} is intact`);
+      process.exit(SIGNAL_EXIT[signal] ?? 1);
+    }
+    received = signal;
+    console.error(`\ntessera: ${signal} received: finishing the current step and writing a checkpoint (send ${signal === 'SIGINT' ? 'Ctrl-C' : signal} again to exit at once)`);
+    stop.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
   console.log(`tessera: training ${config.model.kind === 'patch' ? 'the patch-conditioned model' : 'the EDM baseline'} on ${config.data.name}, run folder ${runDir}`);
   const result = await trainRun({
-    runDir, config, resume, progress: true,
+    runDir, config, resume, progress: true, signal: stop.signal, strict: opts.get('strict') === 'true',
     stopAfter: opts.has('stop-after') ? positiveInt('stop-after', opts.get('stop-after'), 0) : undefined,
     stopAfterSeconds: opts.has('minutes') ? 60 * positiveInt('minutes', opts.get('minutes'), 0) : undefined,
     gridSamples: positiveInt('grid', opts.get('grid'), 16),
   });
   const last = result.log.at(-1);
   console.log(`tessera: ${result.step} steps on ${result.backend}; last loss ${last?.loss.toPrecision(4) ?? '?'}, ${last?.images_per_s.toFixed(1) ?? '?'} img/s`);
+  if (result.stoppedEarly === 'signal' && received !== undefined) {
+    console.log(`tessera: stopped by ${received} after step ${result.step}; checkpoint ${result.checkpoint ?? '(none)'}. Continue with: tessera train --run ${runDir} --resume`);
+    process.exit(SIGNAL_EXIT[received] ?? 1);
+  }
   console.log(`tessera: samples and loss plot in ${runDir} (samples-*.png, loss.svg), log in ${join(runDir, 'log.jsonl')}`);
+}
+
+/** An integer option within [min, max] (inclusive), or its default when absent. */
+function intInRange(name: string, value: string | undefined, dflt: number, min: number, max: number): number {
+  if (value === undefined) return dflt;
+  const n = value.trim() === '' ? NaN : Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new TesseraError(`--${name}: expected an integer in [${min}, ${max}], got '${value}'`);
+  return n;
 }
 
 async function sample(argv: readonly string[]): Promise<void> {
   const { opts } = parseArgs(argv, ['run', 'checkpoint', 'n', 'steps', 'seed', 'out', 'backend']);
+  // Checked before anything is loaded: a bad number should not cost a checkpoint read to report.
+  const count = intInRange('n', opts.get('n'), 16, 1, 1024);
+  const steps = intInRange('steps', opts.get('steps'), 18, 1, 1000);
+  const seed = intInRange('seed', opts.get('seed'), 0, 0, 2 ** 31 - 1);
   const run = opts.get('run');
   const dir = opts.get('checkpoint') ?? (run === undefined ? undefined : await latestCheckpoint(resolve(run)));
   if (dir === undefined) throw new TesseraError(`sample: give --run DIR (with a checkpoint) or --checkpoint DIR\n${USAGE}`);
@@ -82,7 +125,7 @@ async function sample(argv: readonly string[]): Promise<void> {
   const config = orThrow(resolveConfig(ck.config, {}));
   const model = buildModel(config);
   const ema = restoreLike(initState(model, config).ema, ck.trees['ema'] ?? {}, `${dir} ema`);
-  const png = await sampleGrid(model, ema, config, positiveInt('n', opts.get('n'), 16), positiveInt('steps', opts.get('steps'), 18), positiveInt('seed', opts.get('seed'), 0), opts.get('backend') ?? config.backend);
+  const png = await sampleGrid(model, ema, config, count, steps, seed, opts.get('backend') ?? config.backend);
   const out = resolve(opts.get('out') ?? join(dir, '..', `samples-step${ck.step}.png`));
   await writeFile(out, png);
   console.log(`tessera: wrote ${out}`);

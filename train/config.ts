@@ -14,18 +14,25 @@
  * defaults follow EDM's train.py and Patch Diffusion (real_p 0.5).
  */
 import { readFile } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import { left, right, type Either } from 'fp-ts/lib/Either.js';
 import * as t from 'io-ts';
 import { finite, integer, strictStruct } from './codecs.ts';
 import { formatDecodeErrors } from './decodeErrors.ts';
+import { architectureProblems, memoryProblem, type RuleOptions } from './configRules.ts';
 import { ConfigError } from './errors.ts';
+import { parseJsonBounded } from './jsonScan.ts';
 
 const positiveInt = integer(1);
 const nonNegativeInt = integer(0);
 const probability = finite({ min: 0, max: 1 });
 
+/** The largest image side we accept: beyond it, datasets and activations outgrow any machine we run on (and 2, the least, is what patch coordinates need). */
+export const MAX_RESOLUTION = 4096;
+const side = integer(2, MAX_RESOLUTION);
+
 /** A square side, or [height, width]. */
-const Resolution = t.union([positiveInt, t.tuple([positiveInt, positiveInt])], 'integer >= 1 or [height, width]');
+const Resolution = t.union([side, t.tuple([side, side])], `integer in [2, ${MAX_RESOLUTION}] or [height, width]`);
 export type Resolution = t.TypeOf<typeof Resolution>;
 
 /** {patch size: multiplier}, e.g. {"16": 4, "32": 2}; keys must be integers >= 1. */
@@ -225,7 +232,7 @@ function fmt(x: unknown): string {
 }
 
 /** Checks rules between fields and fills derived ones. */
-function resolve(c: DecodedConfig): Either<ConfigError, TrainingConfig> {
+function resolve(c: DecodedConfig, options: RuleOptions): Either<ConfigError, TrainingConfig> {
   const problems: string[] = [];
   const isFolder = c.data.name === 'folder';
   if (isFolder && c.data.path === undefined) problems.push('data.path: required when data.name is "folder"');
@@ -239,38 +246,50 @@ function resolve(c: DecodedConfig): Either<ConfigError, TrainingConfig> {
   const imgChannels = c.model.img_channels ?? channels;
   if (imgChannels !== channels) problems.push(`model.img_channels: ${imgChannels} does not match the data's ${channels} channel(s)`);
   if (c.model.channel_mult.length === 0) problems.push('model.channel_mult: needs at least one level');
-  const side = typeof c.data.resolution === 'number' ? c.data.resolution : Math.min(...c.data.resolution);
+  const shortSide = typeof c.data.resolution === 'number' ? c.data.resolution : Math.min(...c.data.resolution);
   (c.train.patch_sizes ?? []).forEach((s, i) => {
-    if (s > side) problems.push(`train.patch_sizes[${i}]: ${s} is larger than the image (${side})`);
+    if (s > shortSide) problems.push(`train.patch_sizes[${i}]: ${s} is larger than the image (${shortSide})`);
   });
   if (c.train.steps !== undefined && c.train.duration_images !== undefined) {
     problems.push('train.duration_images: set either train.steps or train.duration_images, not both');
   }
   if (problems.length > 0) return left(new ConfigError(problems));
   const train = c.train.steps === undefined && c.train.duration_images === undefined ? { ...c.train, steps: DEFAULT_STEPS } : c.train;
-  return right({ ...c, model: { ...c.model, img_resolution: imgResolution, img_channels: imgChannels }, train });
+  const resolved: TrainingConfig = { ...c, model: { ...c.model, img_resolution: imgResolution, img_channels: imgChannels }, train };
+  // Rules that need the derived fields: the UNet's levels against image and patch sizes, attention, memory.
+  const architecture = architectureProblems(resolved);
+  if (architecture.length > 0) return left(new ConfigError(architecture));
+  const memory = memoryProblem(resolved, options.totalMemory ?? totalmem());
+  return memory === undefined ? right(resolved) : left(new ConfigError([memory]));
 }
 
-/** Decodes a user's partial config (already merged with any overrides) on top of the defaults. */
-export function resolveConfig(user: unknown, overrides: unknown = {}): Either<ConfigError, TrainingConfig> {
+/**
+ * Decodes a user's partial config (already merged with any overrides) on top of the defaults.
+ * `options.totalMemory` replaces os.totalmem() in the memory estimate (Infinity: no check).
+ */
+export function resolveConfig(user: unknown, overrides: unknown = {}, options: RuleOptions = {}): Either<ConfigError, TrainingConfig> {
   if (!isRecord(user)) return left(new ConfigError([`<root>: expected a JSON object, got ${fmt(user) ?? typeof user}`]));
   const merged = mergeConfig(mergeConfig(DEFAULTS, user), overrides);
   const decoded = Config.decode(merged);
   if (decoded._tag === 'Left') return left(new ConfigError(formatDecodeErrors(decoded.left)));
-  return resolve(decoded.right);
+  return resolve(decoded.right, options);
 }
 
 /** Reads a JSON config file (or none) and applies command-line overrides. */
-export async function loadConfig(path: string | undefined, args: readonly string[] = []): Promise<Either<ConfigError, TrainingConfig>> {
+export async function loadConfig(path: string | undefined, args: readonly string[] = [], options: RuleOptions = {}): Promise<Either<ConfigError, TrainingConfig>> {
   let user: unknown = {};
   if (path !== undefined) {
+    let text: string;
     try {
-      user = JSON.parse(await readFile(path, 'utf8'));
+      text = await readFile(path, 'utf8');
     } catch (e) {
-      return left(new ConfigError([`${path}: ${e instanceof SyntaxError ? 'not valid JSON: ' : 'cannot be read: '}${(e as Error).message}`]));
+      return left(new ConfigError([`${path}: cannot be read: ${(e as Error).message}`]));
     }
+    const parsed = parseJsonBounded(text);
+    if (parsed._tag === 'Left') return left(new ConfigError([`${path}: ${parsed.left}`]));
+    user = parsed.right;
   }
   const overrides = parseOverrides(args);
   if (overrides._tag === 'Left') return overrides;
-  return resolveConfig(user, overrides.right);
+  return resolveConfig(user, overrides.right, options);
 }

@@ -3,27 +3,35 @@
  * the latest checkpoint), streams patch batches from the data position, folds the compiled step
  * over them, and attaches the observers: progress line, log, sample grids, loss plot, checkpoints.
  *
- * Run folder: config.json (the resolved config), log.jsonl (one line per logged step, which a
- * resumed run truncates back to its checkpoint), samples-<step>.png, loss.svg, checkpoint-<step>/.
+ * Run folder: config.json (the resolved config of the latest segment), log.jsonl (one line per
+ * logged step, which a resumed run truncates back to its checkpoint), history.jsonl (one line per
+ * segment start and end: resumed from where, with which config changes, why it ended), lock (held
+ * while a trainer runs), samples-<step>.png, loss.svg, checkpoint-<step>/.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { defaultBackend, getBackend, random, type Backend, type BackendName, type PyTree, type Tensor } from '../core/index.ts';
-import { flatten, unflatten } from '../core/pytree.ts';
+import { defaultBackend, getBackend, random, type Backend, type BackendName } from '../core/index.ts';
 import { makeDenoiser } from '../models/precond.ts';
 import { heunSampler } from '../models/samplers.ts';
-import { latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.ts';
+import { writeFileAtomic, type FileWriter } from './atomicFile.ts';
+import { listCheckpoints, setAsideCheckpoint, writeCheckpointFiles, type PendingCheckpoint } from './checkpoint.ts';
 import type { TrainingConfig } from './config.ts';
 import { takeBatch } from './data/batches.ts';
 import type { Dataset } from './data/dataset.ts';
 import { openDataset } from './data/open.ts';
-import { CheckpointError, TrainingError, orThrow } from './errors.ts';
+import { TrainingError, orThrow } from './errors.ts';
 import { fold, type Observer } from './fold.ts';
 import { imageGridPng } from './images.ts';
 import { cropPatches, patchChoice } from './patches.ts';
 import { lossCurveSvg } from './plot.ts';
-import { tensorNames } from './stateDict.ts';
+import { resumePoint, type ResumePoint } from './resume.ts';
+import { describeChange } from './resumeConfig.ts';
+import { appendJsonLine, readJsonLines, writeTextAtomic } from './runFiles.ts';
+import { acquireRunLock } from './runLock.ts';
 import { buildModel, compileStep, fullSize, initState, stepBatch, type Model, type StepBatch, type StepMetrics, type TrainState } from './step.ts';
+
+export { restoreLike } from './resume.ts';
 
 export interface TrainingBatch extends StepBatch {
   /** The step this batch is for (0-based). */
@@ -65,18 +73,29 @@ export function totalSteps(config: TrainingConfig): number {
 export interface RunOptions {
   readonly runDir: string;
   readonly config: TrainingConfig;
-  /** Continue from the run folder's latest checkpoint (its config must equal `config`). */
+  /**
+   * Continue from the run folder's newest intact checkpoint. `config` may differ from the
+   * checkpoint's in the fields of `RESUMABLE_FIELDS` (recorded in history.jsonl), in no other.
+   */
   readonly resume?: boolean;
+  /** On resume, stop at a corrupt newest checkpoint instead of falling back to an older one. */
+  readonly strict?: boolean;
   /** Stop after this many steps even if the config asks for more (tests). */
   readonly stopAfter?: number;
   /** Stop after the first step that ends past this many seconds of training (equal-time comparisons). */
   readonly stopAfterSeconds?: number;
+  /** When aborted, the run finishes its current step, writes a checkpoint and returns (Ctrl-C). */
+  readonly signal?: AbortSignal;
   /** Write a progress line to stderr. */
   readonly progress?: boolean;
   /** Samples in each grid (0: none). */
   readonly gridSamples?: number;
   /** Sampler steps for the grids. */
   readonly sampleSteps?: number;
+  /** Hears warnings and notes (default: stderr). */
+  readonly say?: (message: string) => void;
+  /** Writes and flushes one checkpoint file; replaced in tests to simulate a full disk. */
+  readonly writeFile?: FileWriter;
 }
 
 export interface LogLine {
@@ -94,50 +113,17 @@ export interface RunResult {
   readonly step: number;
   readonly log: readonly LogLine[];
   readonly backend: string;
-}
-
-/** Rebuilds a tree shaped like `template` from a loaded tree, by tensor name (empty subtrees are not stored). */
-export function restoreLike<T extends PyTree<Tensor>>(template: T, loaded: PyTree<Tensor>, what: string): T {
-  const t = flatten(template);
-  const l = flatten(loaded);
-  const byName = new Map(tensorNames(l.def).map((n, i) => [n, l.leaves[i]!]));
-  const names = tensorNames(t.def);
-  return unflatten(t.def, t.leaves.map((leaf, i) => {
-    const got = byName.get(names[i]!);
-    if (got === undefined) throw new CheckpointError(`${what}: checkpoint has no tensor '${names[i]}'`);
-    if (got.dtype !== leaf.dtype || got.shape.join() !== leaf.shape.join()) {
-      throw new CheckpointError(`${what}: '${names[i]}' is ${got.dtype} [${got.shape}] in the checkpoint, the model expects ${leaf.dtype} [${leaf.shape}]`);
-    }
-    return got;
-  })) as T;
+  /** The newest checkpoint this run wrote (or resumed from), if any. */
+  readonly checkpoint?: string;
+  /** Why the run ended before its last step: 'signal' (the abort signal), 'time' (stopAfterSeconds) or 'steps' (stopAfter). */
+  readonly stoppedEarly?: 'signal' | 'time' | 'steps';
 }
 
 interface Start {
   readonly state: TrainState;
   readonly step: number;
   readonly position: number;
-}
-
-async function startState(model: Model, options: RunOptions): Promise<Start> {
-  const fresh = initState(model, options.config);
-  if (options.resume !== true) return { state: fresh, step: 0, position: 0 };
-  const dir = await latestCheckpoint(options.runDir);
-  if (dir === undefined) throw new CheckpointError(`resume: no checkpoint in ${options.runDir}`);
-  const ck = orThrow(await loadCheckpoint(dir, { expectedConfig: options.config }));
-  const trees = ck.trees;
-  const position = (ck.dataPosition as { position?: unknown }).position;
-  if (typeof position !== 'number') throw new CheckpointError(`${dir}: manifest dataPosition.position is not a number`);
-  return {
-    state: {
-      params: restoreLike(fresh.params, trees['params'] ?? {}, `${dir} params`),
-      ema: restoreLike(fresh.ema, trees['ema'] ?? {}, `${dir} ema`),
-      opt: restoreLike(fresh.opt, trees['optimizer'] ?? {}, `${dir} optimizer`),
-      imagesSeen: restoreLike({ imagesSeen: fresh.imagesSeen }, trees['counters'] ?? {}, `${dir} counters`).imagesSeen,
-      key: ck.prngKey,
-    },
-    step: ck.step,
-    position,
-  };
+  readonly resumed?: ResumePoint;
 }
 
 function formatEta(seconds: number): string {
@@ -154,21 +140,60 @@ export async function sampleGrid(model: Model, params: TrainState['ema'], config
   return imageGridPng((await x.data()) as Float32Array, [count, config.model.img_channels, height, width], { scale: Math.max(1, Math.floor(64 / height)) });
 }
 
-/** Trains per the config, writing everything to the run folder. */
+const defaultSay = (message: string) => process.stderr.write(`tessera: ${message}\n`);
+
+/**
+ * Trains per the config, writing everything to the run folder, which it locks for its duration.
+ *
+ * A checkpoint is committed (its manifest written) only once the state it holds is known to be
+ * good: the step that made it found every new parameter and optimizer value finite, and the next
+ * step computed a finite loss from it (the run's final checkpoint has no next step and is committed
+ * at once). A run that diverges stops naming the step and the newest good checkpoint; a resumed
+ * checkpoint that proves bad is set aside as `checkpoint-N.diverged`.
+ */
 export async function trainRun(options: RunOptions): Promise<RunResult> {
-  const { config, runDir } = options;
+  const { runDir } = options;
+  const say = options.say ?? defaultSay;
   await mkdir(runDir, { recursive: true });
+  const lock = await acquireRunLock(runDir, say);
+  const historyPath = join(runDir, 'history.jsonl');
+  let outcome: Record<string, unknown> = { event: 'end', reason: 'error' };
+  try {
+    const result = await train(options, say, historyPath);
+    outcome = { event: 'end', step: result.step, reason: result.stoppedEarly ?? 'finished', checkpoint: result.checkpoint ?? null };
+    return result;
+  } catch (e) {
+    outcome = { event: 'end', reason: 'error', error: e instanceof Error ? e.message : String(e) };
+    throw e;
+  } finally {
+    await appendJsonLine(historyPath, { ...outcome, time: new Date().toISOString() }).catch(() => undefined);
+    await lock.release();
+  }
+}
+
+async function train(options: RunOptions, say: (message: string) => void, historyPath: string): Promise<RunResult> {
+  const { config, runDir } = options;
   const backend: Backend = config.backend === undefined ? await defaultBackend() : await getBackend(config.backend);
   const model = buildModel(config);
   const data = orThrow(await openDataset(config.data, config.train.seed));
-  const start = await startState(model, options);
-  await writeFile(join(runDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  const start: Start = options.resume === true
+    ? await resumePoint(model, config, runDir, { strict: options.strict, warn: say }).then((r) => ({ state: r.state, step: r.step, position: r.position, resumed: r }))
+    : { state: initState(model, config), step: 0, position: 0 };
+  await writeTextAtomic(join(runDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  const changes = start.resumed?.changes ?? [];
+  if (start.resumed !== undefined) {
+    say(`resuming from ${start.resumed.dir} (step ${start.step})${changes.length === 0 ? '' : `, with ${changes.map(describeChange).join(', ')}`}`);
+  }
+  await appendJsonLine(historyPath, {
+    event: options.resume === true ? 'resume' : 'start', step: start.step, time: new Date().toISOString(), pid: process.pid, host: hostname(),
+    backend: backend.name, checkpoint: start.resumed?.dir ?? null, changes, set_aside: start.resumed?.setAside ?? [],
+  });
 
   const logPath = join(runDir, 'log.jsonl');
-  const previous: LogLine[] = options.resume === true
-    ? (await readFile(logPath, 'utf8').catch(() => '')).split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as LogLine).filter((l) => l.step <= start.step)
+  const previous = options.resume === true
+    ? (await readJsonLines(logPath, say)).filter((l): l is LogLine => typeof (l as LogLine | null)?.step === 'number' && (l as LogLine).step <= start.step)
     : [];
-  await writeFile(logPath, previous.map((l) => JSON.stringify(l) + '\n').join(''));
+  await writeTextAtomic(logPath, previous.map((l) => JSON.stringify(l) + '\n').join(''));
   const log: LogLine[] = [...previous];
 
   const total = Math.min(totalSteps(config), options.stopAfter === undefined ? Infinity : start.step + options.stopAfter);
@@ -178,15 +203,40 @@ export async function trainRun(options: RunOptions): Promise<RunResult> {
   let windowImages = 0;
   let windowStart = began;
   let lastPosition = start.position;
+  // Checkpoints known good, oldest first; the one whose manifest waits for the next step's loss.
+  const good: { step: number; dir: string }[] = [...(start.resumed?.older ?? [])];
+  let pending: PendingCheckpoint | undefined;
+  const commit = async () => {
+    if (pending === undefined) return;
+    const p = pending;
+    pending = undefined;
+    good.push({ step: p.step, dir: await p.commit() });
+  };
+  const diverged = async (step: number, what: string, goodUpTo: number): Promise<never> => {
+    await pending?.abandon();
+    pending = undefined;
+    const onDisk = new Set((await listCheckpoints(runDir)).map((c) => c.dir));
+    const kept = good.filter((c) => onDisk.has(c.dir));
+    for (const c of kept.filter((k) => k.step > goodUpTo)) say(`training from ${c.dir} diverges (step ${step}: ${what}); kept as ${await setAsideCheckpoint(c.dir, 'diverged')}`);
+    const last = kept.filter((c) => c.step <= goodUpTo).at(-1);
+    const advice = goodUpTo < 0
+      ? 'The initial state already gives it: check the noise and data settings (train.P_mean, train.P_std, train.sigma_data, data.*).'
+      : last === undefined
+        ? 'No checkpoint of this run is known good; start again with a lower train.lr or a train.grad_clip.'
+        : `The last good checkpoint is ${last.dir} (step ${last.step}); resume from it with a lower train.lr or a train.grad_clip, e.g. tessera train --run ${runDir} --resume --train.lr=${t.lr / 10}`;
+    throw new TrainingError(`step ${step}: ${what}; stopping. ${advice}`);
+  };
 
   type Obs = Observer<TrainState, TrainingBatch, StepMetrics>;
-  const checkLoss: Obs = async ({ step, metrics, batch, state, last }) => {
+  const checkStep: Obs = async ({ step, metrics, batch, state, last }) => {
     const loss = await metrics.loss.item();
     windowImages += batch.images.shape[0]!;
     lastPosition = batch.position;
-    if (!Number.isFinite(loss)) {
-      throw new TrainingError(`step ${step}: the loss is ${loss}; stopping. The last good checkpoint in ${runDir} is intact; resume from it with a lower train.lr or train.grad_clip.`);
-    }
+    // The loss is computed from the state before this step: a non-finite one condemns that state.
+    if (!Number.isFinite(loss)) await diverged(step, `the loss is ${loss}`, step - 2);
+    await commit();
+    const nonFinite = await metrics.nonFinite.item();
+    if (nonFinite !== 0) await diverged(step, `${nonFinite} values of the new parameters and optimizer state are not finite`, step - 1);
     if (step % t.log_every === 0 || last) {
       const now = performance.now();
       const line: LogLine = {
@@ -199,7 +249,7 @@ export async function trainRun(options: RunOptions): Promise<RunResult> {
       windowImages = 0;
       windowStart = now;
       log.push(line);
-      await writeFile(logPath, JSON.stringify(line) + '\n', { flag: 'a' });
+      await appendJsonLine(logPath, line);
       if (options.progress === true) {
         const bySteps = ((total - step) * (now - began)) / 1000 / Math.max(step - start.step, 1);
         const eta = Math.max(0, Math.min(bySteps, (options.stopAfterSeconds ?? Infinity) - (now - began) / 1000));
@@ -209,28 +259,34 @@ export async function trainRun(options: RunOptions): Promise<RunResult> {
   };
   const checkpoint: Obs = async ({ step, state, last }) => {
     if (step % t.checkpoint_every !== 0 && !last) return;
-    await saveCheckpoint(runDir, {
+    pending = await writeCheckpointFiles(runDir, {
       step, config, prngKey: state.key, dataPosition: { position: lastPosition },
       trees: { params: state.params, ema: state.ema, optimizer: state.opt, counters: { imagesSeen: state.imagesSeen } },
-    }, { keep: t.keep_checkpoints });
+    }, { keep: t.keep_checkpoints, writeFile: options.writeFile });
+    if (last) await commit();
   };
   const samples: Obs = async ({ step, state, last }) => {
-    if ((options.gridSamples ?? 16) === 0 || (step % t.sample_every !== 0 && !last)) return;
+    if ((options.gridSamples ?? 16) === 0 || options.signal?.aborted === true || (step % t.sample_every !== 0 && !last)) return;
     const png = await sampleGrid(model, state.ema, config, options.gridSamples ?? 16, options.sampleSteps ?? 18, t.seed + 1, backend.name);
-    await writeFile(join(runDir, `samples-${String(step).padStart(7, '0')}.png`), png);
-    await writeFile(join(runDir, 'loss.svg'), lossCurveSvg(log.map((l) => [l.step, l.loss] as const), { title: 'training loss', xLabel: 'step', yLabel: 'loss', logY: true, smoothing: 0.9 }));
+    await writeFileAtomic(join(runDir, `samples-${String(step).padStart(7, '0')}.png`), png);
+    await writeTextAtomic(join(runDir, 'loss.svg'), lossCurveSvg(log.map((l) => [l.step, l.loss] as const), { title: 'training loss', xLabel: 'step', yLabel: 'loss', logY: true, smoothing: 0.9 }));
   };
 
   const step = compileStep(model, config, backend.name);
-  const result = await fold(
-    (s: TrainState, b: TrainingBatch) => step(s, b),
-    start.state,
-    trainingBatches(data.dataset, config, start.step, start.position),
-    {
-      startStep: start.step, totalSteps: total, observers: [checkLoss, checkpoint, samples],
-      stopWhen: options.stopAfterSeconds === undefined ? undefined : () => (performance.now() - began) / 1000 >= options.stopAfterSeconds!,
-    },
-  );
-  if (options.progress === true) process.stderr.write('\n');
-  return { state: result.state, step: result.step, log, backend: backend.name };
+  const outOfTime = () => options.stopAfterSeconds !== undefined && (performance.now() - began) / 1000 >= options.stopAfterSeconds;
+  let result: { state: TrainState; step: number };
+  try {
+    result = await fold(
+      (s: TrainState, b: TrainingBatch) => step(s, b),
+      start.state,
+      trainingBatches(data.dataset, config, start.step, start.position),
+      { startStep: start.step, totalSteps: total, observers: [checkStep, checkpoint, samples], stopWhen: () => options.signal?.aborted === true || outOfTime() },
+    );
+  } finally {
+    await pending?.abandon();
+    if (options.progress === true) process.stderr.write('\n');
+  }
+  const stoppedEarly = result.step >= totalSteps(config) ? undefined
+    : options.signal?.aborted === true ? 'signal' : outOfTime() ? 'time' : 'steps';
+  return { state: result.state, step: result.step, log, backend: backend.name, checkpoint: good.at(-1)?.dir, stoppedEarly };
 }

@@ -18,6 +18,7 @@ import { sizeOf } from '../core/shape.ts';
 import { integer } from './codecs.ts';
 import { formatDecodeErrors } from './decodeErrors.ts';
 import { SafetensorsError } from './errors.ts';
+import { checkJsonDepth, MAX_JSON_DEPTH, topLevelKeyOffsets } from './jsonScan.ts';
 
 /** A tensor's values on the host, as stored in a file. */
 export interface HostTensor {
@@ -102,35 +103,46 @@ export function encodeSafetensors(
 
 // ---------------------------------------------------------------- reading
 
-/** Byte offset in the file of a tensor's key in the header, for messages; the header start if not found. */
-function keyOffset(headerText: string, name: string): number {
-  const match = new RegExp(`${escapeRegExp(JSON.stringify(name))}\\s*:`).exec(headerText);
-  return 8 + (match === null ? 0 : Buffer.byteLength(headerText.slice(0, match.index)));
-}
-
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
+/** The most header bytes we read (the reference implementation's limit is 100 MB). */
+export const MAX_HEADER_BYTES = 100_000_000;
 
 /**
- * Reads a safetensors file. `fileName` is only used in messages. The result's typed arrays are
+ * Reads a safetensors file. `fileName` is named in every message. The result's typed arrays are
  * fresh copies (aligned, independent of `bytes`).
+ *
+ * Time is linear in the file's size: the header is scanned once for its nesting depth before
+ * JSON.parse, and the byte offsets of tensor keys (for messages) are found in one more pass only
+ * when there is something to report.
  */
 export function decodeSafetensors(bytes: Uint8Array, fileName: string): Either<SafetensorsError, Safetensors> {
   assertLittleEndianHost();
+  try {
+    return decode(bytes, fileName);
+  } catch (e) {
+    // Nothing below should throw; if something does, the message still names the file.
+    return left(new SafetensorsError(`${fileName}: cannot be decoded (${(e as Error).message})`));
+  }
+}
+
+function decode(bytes: Uint8Array, fileName: string): Either<SafetensorsError, Safetensors> {
   const fail = (msg: string): Either<SafetensorsError, Safetensors> => left(new SafetensorsError(`${fileName}: ${msg}`));
   if (bytes.length < 8) return fail(`file is ${bytes.length} bytes, too short for the 8-byte header length at byte 0`);
   const n = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(0, true);
   if (n > BigInt(bytes.length - 8)) return fail(`header length ${n} at byte 0 exceeds file size ${bytes.length}`);
+  if (n > BigInt(MAX_HEADER_BYTES)) return fail(`header length ${n} at byte 0 is over the ${MAX_HEADER_BYTES}-byte limit`);
   const headerLength = Number(n);
   const dataStart = 8 + headerLength;
+  const headerBytes = bytes.subarray(8, dataStart);
   let headerText: string;
   let raw: unknown;
   try {
-    headerText = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, dataStart));
+    headerText = new TextDecoder('utf-8', { fatal: true }).decode(headerBytes);
   } catch {
     return fail(`header at bytes 8..${dataStart} is not valid UTF-8`);
   }
+  // A valid header nests three levels (header, tensor info, shape); bound it before parsing.
+  const depth = checkJsonDepth(headerBytes, MAX_JSON_DEPTH, 8);
+  if (depth._tag === 'Left') return fail(`header at bytes 8..${dataStart}: ${depth.left}`);
   try {
     raw = JSON.parse(headerText);
   } catch (e) {
@@ -138,21 +150,24 @@ export function decodeSafetensors(bytes: Uint8Array, fileName: string): Either<S
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail(`header at byte 8 is not a JSON object`);
 
+  // File byte offset of a key in the header, for messages only: one pass over the header, on demand.
+  let offsets: Map<string, number> | undefined;
+  const keyOffset = (name: string): number => 8 + ((offsets ??= topLevelKeyOffsets(headerBytes)).get(name) ?? 0);
+
   const record = raw as Record<string, unknown>;
   let metadata: Record<string, string> = {};
   if (record[METADATA_KEY] !== undefined) {
     const m = Metadata.decode(record[METADATA_KEY]);
-    if (m._tag === 'Left') return fail(`header "${METADATA_KEY}" at byte ${keyOffset(headerText, METADATA_KEY)}: ${formatDecodeErrors(m.left).join('; ')}`);
+    if (m._tag === 'Left') return fail(`header "${METADATA_KEY}" at byte ${keyOffset(METADATA_KEY)}: ${formatDecodeErrors(m.left).join('; ')}`);
     metadata = m.right;
   }
 
   const names = Object.keys(record).filter((k) => k !== METADATA_KEY).sort();
-  const infos: { name: string; info: t.TypeOf<typeof TensorInfo>; at: number }[] = [];
+  const infos: { name: string; info: t.TypeOf<typeof TensorInfo> }[] = [];
   for (const name of names) {
-    const at = keyOffset(headerText, name);
     const info = TensorInfo.decode(record[name]);
-    if (info._tag === 'Left') return fail(`tensor '${name}' at header byte ${at}: ${formatDecodeErrors(info.left).join('; ')}`);
-    infos.push({ name, info: info.right, at });
+    if (info._tag === 'Left') return fail(`tensor '${name}' at header byte ${keyOffset(name)}: ${formatDecodeErrors(info.left).join('; ')}`);
+    infos.push({ name, info: info.right });
   }
 
   // The data section must be covered exactly: no overlaps (two tensors sharing bytes), no gaps
@@ -161,21 +176,21 @@ export function decodeSafetensors(bytes: Uint8Array, fileName: string): Either<S
   const byBegin = [...infos].sort((a, b) => a.info.data_offsets[0] - b.info.data_offsets[0]);
   let covered = 0;
   let previous = '';
-  for (const { name, info, at } of byBegin) {
+  for (const { name, info } of byBegin) {
     const [begin, end] = info.data_offsets;
     const dtype = FROM_FILE_DTYPE[info.dtype];
     const expected = sizeOf(info.shape) * BYTES[dtype];
-    const where = `tensor '${name}' data_offsets [${begin},${end}] at header byte ${at}`;
+    const where = (): string => `tensor '${name}' data_offsets [${begin},${end}] at header byte ${keyOffset(name)}`;
     if (end < begin || end - begin !== expected) {
-      return fail(`${where} do not match shape ${fmtShape(info.shape)} ${info.dtype} (${expected} bytes)`);
+      return fail(`${where()} do not match shape ${fmtShape(info.shape)} ${info.dtype} (${expected} bytes)`);
     }
     if (end > dataLength) {
-      return fail(`${where} reach past the end of the data section (file bytes ${dataStart + begin}..${dataStart + end}, file size ${bytes.length})`);
+      return fail(`${where()} reach past the end of the data section (file bytes ${dataStart + begin}..${dataStart + end}, file size ${bytes.length})`);
     }
     if (begin !== covered) {
       return fail(begin < covered
-        ? `${where} overlap '${previous}', which ends at data offset ${covered}`
-        : `${where} leave a gap of ${begin - covered} bytes at data offset ${covered} (file byte ${dataStart + covered})`);
+        ? `${where()} overlap '${previous}', which ends at data offset ${covered}`
+        : `${where()} leave a gap of ${begin - covered} bytes at data offset ${covered} (file byte ${dataStart + covered})`);
     }
     covered = end;
     previous = name;

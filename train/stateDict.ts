@@ -12,14 +12,17 @@
  */
 import '../core/jit.ts';
 import { left, right, type Either } from 'fp-ts/lib/Either.js';
-import { TreeError } from '../core/errors.ts';
+import { fmtShape, TreeError } from '../core/errors.ts';
 import { tensor } from '../core/ops.ts';
-import { flatten, leafPaths, type PyTree, type TreeDef } from '../core/pytree.ts';
+import { flatten, leafPaths, unflatten, type PyTree, type TreeDef } from '../core/pytree.ts';
 import { isTensor, type Tensor } from '../core/tensor.ts';
-import { SafetensorsError } from './errors.ts';
+import { CheckpointError, SafetensorsError } from './errors.ts';
 import { decodeSafetensors, encodeSafetensors, type HostTensor } from './safetensors.ts';
 
 const ROOT = '<root>';
+
+/** The most record keys and indices one name may hold; ours hold a handful, and the tree is rebuilt recursively. */
+export const MAX_NAME_DEPTH = 64;
 
 export function escapeKey(key: string): string {
   if (key === '') throw new TreeError('state dict: an empty record key cannot be written as a tensor name');
@@ -115,7 +118,8 @@ export function entriesToTree(entries: Readonly<Record<string, HostTensor>>, fil
   let root: Node | undefined;
   for (const name of Object.keys(entries).sort()) {
     const steps = parseTensorName(name);
-    if (steps === undefined) return fail(`tensor name '${name}' is not a path of record keys and [indices]`);
+    if (steps === undefined) return fail(`tensor name '${short(name)}' is not a path of record keys and [indices]`);
+    if (steps.length > MAX_NAME_DEPTH) return fail(`tensor name '${short(name)}' is ${steps.length} keys and indices deep, more than the ${MAX_NAME_DEPTH} allowed`);
     const e = entries[name]!;
     const leaf: Node = { kind: 'leaf', value: tensor(e.data, e.shape, e.dtype) };
     if (steps.length === 0) {
@@ -183,10 +187,125 @@ export async function treeToSafetensors(tree: PyTree<Tensor>, metadata: Readonly
   return encodeSafetensors(await treeToEntries(tree), metadata);
 }
 
-/** A safetensors file (ours, or e.g. a converted EDM state_dict) as a pytree of host tensors. */
-export function treeFromSafetensors(bytes: Uint8Array, fileName: string): Either<SafetensorsError, { tree: PyTree<Tensor>; metadata: Readonly<Record<string, string>> }> {
+export interface ReadTreeOptions {
+  /** Accept NaN and infinite values (default false: weights, EMA and optimizer state must be finite). */
+  readonly allowNonFinite?: boolean;
+}
+
+/**
+ * A safetensors file (ours, or e.g. a converted EDM state_dict) as a pytree of host tensors. Every
+ * floating-point tensor must be finite unless `allowNonFinite`: a NaN stored by a diverged run
+ * must stop a resume or a sample at load time, naming the tensor, not later as NaN images.
+ */
+export function treeFromSafetensors(
+  bytes: Uint8Array,
+  fileName: string,
+  options: ReadTreeOptions = {},
+): Either<SafetensorsError, { tree: PyTree<Tensor>; metadata: Readonly<Record<string, string>> }> {
   const file = decodeSafetensors(bytes, fileName);
   if (file._tag === 'Left') return file;
+  if (options.allowNonFinite !== true) {
+    const finite = checkFinite(file.right.tensors, fileName);
+    if (finite._tag === 'Left') return finite;
+  }
   const tree = entriesToTree(file.right.tensors, fileName);
   return tree._tag === 'Left' ? tree : right({ tree: tree.right, metadata: file.right.metadata });
+}
+
+// ---------------------------------------------------------------- checks on load
+
+/** A name as it appears in a message: long (hostile) names are cut. */
+function short(name: string): string {
+  return name.length > 120 ? `${name.slice(0, 117)}...` : name;
+}
+
+/** `a, b, c and 5 more`: a list for a message, at most `max` items. */
+function listNames(names: readonly string[], max = 8): string {
+  const shown = names.slice(0, max).map((n) => `'${short(n)}'`).join(', ');
+  return names.length > max ? `${shown} and ${names.length - max} more` : shown;
+}
+
+/** How many NaN, +Inf and -Inf values `data` holds, and the index of the first of them (-1: none). */
+export function countNonFinite(data: ArrayLike<number>): { nan: number; posInf: number; negInf: number; first: number } {
+  let nan = 0;
+  let posInf = 0;
+  let negInf = 0;
+  let first = -1;
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]!;
+    if (v - v === 0) continue; // finite; NaN - NaN and Inf - Inf are NaN
+    if (first < 0) first = i;
+    if (v === Infinity) posInf++;
+    else if (v === -Infinity) negInf++;
+    else nan++;
+  }
+  return { nan, posInf, negInf, first };
+}
+
+/**
+ * Right when every float32/float64 entry is finite; otherwise a Left naming `fileName`, each bad
+ * tensor (the first few), how many of its values are NaN or infinite, and where the first is.
+ */
+export function checkFinite(entries: Readonly<Record<string, HostTensor>>, fileName: string): Either<SafetensorsError, void> {
+  const bad: string[] = [];
+  let badTensors = 0;
+  for (const name of Object.keys(entries).sort()) {
+    const e = entries[name]!;
+    if (e.dtype !== 'float32' && e.dtype !== 'float64') continue;
+    const c = countNonFinite(e.data);
+    if (c.first < 0) continue;
+    badTensors++;
+    if (bad.length < 5) {
+      const kinds = [[c.nan, 'NaN'], [c.posInf, '+Inf'], [c.negInf, '-Inf']].filter(([k]) => (k as number) > 0).map(([k, w]) => `${k} ${w}`).join(', ');
+      bad.push(`tensor '${short(name)}' ${fmtShape(e.shape)} has ${c.nan + c.posInf + c.negInf} non-finite of ${e.data.length} values (${kinds}; the first at element ${c.first})`);
+    }
+  }
+  if (badTensors === 0) return right(undefined);
+  const more = badTensors > bad.length ? `; and ${badTensors - bad.length} more tensors` : '';
+  return left(new SafetensorsError(`${fileName}: ${badTensors} tensor(s) hold non-finite values, so the weights are unusable (a run that diverged?): ${bad.join('; ')}${more}`));
+}
+
+/**
+ * Compares the tensor names a model expects with those a file holds: undefined when they are the
+ * same set, else a message listing the missing and the unknown names.
+ */
+export function nameSetDifference(expected: readonly string[], actual: readonly string[]): string | undefined {
+  const want = new Set(expected);
+  const have = new Set(actual);
+  const missing = expected.filter((n) => !have.has(n));
+  const unknown = actual.filter((n) => !want.has(n));
+  if (missing.length === 0 && unknown.length === 0) return undefined;
+  const parts = [
+    missing.length === 0 ? '' : `${missing.length} missing (${listNames(missing)})`,
+    unknown.length === 0 ? '' : `${unknown.length} unknown to the model (${listNames(unknown)})`,
+  ].filter((p) => p !== '');
+  return `the tensor names do not match the model's: ${parts.join('; ')}`;
+}
+
+/**
+ * Rebuilds a tree shaped like `template` from a loaded tree, by tensor name: the names must be
+ * exactly the template's (none missing, none unknown), and each tensor must have the template
+ * leaf's dtype and shape. `what` (e.g. the file) starts every message.
+ */
+export function restoreTree<T extends PyTree<Tensor>>(template: T, loaded: PyTree<Tensor>, what: string): Either<CheckpointError, T> {
+  const t = flatten(template);
+  const l = flatten(loaded);
+  const names = tensorNames(t.def);
+  const loadedNames = tensorNames(l.def);
+  const difference = nameSetDifference(names, loadedNames);
+  if (difference !== undefined) return left(new CheckpointError(`${what}: ${difference}`));
+  const byName = new Map(loadedNames.map((n, i) => [n, l.leaves[i]!]));
+  const mismatched: string[] = [];
+  const leaves = t.leaves.map((leaf, i) => {
+    const got = byName.get(names[i]!)!;
+    if (got.dtype !== leaf.dtype || got.shape.join() !== leaf.shape.join()) {
+      mismatched.push(`'${names[i]}' is ${got.dtype} ${fmtShape(got.shape)} in the checkpoint, the model expects ${leaf.dtype} ${fmtShape(leaf.shape)}`);
+    }
+    return got;
+  });
+  if (mismatched.length > 0) {
+    const shown = mismatched.slice(0, 5).join('; ');
+    return left(new CheckpointError(`${what}: ${shown}${mismatched.length > 5 ? `; and ${mismatched.length - 5} more` : ''}`));
+  }
+  return right(unflatten(t.def, leaves) as T);
 }

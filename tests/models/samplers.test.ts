@@ -5,10 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { registerReferenceBackend } from '../../backends/reference/index.ts';
-import { random, setDefaultBackend, tensor, type Tensor } from '../../core/index.ts';
+import { add, cast, div, mul, random, setDefaultBackend, ShapeError, square, sub, sum, tensor, type Tensor } from '../../core/index.ts';
 import { ddimSampler, edmSigmas, eulerSampler, heunSampler, type ChurnOptions, type Sampler } from '../../models/samplers.ts';
 import { dpmSolver2Sampler, gaussianDenoiser } from '../../models/examples/custom-sampler.ts';
-import { makeDenoiser, patchModel } from '../../models/precond.ts';
+import { checkedDenoiser, makeDenoiser, patchModel, type Denoiser } from '../../models/precond.ts';
 import { patchCoordinates } from '../../models/patch.ts';
 
 registerReferenceBackend();
@@ -96,4 +96,31 @@ test('patch model: sampling at full resolution, on a sub-window and on a larger 
   await check(await heunSampler(denoiser, { ...opts, shape: [2, 1, 8, 8] }), [2, 1, 8, 8]);
   await check(await heunSampler(denoiser, { ...opts, shape: [1, 1, 4, 4], extra: { coords: patchCoordinates(full, 2, 4, 4) } }), [1, 1, 4, 4]);
   await check(await eulerSampler(denoiser, { ...opts, shape: [1, 1, 16, 16], extra: { coords: patchCoordinates(full, -4, -4, 16) } }), [1, 1, 16, 16]);
+});
+
+test('every sampler refuses a denoiser whose output is not x\'s shape and dtype, and says sigma is per sample', async () => {
+  // The README's old ideal denoiser: sigma [B] against x [B, 1] broadcasts to [B, B].
+  const broadcasting: Denoiser = (x, sigma) => add(m, mul(div(s * s, add(square(sigma), s * s)), sub(x, m)));
+  const wrongDtype: Denoiser = (x) => cast(x, 'float64');
+  for (const [name, sampler] of [['heunSampler', heunSampler], ['eulerSampler', eulerSampler], ['ddimSampler', ddimSampler]] as const) {
+    await assert.rejects(sampler(broadcasting, { key: random.key(0), shape: [6, 1], numSteps: 2 }), (e: Error) => {
+      assert.ok(e instanceof ShapeError, `${e}`);
+      assert.equal(e.message, `${name}: the denoiser returned float32 [6,6] for x float32 [6,1]; D(x, sigma) must return x's shape and dtype. `
+        + 'sigma [6] is per sample (one noise level for each of the 6 samples): reshape it to [B, 1, ...], here [6, 1], '
+        + 'before combining it with x (reshape(sigma, [6, 1])), or it broadcasts against x\'s other axes.');
+      return true;
+    });
+    await assert.rejects(sampler(wrongDtype, { key: random.key(0), shape: [2, 3, 1, 1], numSteps: 2 }), /the denoiser returned float64 \[2,3,1,1\] for x float32 \[2,3,1,1\]/);
+  }
+  // The check wraps a user's own sampler's denoiser too.
+  await assert.rejects(async () => checkedDenoiser(broadcasting, 'mySampler')(tensor([[1], [2]]), tensor([1, 2])), /^ShapeError: mySampler: the denoiser returned float32 \[2,2\]/);
+});
+
+test('makeDenoiser checks its model\'s output shape', () => {
+  const model = patchModel({ imgResolution: 4, imgChannels: 1, network: { modelChannels: 4, channelMult: [1], numBlocks: 1, attnResolutions: [], dropout: 0 } });
+  const params = model.init(random.key(0));
+  const x = tensor(new Float32Array(16), [1, 1, 4, 4]);
+  assert.deepEqual(makeDenoiser(params, model)(x, tensor([1])).shape, [1, 1, 4, 4]);
+  const broken = { ...model, apply: (_p: unknown, xIn: Tensor) => sum(xIn, [1]) };
+  assert.throws(() => makeDenoiser(params, broken as unknown as typeof model)(x, tensor([1])), /^ShapeError: makeDenoiser: the denoiser returned float32 \[1,4,4\] for x float32 \[1,1,4,4\]/);
 });

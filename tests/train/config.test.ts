@@ -32,11 +32,11 @@ test('config: an empty config resolves to the defaults with derived fields fille
 
 test('config: file values and CLI overrides merge over defaults, later wins', () => {
   const c = orThrow(resolveConfig(
-    { data: { name: 'folder', path: '/data/afhq', resolution: [48, 64], limit: 5000, xflip: true }, train: { lr: 2e-4, batch_multiplier: { 16: 4 } } },
-    orThrow(parseOverrides(['--train.lr=1e-4', '--train.batch_multiplier.32=2', '--backend=webgpu', '--model.use_coords=false', '--data.skipCorrupt'])),
+    { model: { attn_resolutions: [24] }, data: { name: 'folder', path: '/data/afhq', resolution: [48, 64], limit: 5000, xflip: true }, train: { lr: 2e-4, batch_multiplier: { 12: 4 } } },
+    orThrow(parseOverrides(['--train.lr=1e-4', '--train.batch_multiplier.24=2', '--backend=webgpu', '--model.use_coords=false', '--data.skipCorrupt'])),
   ));
   assert.equal(c.train.lr, 1e-4);
-  assert.deepEqual(c.train.batch_multiplier, { 16: 4, 32: 2 });
+  assert.deepEqual(c.train.batch_multiplier, { 12: 4, 24: 2 });
   assert.equal(c.backend, 'webgpu');
   assert.equal(c.model.use_coords, false);
   assert.equal(c.data.skipCorrupt, true);
@@ -54,7 +54,7 @@ test('config: bad values are reported with their path, expected type and value',
   assert.deepEqual(problems({ model: { kind: 'unet', channel_mult: [1, 2.5] }, data: { resolution: [32, 'a'] }, train: { batch_size: 0, batch_multiplier: { x: 2 } } }), [
     'model.kind: expected "patch" | "edm", got "unet"',
     'model.channel_mult[1]: expected integer >= 1, got 2.5',
-    'data.resolution[1]: expected integer >= 1, got "a"',
+    'data.resolution[1]: expected integer in [2, 4096], got "a"',
     'train.batch_size: expected integer >= 1, got 0',
     'train.batch_multiplier.x: not a patch size (integer >= 1)',
   ]);

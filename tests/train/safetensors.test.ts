@@ -145,3 +145,57 @@ test('safetensors: empty files (no tensors) round-trip', () => {
   assert.ok(isRight(decodeSafetensors(bytes, 'e')));
   assert.equal(bytes.length % 8, 0);
 });
+
+test('safetensors: a many-tensor header decodes exactly, and an error late in it names the right byte', () => {
+  // 20,000 tensors (the old decoder searched the whole header once per tensor: quadratic).
+  const count = 20_000;
+  const entries: Record<string, HostTensor> = {};
+  for (let k = 0; k < count; k++) entries[`layer${k}.w`] = host('float32', [k % 3], Array.from({ length: k % 3 }, (_, j) => k + j / 4));
+  const file = encodeSafetensors(entries);
+  const decoded = orThrow(decodeSafetensors(file, 'many.safetensors'));
+  assert.equal(Object.keys(decoded.tensors).length, count);
+  for (const k of [0, 1, 2, 9_999, count - 1]) {
+    const t = decoded.tensors[`layer${k}.w`]!;
+    assert.deepEqual(t.shape, [k % 3]);
+    assert.deepEqual(Array.from(t.data), Array.from({ length: k % 3 }, (_, j) => k + j / 4));
+  }
+  // Break the shape of a tensor near the end of the header: the message gives its key's byte offset.
+  const { json } = readHeader(file);
+  const victim = `layer${count - 2}.w`;
+  json[victim].shape = [5];
+  const text = JSON.stringify(json);
+  const broken = rawFile(json, file.subarray(8 + readHeader(file).length));
+  const at = 8 + Buffer.byteLength(text.slice(0, text.indexOf(`"${victim}"`)));
+  assert.match(decodeError(broken, 'many.safetensors'), new RegExp(`^many\\.safetensors: tensor '${victim.replace('.', '\\.')}' data_offsets \\[\\d+,\\d+\\] at header byte ${at} do not match shape \\[5\\]`));
+});
+
+test('safetensors: key offsets in messages are byte offsets past multi-byte names', () => {
+  fc.assert(fc.property(fc.array(fc.string({ minLength: 1, maxLength: 5, unit: fc.constantFrom('a', 'é', '字', '"', '\\', ':', '😀') }), { minLength: 1, maxLength: 6 }), (names) => {
+    const header: Record<string, unknown> = {};
+    for (const n of names) header[n] = { dtype: 'F32', shape: [1], data_offsets: [0, 4] };
+    const last = Object.keys(header).sort().at(-1)!;
+    header[last] = { dtype: 'F32', shape: ['x'], data_offsets: [0, 4] }; // an invalid entry: its key's byte is reported
+    // The header text as JSON.stringify writes it, noting where the invalid entry's key starts.
+    let text = '{';
+    let at = -1;
+    Object.entries(header).forEach(([k, v], i) => {
+      if (i > 0) text += ',';
+      if (k === last) at = 8 + Buffer.byteLength(text);
+      text += `${JSON.stringify(k)}:${JSON.stringify(v)}`;
+    });
+    assert.equal(`${text}}`, JSON.stringify(header));
+    const message = decodeError(rawFile(header, new Uint8Array(4 * names.length)));
+    assert.ok(message.includes(`at header byte ${at}:`), `${message} (want byte ${at})`);
+  }), { numRuns });
+});
+
+test('safetensors: deeply nested headers are refused before parsing, naming the file and byte', () => {
+  const depth = 200_000;
+  const text = `{"w":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+  const json = new TextEncoder().encode(text);
+  const file = new Uint8Array(8 + json.length);
+  new DataView(file.buffer).setBigUint64(0, BigInt(json.length), true);
+  file.set(json, 8);
+  // The 64th '[' is the first one past the limit: '{' is depth 1, so the 64th bracket is depth 65.
+  assert.equal(decodeError(file, 'deep.safetensors'), `deep.safetensors: header at bytes 8..${8 + json.length}: JSON nested deeper than 64 levels at byte ${8 + 5 + 63}`);
+});

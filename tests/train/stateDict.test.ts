@@ -8,7 +8,7 @@ import { flatten, treeDefString, type PyTree } from '../../core/pytree.ts';
 import { isTensor, type Tensor } from '../../core/tensor.ts';
 import { orThrow } from '../../train/errors.ts';
 import { decodeSafetensors, encodeSafetensors } from '../../train/safetensors.ts';
-import { entriesToTree, escapeKey, parseTensorName, tensorNames, treeFromSafetensors, treeToEntries, treeToSafetensors } from '../../train/stateDict.ts';
+import { countNonFinite, entriesToTree, escapeKey, parseTensorName, restoreTree, tensorNames, treeFromSafetensors, treeToEntries, treeToSafetensors } from '../../train/stateDict.ts';
 import { numRuns } from './fcRuns.ts';
 
 const arbLeaf: fc.Arbitrary<Tensor> = fc
@@ -90,4 +90,61 @@ test('state dict: names that cannot form one tree are reported', () => {
   assert.match(err({ 'a.b': one, 'a[0]': one }), /tensor 'a\[0\]' does not fit the tree the other names build: step 2 of it needs an array where there is a record/);
   assert.match(err({ 'x..y': one }), /tensor name 'x\.\.y' is not a path/);
   assert.match(err({ '<root>': one, b: one }), /does not fit the tree|makes the whole tree one tensor/);
+});
+
+test('state dict: non-finite values are refused on load, naming the tensor and the count', async () => {
+  const w = Float32Array.from([1, NaN, 2, Infinity, NaN]);
+  const file = encodeSafetensors({
+    'model.w': { dtype: 'float32', shape: [5], data: w },
+    'model.b': { dtype: 'float64', shape: [2], data: Float64Array.from([0, -Infinity]) },
+    'model.ok': { dtype: 'float32', shape: [1], data: Float32Array.from([3]) },
+    step: { dtype: 'int32', shape: [1], data: Int32Array.from([7]) },
+  });
+  const r = treeFromSafetensors(file, 'ema.safetensors');
+  assert.ok(isLeft(r));
+  assert.equal(r.left.message,
+    "ema.safetensors: 2 tensor(s) hold non-finite values, so the weights are unusable (a run that diverged?): "
+    + "tensor 'model.b' [2] has 1 non-finite of 2 values (1 -Inf; the first at element 1); "
+    + "tensor 'model.w' [5] has 3 non-finite of 5 values (2 NaN, 1 +Inf; the first at element 1)");
+  // Opting out reads the values as they are.
+  const raw = orThrow(treeFromSafetensors(file, 'ema.safetensors', { allowNonFinite: true }));
+  const values = await (raw.tree as { model: { w: Tensor } }).model.w.data();
+  assert.deepEqual(Array.from(values), Array.from(w));
+});
+
+test('state dict: countNonFinite agrees with Number.isFinite on any values', () => {
+  fc.assert(fc.property(fc.array(fc.double()), (vs) => {
+    const c = countNonFinite(Float64Array.from(vs));
+    assert.equal(c.nan, vs.filter(Number.isNaN).length);
+    assert.equal(c.posInf, vs.filter((v) => v === Infinity).length);
+    assert.equal(c.negInf, vs.filter((v) => v === -Infinity).length);
+    assert.equal(c.first, vs.findIndex((v) => !Number.isFinite(v)));
+  }), { numRuns });
+});
+
+test('state dict: restoring needs exactly the model\'s names, dtypes and shapes', () => {
+  const template = { enc: { w: tensor([1, 2], [2]), b: tensor([0], [1]) }, n: tensor([0], [1], 'int32') };
+  const same = { enc: { w: tensor([5, 6], [2]), b: tensor([1], [1]) }, n: tensor([3], [1], 'int32') };
+  const restored = orThrow(restoreTree(template, same, 'params.safetensors'));
+  assert.equal(restored.enc.w, same.enc.w);
+
+  const extra = { ...same, enc: { ...same.enc, extra: tensor([9], [1]) } };
+  const unknown = restoreTree(template, extra, 'params.safetensors');
+  assert.ok(isLeft(unknown));
+  assert.equal(unknown.left.message, "params.safetensors: the tensor names do not match the model's: 1 unknown to the model ('enc.extra')");
+
+  const missing = restoreTree(template, { enc: { w: same.enc.w, c: tensor([1], [1]) } }, 'params.safetensors');
+  assert.ok(isLeft(missing));
+  assert.equal(missing.left.message, "params.safetensors: the tensor names do not match the model's: 2 missing ('enc.b', 'n'); 1 unknown to the model ('enc.c')");
+
+  const reshaped = restoreTree(template, { ...same, n: tensor([3, 4], [2], 'int32') }, 'params.safetensors');
+  assert.ok(isLeft(reshaped));
+  assert.equal(reshaped.left.message, "params.safetensors: 'n' is int32 [2] in the checkpoint, the model expects int32 [1]");
+});
+
+test('state dict: absurdly deep tensor names are refused, not a stack overflow', () => {
+  const name = Array.from({ length: 100_000 }, () => 'a').join('.');
+  const r = entriesToTree({ [name]: { dtype: 'float32', shape: [], data: new Float32Array(1) } }, 'deep.safetensors');
+  assert.ok(isLeft(r));
+  assert.match(r.left.message, /^deep\.safetensors: tensor name 'a\.a\.a.*\.\.\.' is 100000 keys and indices deep, more than the 64 allowed$/);
 });

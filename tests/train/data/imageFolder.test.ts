@@ -92,7 +92,7 @@ test('image folder: seeded limit, empty and missing folders', async () => {
 
 test('openDataset: a config data section becomes a dataset (limit, then x-flip)', async () => {
   const root = await folder();
-  const config = orThrow(resolveConfig({ data: { name: 'folder', path: root, resolution: 4, limit: 2, xflip: true } }));
+  const config = orThrow(resolveConfig({ model: { channel_mult: [1], attn_resolutions: [] }, data: { name: 'folder', path: root, resolution: 4, limit: 2, xflip: true } }));
   const { dataset, skipped } = orThrow(await openDataset(config.data, config.train.seed));
   assert.equal(dataset.count, 4);
   assert.deepEqual(skipped, []);
