@@ -8,7 +8,9 @@
  * Prints, per case and backend: the parameter count, program nodes, kernels and distinct pipelines
  * (where the executable lists them), the first step split into trace, compile and first run (which on
  * lavapipe includes compiling every new pipeline), the median steady-state step with images/s, the
- * memory plan and peak device bytes (where the backend reports them) and the 1-minute load average;
+ * memory plan and peak device bytes (where the backend reports them; the peak is the process's, so
+ * a case's figure also covers the cases before it: compare plan and peak on the first case, or run
+ * one case with --cases) and the 1-minute load average;
  * then images/s per backend with the ratio to PyTorch. A backend that cannot start is skipped with
  * its reason; without python3-torch the PyTorch column is skipped with the command that installs it.
  *
@@ -72,6 +74,7 @@ interface Row {
   readonly stepMs: number;
   readonly imagesPerS: number;
   readonly planBytes?: number;
+  /** The backend's peak bytes so far in this process (cumulative over the cases run before). */
   readonly peakBytes?: number;
   readonly load: number;
 }
