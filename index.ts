@@ -19,3 +19,9 @@ export { songUNet, DDPMPP, NCSNPP, type SongUNetConfig, type SongUNetParams } fr
 export { patchCoordinates, fullCoordinates, batchCoordinates } from './models/patch.ts';
 export { edmPrecondition, patchModel, makeDenoiser, checkedDenoiser, checkDenoised, type Denoiser, type DenoiserExtra, type PatchModelConfig, type PatchModelParams } from './models/precond.ts';
 export { edmSigmas, heunSampler, eulerSampler, ddimSampler, initialState, noiseLevel, perSample, type Sampler, type SampleOptions } from './models/samplers.ts';
+export { haar2d, inverseHaar2d, haarDecompose, haarReconstruct, type HaarLevel, type HaarComponents } from './models/haar.ts';
+export {
+  msdiffModel, msdiffSample, componentEnd, scaleInterval, componentLogSnr, componentMarginal, componentBeta, likelihoodWeight,
+  diffuseComponents, componentList, componentShapes, liveImage, perImage, timePerSample,
+  type NonUniformSchedule, type MsdiffModelConfig, type MsdiffParams, type MultiScaleScore, type MsdiffSampleOptions,
+} from './models/msdiff.ts';

@@ -62,15 +62,15 @@ export function scaleInterval(schedule: NonUniformSchedule, k: number): [number,
 }
 
 /** lambda_j(t), linear from logSnrMax at eps to logSnrMin at T_j, held at logSnrMin after T_j. */
-export function logSnr(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
+export function componentLogSnr(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
   const s = resolveSchedule(schedule);
   const end = componentEnd(schedule, j);
   return add(mul(clip(div(sub(t, s.eps), end - s.eps), 0, 1), s.min - s.max), s.max);
 }
 
 /** The marginal x_j(t) = alpha x_j(0) + sigma z: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) = 1 - alpha^2. */
-export function marginal(schedule: NonUniformSchedule, j: number, t: Tensor): { alpha: Tensor; sigma: Tensor } {
-  const lambda = logSnr(schedule, j, t);
+export function componentMarginal(schedule: NonUniformSchedule, j: number, t: Tensor): { alpha: Tensor; sigma: Tensor } {
+  const lambda = componentLogSnr(schedule, j, t);
   return { alpha: sqrt(sigmoid(lambda)), sigma: sqrt(sigmoid(neg(lambda))) };
 }
 
@@ -78,8 +78,8 @@ export function marginal(schedule: NonUniformSchedule, j: number, t: Tensor): { 
  * beta_j(t) of component j's VP SDE dx = -beta x / 2 dt + sqrt(beta) dW (for eps <= t <= T_j):
  * beta = -d/dt log alpha^2 = sigma^2 |d lambda / dt|, with |d lambda / dt| = (max - min) / (T_j - eps).
  */
-export function beta(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
-  return mul(square(marginal(schedule, j, t).sigma), likelihoodWeight(schedule, j));
+export function componentBeta(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
+  return mul(square(componentMarginal(schedule, j, t).sigma), likelihoodWeight(schedule, j));
 }
 
 /**
@@ -96,10 +96,10 @@ export function likelihoodWeight(schedule: NonUniformSchedule, j: number): numbe
  * Samples the forward process of components `first..first + x0.length - 1` at times t ([B]):
  * x_j(t) = alpha_j(t) x_j(0) + sigma_j(t) z_j, with z_j ~ N(0, I) drawn from `key` and returned.
  */
-export function diffuse(schedule: NonUniformSchedule, first: number, x0: readonly Tensor[], t: Tensor, key: Tensor): { noisy: Tensor[]; noise: Tensor[] } {
+export function diffuseComponents(schedule: NonUniformSchedule, first: number, x0: readonly Tensor[], t: Tensor, key: Tensor): { noisy: Tensor[]; noise: Tensor[] } {
   const noise = x0.map((x, i) => random.normal(random.foldIn(key, first + i), x.shape, x.dtype));
   const noisy = x0.map((x, i) => {
-    const { alpha, sigma } = marginal(schedule, first + i, timePerSample(t, x.shape[0]!));
+    const { alpha, sigma } = componentMarginal(schedule, first + i, timePerSample(t, x.shape[0]!));
     return add(mul(perImage(alpha), x), mul(perImage(sigma), noise[i]!));
   });
   return { noisy, noise };
@@ -177,7 +177,7 @@ export function msdiffModel(config: MsdiffModelConfig) {
   };
 
   const score = (params: MsdiffParams, k: number, live: readonly Tensor[], t: Tensor): Tensor[] =>
-    predictNoise(params, k, live, t).map((e, i) => neg(div(e, perImage(marginal(config.schedule, k + i, timePerSample(t, e.shape[0]!)).sigma))));
+    predictNoise(params, k, live, t).map((e, i) => neg(div(e, perImage(componentMarginal(config.schedule, k + i, timePerSample(t, e.shape[0]!)).sigma))));
 
   return {
     config,
@@ -216,6 +216,52 @@ export function componentShapes(shape: readonly number[], levels: number): numbe
   return [...details, [b, c, h / 2 ** levels, w / 2 ** levels]];
 }
 
+/** The compiled step and final denoising of a score function: one pair per (score, schedule, method, backend), kept while the score lives. */
+const compiled = new WeakMap<MultiScaleScore, Map<string, SamplerPrograms>>();
+
+interface SamplerPrograms {
+  readonly step: (live: Tensor[], k: number, t: Tensor, tNext: Tensor, key: Tensor) => Promise<Tensor[]>;
+  readonly denoise: (live: Tensor[], t: Tensor) => Promise<Tensor[]>;
+}
+
+function samplerPrograms(score: MultiScaleScore, options: MsdiffSampleOptions): SamplerPrograms {
+  const method = options.method ?? 'sde';
+  const backendKey = typeof options.backend === 'object' ? options.backend.name : String(options.backend);
+  const cacheKey = JSON.stringify([options.schedule, method, backendKey]);
+  const perScore = compiled.get(score) ?? new Map<string, SamplerPrograms>();
+  compiled.set(score, perScore);
+  const cached = perScore.get(cacheKey);
+  if (cached !== undefined) return cached;
+  const step = jit(
+    (live: Tensor[], k: number, t: Tensor, tNext: Tensor, key: Tensor): Tensor[] => {
+      const tb = timePerSample(t, live[0]!.shape[0]!);
+      const scores = checkScores(score(k, live, tb), live, k);
+      return live.map((x, i) => {
+        const j = k + i;
+        // Going back by dt = t - tNext > 0: x += [beta x / 2 + beta s] dt + sqrt(beta dt) z, or the ODE's [beta (x + s) / 2] dt.
+        const bdt = mul(perImage(componentBeta(options.schedule, j, tb)), sub(t, tNext));
+        if (method === 'ode') return add(x, mul(mul(bdt, add(x, scores[i]!)), 0.5));
+        return add(add(x, mul(add(mul(x, 0.5), scores[i]!), bdt)), mul(sqrt(bdt), random.normal(random.foldIn(key, i), x.shape)));
+      });
+    },
+    { name: `msdiffStep-${method}`, backend: options.backend },
+  );
+  const denoise = jit(
+    (live: Tensor[], t: Tensor): Tensor[] => {
+      const tb = timePerSample(t, live[0]!.shape[0]!);
+      const scores = checkScores(score(0, live, tb), live, 0);
+      return live.map((x, j) => {
+        const { alpha, sigma } = componentMarginal(options.schedule, j, tb);
+        return div(add(x, mul(perImage(square(sigma)), scores[j]!)), perImage(alpha));
+      });
+    },
+    { name: 'msdiffDenoise', backend: options.backend },
+  );
+  const programs = { step, denoise };
+  perScore.set(cacheKey, programs);
+  return programs;
+}
+
 /**
  * Draws images by integrating each scale's reverse process in turn (Batzolis et al. 2022, Sec. 3.3):
  * the approximation starts from N(0, I) at t = 1; on scale k's interval every live component j
@@ -223,40 +269,15 @@ export function componentShapes(shape: readonly number[], levels: number): numbe
  *   dx_j = [-beta_j x_j / 2 - beta_j s_j] dt + sqrt(beta_j) dW   (Song et al. 2021, Eq. 6),
  * or the probability-flow ODE dx_j = -beta_j (x_j + s_j) / 2 dt (Eq. 13); when t reaches k / n,
  * detail band k - 1 joins as fresh N(0, I) noise, which is its marginal at T_{k-1}. At eps the
- * components are denoised and the Haar transform inverted.
+ * components are denoised and the Haar transform inverted. The compiled programs are kept per score
+ * function: sampling again with the same function (and so the same parameters) compiles nothing.
  */
 export async function msdiffSample(score: MultiScaleScore, options: MsdiffSampleOptions): Promise<Tensor> {
   const s = resolveSchedule(options.schedule);
   const shapes = componentShapes(options.shape, s.n - 1);
   if (!Number.isInteger(options.numSteps) || options.numSteps < s.n) throw new TesseraError(`msdiffSample: numSteps must be a whole number >= ${s.n} (one per scale), got ${options.numSteps}`);
   const steps = Math.round(options.numSteps / s.n);
-  const sde = (options.method ?? 'sde') === 'sde';
-
-  const step = jit(
-    (live: Tensor[], k: number, t: Tensor, dt: Tensor, key: Tensor): Tensor[] => {
-      const tb = timePerSample(t, live[0]!.shape[0]!);
-      const scores = checkScores(score(k, live, tb), live, k);
-      return live.map((x, i) => {
-        const bt = perImage(beta(options.schedule, k + i, tb));
-        // Going back by dt > 0: x += [beta x / 2 + beta s] dt + sqrt(beta dt) z, or the ODE's [beta (x + s) / 2] dt.
-        if (!sde) return add(x, mul(mul(mul(bt, add(x, scores[i]!)), 0.5), dt));
-        const drift = mul(add(mul(x, 0.5), scores[i]!), mul(bt, dt));
-        return add(add(x, drift), mul(sqrt(mul(bt, dt)), random.normal(random.foldIn(key, i), x.shape)));
-      });
-    },
-    { name: `msdiff${sde ? 'Sde' : 'Ode'}Step`, backend: options.backend },
-  );
-  const denoise = jit(
-    (live: Tensor[], t: Tensor): Tensor[] => {
-      const tb = timePerSample(t, live[0]!.shape[0]!);
-      const scores = checkScores(score(0, live, tb), live, 0);
-      return live.map((x, j) => {
-        const { alpha, sigma } = marginal(options.schedule, j, tb);
-        return div(add(x, mul(perImage(square(sigma)), scores[j]!)), perImage(alpha));
-      });
-    },
-    { name: 'msdiffDenoise', backend: options.backend },
-  );
+  const { step, denoise } = samplerPrograms(score, options);
 
   let live: Tensor[] = [];
   for (let k = s.n - 1; k >= 0; k--) {
@@ -266,7 +287,7 @@ export async function msdiffSample(score: MultiScaleScore, options: MsdiffSample
     for (let i = 0; i < steps; i++) {
       const t = hi - (i * (hi - lo)) / steps;
       const tNext = hi - ((i + 1) * (hi - lo)) / steps;
-      live = await step(live, k, tensor(t), tensor(t - tNext), random.foldIn(stepKey, i));
+      live = await step(live, k, tensor(t), tensor(tNext), random.foldIn(stepKey, i));
     }
   }
   if (options.denoiseLast ?? true) live = await denoise(live, tensor(s.eps));

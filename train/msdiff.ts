@@ -9,7 +9,7 @@
 import { add, div, jit, mul, random, scalar, sub, sum, type BackendName, type PyTree, type Tensor } from '../core/index.ts';
 import { valueAndGrad } from '../autodiff/index.ts';
 import { haarDecompose } from '../models/haar.ts';
-import { componentList, diffuse, likelihoodWeight, msdiffModel, scaleInterval, type MsdiffParams } from '../models/msdiff.ts';
+import { componentList, diffuseComponents, likelihoodWeight, msdiffModel, scaleInterval, type MsdiffParams } from '../models/msdiff.ts';
 import type { SongUNetParams } from '../models/songunet.ts';
 import { adam, applyUpdates, emaUpdate, type Params } from './optim.ts';
 
@@ -30,7 +30,7 @@ export function msdiffLoss(model: MsdiffModel, params: MsdiffParams, x0: Tensor,
   const [lo, hi] = scaleInterval(schedule, k);
   const t = random.uniform(kt, [b], lo, hi);
   const live = componentList(haarDecompose(x0, model.components - 1)).slice(k);
-  const { noisy, noise } = diffuse(schedule, k, live, t, kn);
+  const { noisy, noise } = diffuseComponents(schedule, k, live, t, kn);
   const predicted = model.predictNoise(params, k, noisy, t, { train: options.train ?? true, key: kd });
   const terms = predicted.map((e, i) => {
     const err = sub(e, noise[i]!);

@@ -9,7 +9,7 @@ import { registerCpuBackend } from '../../backends/cpu/index.ts';
 import { add, div, full, mean, mul, neg, random, setDefaultBackend, square, sub, tensor, type Tensor } from '../../core/index.ts';
 import { haarDecompose } from '../../models/haar.ts';
 import {
-  beta, componentEnd, componentList, componentShapes, diffuse, likelihoodWeight, logSnr, marginal, msdiffModel, msdiffSample,
+  componentBeta, componentEnd, componentList, componentLogSnr, componentMarginal, componentShapes, diffuseComponents, likelihoodWeight, msdiffModel, msdiffSample,
   perImage, scaleInterval, type MultiScaleScore, type NonUniformSchedule,
 } from '../../models/msdiff.ts';
 
@@ -27,12 +27,12 @@ test('schedule: T_j = (j+1)/n, scale intervals, log-SNR +10 at eps and -10 at T_
   assert.deepEqual(scaleInterval(schedule, 2), [2 / 3, 1]);
   for (const j of [0, 1, 2]) {
     const end = componentEnd(schedule, j);
-    assert.ok(Math.abs((await item(logSnr(schedule, j, at(1e-5)))) - 10) < 1e-9);
-    assert.ok(Math.abs((await item(logSnr(schedule, j, at(end)))) + 10) < 1e-9);
-    assert.ok(Math.abs((await item(logSnr(schedule, j, at((1e-5 + end) / 2)))) - 0) < 1e-9, 'linear: 0 halfway');
-    if (j < 2) assert.equal(await item(logSnr(schedule, j, at(0.99))), -10, 'held at -10 after T_j');
+    assert.ok(Math.abs((await item(componentLogSnr(schedule, j, at(1e-5)))) - 10) < 1e-9);
+    assert.ok(Math.abs((await item(componentLogSnr(schedule, j, at(end)))) + 10) < 1e-9);
+    assert.ok(Math.abs((await item(componentLogSnr(schedule, j, at((1e-5 + end) / 2)))) - 0) < 1e-9, 'linear: 0 halfway');
+    if (j < 2) assert.equal(await item(componentLogSnr(schedule, j, at(0.99))), -10, 'held at -10 after T_j');
     for (const t of [0.01, 0.2, 0.5, 0.9]) {
-      const { alpha, sigma } = marginal(schedule, j, at(t));
+      const { alpha, sigma } = componentMarginal(schedule, j, at(t));
       assert.ok(Math.abs((await item(square(alpha))) + (await item(square(sigma))) - 1) < 1e-12);
     }
   }
@@ -45,11 +45,11 @@ test('schedule: beta_j = -d/dt log alpha_j^2 (central differences) and beta_j / 
     for (const t of [0.05, 0.2, 0.3]) {
       if (t >= componentEnd(schedule, j)) continue;
       const h = 1e-6;
-      const logA2 = async (s: number) => Math.log(await item(square(marginal(schedule, j, at(s)).alpha)));
+      const logA2 = async (s: number) => Math.log(await item(square(componentMarginal(schedule, j, at(s)).alpha)));
       const numeric = -((await logA2(t + h)) - (await logA2(t - h))) / (2 * h);
-      const b = await item(beta(schedule, j, at(t)));
+      const b = await item(componentBeta(schedule, j, at(t)));
       assert.ok(Math.abs(b - numeric) <= 1e-5 * Math.max(1, numeric), `component ${j}, t ${t}: beta ${b}, -dlog(alpha^2)/dt ${numeric}`);
-      const ratio = b / (await item(square(marginal(schedule, j, at(t)).sigma)));
+      const ratio = b / (await item(square(componentMarginal(schedule, j, at(t)).sigma)));
       assert.ok(Math.abs(ratio - likelihoodWeight(schedule, j)) < 1e-9 * ratio);
     }
   }
@@ -62,9 +62,9 @@ test('sampled marginals match alpha m and sigma^2 (seeded, 4 standard errors); e
   const x0 = m.map((v) => full([b, 1, side, side], v));
   const count = b * side * side;
   for (const t of [0.1, 1 / 3, 0.5, 2 / 3, 0.9, 1]) {
-    const { noisy } = diffuse(schedule, 0, x0, full([b], t), random.key(Math.round(t * 1000)));
+    const { noisy } = diffuseComponents(schedule, 0, x0, full([b], t), random.key(Math.round(t * 1000)));
     for (let j = 0; j < 3; j++) {
-      const { alpha, sigma } = marginal(schedule, j, at(t));
+      const { alpha, sigma } = componentMarginal(schedule, j, at(t));
       const [a, s] = [await item(alpha), await item(sigma)];
       const mu = await mean(noisy[j]!).item();
       const v = await mean(square(sub(noisy[j]!, mu))).item();
@@ -81,17 +81,17 @@ test('sampled marginals match alpha m and sigma^2 (seeded, 4 standard errors); e
 function gaussianScore(m: readonly number[], v: readonly number[]): MultiScaleScore {
   return (k, live, t) => live.map((x, i) => {
     const j = k + i;
-    const { alpha, sigma } = marginal(schedule, j, t);
+    const { alpha, sigma } = componentMarginal(schedule, j, t);
     const [a, s] = [perImage(alpha), perImage(sigma)];
     return neg(div(sub(x, mul(a, m[j]!)), add(mul(square(a), v[j]!), square(s))));
   });
 }
 
-for (const method of ['sde', 'ode'] as const) {
-  test(`the scale-by-scale sampler (${method}) with the exact score returns the data's per-component mean and variance`, async () => {
+for (const [method, numSteps] of [['sde', 300], ['ode', 300]] as const) {
+  test(`the scale-by-scale sampler (${method}, ${numSteps} steps) with the exact score returns the data's per-component mean and variance`, async () => {
     const m = [0.3, -0.5, 1.0];
     const v = [0.05, 0.2, 0.8];
-    const x = await msdiffSample(gaussianScore(m, v), { schedule, shape: [1024, 1, 8, 8], key: random.key(7), numSteps: 300, method, backend: 'cpu' });
+    const x = await msdiffSample(gaussianScore(m, v), { schedule, shape: [1024, 1, 8, 8], key: random.key(7), numSteps, method, backend: 'cpu' });
     assert.deepEqual(x.shape, [1024, 1, 8, 8]);
     const parts = componentList(haarDecompose(x, 2));
     for (let j = 0; j < 3; j++) {
@@ -123,7 +123,7 @@ test('the model: one SongUNet per scale at R / 2^k; predictNoise gives every liv
     const eps = model.predictNoise(params, k, live, t);
     assert.deepEqual(eps.map((e) => e.shape), live.map((c) => c.shape));
     const scores = model.score(params, k, live, t);
-    const sigma = await marginal(schedule, k, t).sigma.data();
+    const sigma = await componentMarginal(schedule, k, t).sigma.data();
     const [e0, s0] = [await eps[0]!.data(), await scores[0]!.data()];
     assert.ok(Math.abs(s0[0]! + e0[0]! / sigma[0]!) <= 1e-5 * Math.abs(s0[0]!) + 1e-9);
   }
