@@ -44,6 +44,11 @@ interface Registration {
   readonly factory: () => Promise<Backend>;
   /** Higher is preferred as the default. */
   readonly priority: number;
+  /**
+   * Why this backend cannot be the default, known without starting it (a WebGPU backend on a
+   * machine with no GPU device at all); undefined when only starting it can tell.
+   */
+  readonly notDefaultUnstarted?: () => string | undefined;
 }
 
 const registry = new Map<string, Registration>();
@@ -51,8 +56,8 @@ const instances = new Map<string, Promise<Backend>>();
 let defaultName: string | undefined;
 let resolvedDefault: Promise<DefaultChoice> | undefined;
 
-export function registerBackend(name: string, factory: () => Promise<Backend>, priority = 0): void {
-  registry.set(name, { factory, priority });
+export function registerBackend(name: string, factory: () => Promise<Backend>, priority = 0, notDefaultUnstarted?: () => string | undefined): void {
+  registry.set(name, { factory, priority, notDefaultUnstarted });
   resolvedDefault = undefined;
 }
 
@@ -113,7 +118,15 @@ export function defaultChoice(): Promise<DefaultChoice> {
     const failures: string[] = [];
     const reasons: string[] = [];
     let declinedFirst: Backend | undefined;
+    const passedOver: string[] = [];
     for (const name of ordered) {
+      // Not started at all when its own check already rules it out (starting it can be slow and noisy).
+      const unstarted = registry.get(name)!.notDefaultUnstarted?.();
+      if (unstarted !== undefined) {
+        reasons.push(`${name}: ${unstarted} (not started)`);
+        passedOver.push(name);
+        continue;
+      }
       try {
         const b = await getBackend(name);
         const declined = b.notDefaultBecause?.();
@@ -131,6 +144,13 @@ export function defaultChoice(): Promise<DefaultChoice> {
       }
     }
     // A backend that declined is still better than none.
+    for (const name of passedOver) {
+      try {
+        declinedFirst ??= await getBackend(name);
+      } catch (e) {
+        failures.push(`${name}: could not start: ${(e as Error).message}`);
+      }
+    }
     if (declinedFirst !== undefined) return { backend: declinedFirst, reasons: [...reasons, ...failures, `${declinedFirst.name}: no other backend started`] };
     throw new TesseraError(`no backend could start:\n${failures.join('\n')}`);
   })();

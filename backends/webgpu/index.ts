@@ -2,6 +2,7 @@
  * The WebGPU backend on Dawn: compiles a Program into fused kernels with a liveness-planned memory
  * layout, and runs it as one queue submission. `download` is the only point that waits.
  */
+import { existsSync, readdirSync } from 'node:fs';
 import { registerBackend, type Backend, type Executable } from '../../core/backend.ts';
 import type { DType, TypedArray } from '../../core/dtype.ts';
 import { BackendError, fmtShape } from '../../core/errors.ts';
@@ -277,7 +278,20 @@ export async function createWebGpuBackend(options: WebGpuOptions = {}): Promise<
   return new WebGpuBackend(await acquireDevice(), options);
 }
 
+/**
+ * On Linux, a GPU that Vulkan can drive shows up as a device node: a DRM render node
+ * (/dev/dri/renderD*, Mesa's hardware drivers), NVIDIA's /dev/nvidia*, or WSL's /dev/dxg. Without
+ * any, the only adapters Dawn can find are software ones, which decline to be the default; asking
+ * for one would also make Dawn print warnings about their limits. Elsewhere only the adapter can tell.
+ */
+export function noGpuDevice(devices: () => readonly string[] = () => readdirSync('/dev').concat(existsSync('/dev/dri') ? readdirSync('/dev/dri') : [])): string | undefined {
+  if (process.platform !== 'linux') return undefined;
+  const names = devices();
+  if (names.some((d) => /^renderD\d+$|^nvidia\d+$|^dxg$/.test(d))) return undefined;
+  return 'this machine has no GPU device (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg), so only a software adapter could start; pass --backend webgpu or set TESSERA_BACKEND=webgpu to use it anyway';
+}
+
 /** Registers 'webgpu' with a higher priority than 'cpu', so it is the default on a real GPU. */
 export function registerWebGpuBackend(): void {
-  registerBackend('webgpu', () => createWebGpuBackend(), 10);
+  registerBackend('webgpu', () => createWebGpuBackend(), 10, () => noGpuDevice());
 }
