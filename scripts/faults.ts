@@ -55,7 +55,7 @@ for (let cycle = 0; cycle < cycles && !finished; cycle++) {
   const resume = (await listCheckpoints(runDir)).length > 0;
   const began = performance.now();
   const trainer = await startTrainer(runDir, tinyUserConfig(train), resume ? ['--resume'] : []);
-  const firstStep = trainer.printed(/\rstep \d+\//, 120_000).then(() => performance.now() - began, () => undefined);
+  const firstStep = trainer.printed(/^step \d+\//m, 120_000).then(() => performance.now() - began, () => undefined);
   // A moment during start-up (a quarter of the cycles), else within 0.6 s after the first step.
   const signal = random() < 0.5 ? 'SIGKILL' : 'SIGINT';
   const early = random() < 0.25;
@@ -88,7 +88,7 @@ for (let cycle = 0; cycle < cycles && !finished; cycle++) {
 if (!finished) {
   const began = performance.now();
   const last = await startTrainer(runDir, tinyUserConfig(train), (await listCheckpoints(runDir)).length > 0 ? ['--resume'] : []);
-  const firstStep = last.printed(/\rstep \d+\//, 120_000).then(() => performance.now() - began, () => undefined);
+  const firstStep = last.printed(/^step \d+\//m, 120_000).then(() => performance.now() - began, () => undefined);
   const { code, stderr } = await last.exited;
   assert.equal(code, 0, `the final resume failed:\n${stderr}`);
   const ms = await firstStep;

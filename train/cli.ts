@@ -1,24 +1,58 @@
 /**
  * The command line: `tessera train | sample | eval | info`. Configs are JSON files plus
  * `--section.key=value` flags, decoded with io-ts; errors name the path of what was wrong.
+ * `--help` (or `-h`) after a command explains it; exit codes: 0 done, 1 failed, 2 the command line
+ * was wrong, 130/143 stopped by SIGINT/SIGTERM (after writing a checkpoint).
  */
+import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import '../index.ts';
-import { defaultChoice, getBackend, registeredBackends, TesseraError } from '../core/index.ts';
+import { defaultChoice, getBackend, registeredBackends } from '../core/index.ts';
 import { latestCheckpoint, loadCheckpoint } from './checkpoint.ts';
 import { loadConfig, parseOverrides, resolveConfig, type TrainingConfig } from './config.ts';
-import { orThrow } from './errors.ts';
+import { orThrow, UsageError } from './errors.ts';
 import { EVAL_USAGE, evalCommand } from './eval/cli.ts';
 import { restoreLike, sampleGrid, trainRun } from './run.ts';
 import { readJsonFile } from './runFiles.ts';
 import { buildModel, initState } from './step.ts';
 
-const USAGE = `usage:
-  tessera train [--config FILE] [--run DIR] [--resume [--strict]] [--stop-after STEPS] [--minutes M] [--backend cpu|webgpu|reference] [--section.key=value ...]
-  tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png] [--backend cpu|webgpu|reference]
-  ${EVAL_USAGE}
-  tessera info`;
+const COMMANDS = {
+  train: {
+    usage: 'tessera train [--config FILE] [--run DIR] [--resume [--strict]] [--stop-after STEPS] [--minutes M] [--backend cpu|webgpu|reference] [--section.key=value ...]',
+    about: `Trains a model from a JSON config (train/configs/demo.json is the demo's) and --section.key=value flags, in the
+run folder DIR: config.json, log.jsonl, samples-*.png, loss.svg and checkpoints. --resume continues the newest intact
+checkpoint of DIR (--strict: stop at a corrupt one instead); flags may change the learning rate, clipping, length,
+cadences, EMA and backend of a resumed run. --stop-after and --minutes end the run early, with a checkpoint.
+Ctrl-C finishes the current step and writes a checkpoint; a second Ctrl-C exits at once.`,
+  },
+  sample: {
+    usage: 'tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png] [--backend cpu|webgpu|reference]',
+    about: 'Samples a grid of n images with the EMA weights of a checkpoint (the newest of --run, or --checkpoint) with EDM\'s Heun sampler.',
+  },
+  eval: {
+    usage: EVAL_USAGE,
+    about: 'Samples N images from a checkpoint and writes FD, KID, precision and recall against real images (classifier features) as JSON.',
+  },
+  info: {
+    usage: 'tessera info',
+    about: 'Lists the backends, which one is the default and why, and what each reports (adapter, limits, threads).',
+  },
+} as const;
+
+const USAGE = `usage:\n${Object.values(COMMANDS).map((c) => `  ${c.usage}`).join('\n')}
+  tessera --version
+Run 'tessera <command> --help' for what a command does.`;
+
+/** `tessera --help`: the commands, the exit codes. */
+const HELP = `Tessera: diffusion models on a pure-functional tensor library (CPU and WebGPU).
+
+${USAGE}
+
+Exit codes: 0 done, 1 failed (the message says what and where), 2 the command line was wrong,
+130/143 stopped by SIGINT/SIGTERM after writing a checkpoint.`;
+
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 /** Splits `--flag value` / `--flag=value` options from config overrides (`--a.b=v`, which contain a dot). */
 function parseArgs(argv: readonly string[], flags: readonly string[], switches: readonly string[] = []) {
@@ -31,12 +65,12 @@ function parseArgs(argv: readonly string[], flags: readonly string[], switches: 
       opts.set(m[1]!, 'true');
     } else if (m !== null && flags.includes(m[1]!)) {
       const value = m[2] ?? argv[++i];
-      if (value === undefined) throw new TesseraError(`--${m[1]} needs a value\n${USAGE}`);
+      if (value === undefined) throw new UsageError(`--${m[1]} needs a value\n${USAGE}`);
       opts.set(m[1]!, value);
     } else if (arg.startsWith('--') && (arg.includes('.') || arg.startsWith('--backend='))) {
       rest.push(arg);
     } else {
-      throw new TesseraError(`unknown argument '${arg}'\n${USAGE}`);
+      throw new UsageError(`unknown argument '${arg}'\n${USAGE}`);
     }
   }
   return { opts, rest };
@@ -45,7 +79,7 @@ function parseArgs(argv: readonly string[], flags: readonly string[], switches: 
 function positiveInt(name: string, value: string | undefined, dflt: number): number {
   if (value === undefined) return dflt;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new TesseraError(`--${name}: expected an integer >= 0, got '${value}'`);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name}: expected an integer >= 0, got '${value}'`);
   return n;
 }
 
@@ -68,7 +102,7 @@ async function train(argv: readonly string[]): Promise<void> {
   const { opts, rest } = parseArgs(argv, ['config', 'run', 'stop-after', 'minutes', 'grid', 'backend'], ['resume', 'strict']);
   if (opts.has('backend')) rest.push(`--backend=${opts.get('backend')}`);
   const resume = opts.get('resume') === 'true';
-  if (opts.has('strict') && !resume) throw new TesseraError(`--strict: only means something with --resume (stop at a corrupt newest checkpoint)\n${USAGE}`);
+  if (opts.has('strict') && !resume) throw new UsageError(`--strict: only means something with --resume (stop at a corrupt newest checkpoint)\n${USAGE}`);
   const runDir = resolve(opts.get('run') ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-')));
   const config = await trainingConfig(runDir, resume, opts.get('config'), rest);
 
@@ -108,7 +142,7 @@ async function train(argv: readonly string[]): Promise<void> {
 function intInRange(name: string, value: string | undefined, dflt: number, min: number, max: number): number {
   if (value === undefined) return dflt;
   const n = value.trim() === '' ? NaN : Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw new TesseraError(`--${name}: expected an integer in [${min}, ${max}], got '${value}'`);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name}: expected an integer in [${min}, ${max}], got '${value}'`);
   return n;
 }
 
@@ -120,7 +154,7 @@ async function sample(argv: readonly string[]): Promise<void> {
   const seed = intInRange('seed', opts.get('seed'), 0, 0, 2 ** 31 - 1);
   const run = opts.get('run');
   const dir = opts.get('checkpoint') ?? (run === undefined ? undefined : await latestCheckpoint(resolve(run)));
-  if (dir === undefined) throw new TesseraError(`sample: give --run DIR (with a checkpoint) or --checkpoint DIR\n${USAGE}`);
+  if (dir === undefined) throw new UsageError(`sample: give --run DIR (with a checkpoint) or --checkpoint DIR\n${USAGE}`);
   const ck = orThrow(await loadCheckpoint(dir));
   const config = orThrow(resolveConfig(ck.config, {}));
   const model = buildModel(config);
@@ -148,8 +182,17 @@ async function info(): Promise<void> {
   }
 }
 
+const wantsHelp = (args: readonly string[]) => args.includes('--help') || args.includes('-h');
+
 async function main(argv: readonly string[]): Promise<void> {
   const [command, ...rest] = argv;
+  if (command === undefined) throw new UsageError(USAGE);
+  if (command === '--help' || command === '-h' || command === 'help') return void console.log(HELP);
+  if (command === '--version' || command === '-V') return void console.log(`tessera ${VERSION}`);
+  if (command in COMMANDS && wantsHelp(rest)) {
+    const c = COMMANDS[command as keyof typeof COMMANDS];
+    return void console.log(`usage: ${c.usage}\n\n${c.about}`);
+  }
   switch (command) {
     case 'train':
       return train(rest);
@@ -160,7 +203,7 @@ async function main(argv: readonly string[]): Promise<void> {
     case 'info':
       return info();
     default:
-      throw new TesseraError(command === undefined ? USAGE : `unknown command '${command}'\n${USAGE}`);
+      throw new UsageError(`unknown command '${command}'\n${USAGE}`);
   }
 }
 
@@ -169,5 +212,5 @@ try {
   process.exit(0);
 } catch (e) {
   console.error(`tessera: ${e instanceof Error ? e.message : String(e)}`);
-  process.exit(1);
+  process.exit(e instanceof UsageError ? 2 : 1);
 }

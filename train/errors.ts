@@ -35,6 +35,11 @@ export class TrainingError extends TesseraError {
   override readonly name = 'TrainingError';
 }
 
+/** A command line the CLI cannot take: an unknown command or flag, a missing or out-of-range value (exit code 2). */
+export class UsageError extends TesseraError {
+  override readonly name = 'UsageError';
+}
+
 /** Unwraps a Right, or throws the Left (which is always an Error in this layer). */
 export function orThrow<E extends Error, A>(result: Either<E, A>): A {
   if (isLeft(result)) throw result.left;

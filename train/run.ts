@@ -86,7 +86,7 @@ export interface RunOptions {
   readonly stopAfterSeconds?: number;
   /** When aborted, the run finishes its current step, writes a checkpoint and returns (Ctrl-C). */
   readonly signal?: AbortSignal;
-  /** Write a progress line to stderr. */
+  /** Write progress to stderr: one line updated in place on a terminal, else a plain line every 30 s and at the end. */
   readonly progress?: boolean;
   /** Samples in each grid (0: none). */
   readonly gridSamples?: number;
@@ -139,6 +139,9 @@ export async function sampleGrid(model: Model, params: TrainState['ema'], config
   // Small images are drawn at least 64 pixels tall, so a 16x16 sample is visible as it is.
   return imageGridPng((await x.data()) as Float32Array, [count, config.model.img_channels, height, width], { scale: Math.max(1, Math.floor(64 / height)) });
 }
+
+/** How often a progress line is printed when stderr is not a terminal (a log file, a pipe, CI). */
+const PLAIN_PROGRESS_MS = 30_000;
 
 const defaultSay = (message: string) => process.stderr.write(`tessera: ${message}\n`);
 
@@ -202,6 +205,7 @@ async function train(options: RunOptions, say: (message: string) => void, histor
   const offset = previous.at(-1)?.seconds ?? 0;
   let windowImages = 0;
   let windowStart = began;
+  let lastPlainProgress = -Infinity;
   let lastPosition = start.position;
   // Checkpoints known good, oldest first; the one whose manifest waits for the next step's loss.
   const good: { step: number; dir: string }[] = [...(start.resumed?.older ?? [])];
@@ -253,7 +257,14 @@ async function train(options: RunOptions, say: (message: string) => void, histor
       if (options.progress === true) {
         const bySteps = ((total - step) * (now - began)) / 1000 / Math.max(step - start.step, 1);
         const eta = Math.max(0, Math.min(bySteps, (options.stopAfterSeconds ?? Infinity) - (now - began) / 1000));
-        process.stderr.write(`\rstep ${step}/${total} | loss ${loss.toPrecision(4)} | ${line.images_per_s.toFixed(1)} img/s | patch ${line.patch} | ETA ${formatEta(eta)}   `);
+        const text = `step ${step}/${total} | loss ${loss.toPrecision(4)} | ${line.images_per_s.toFixed(1)} img/s | patch ${line.patch} | ETA ${formatEta(eta)}`;
+        // A terminal gets one line rewritten in place; a file or pipe gets a plain line every PLAIN_PROGRESS_MS.
+        if (process.stderr.isTTY) {
+          process.stderr.write(`\r${text}   `);
+        } else if (last || now - lastPlainProgress >= PLAIN_PROGRESS_MS) {
+          process.stderr.write(`${text}\n`);
+          lastPlainProgress = now;
+        }
       }
     }
   };
@@ -284,7 +295,7 @@ async function train(options: RunOptions, say: (message: string) => void, histor
     );
   } finally {
     await pending?.abandon();
-    if (options.progress === true) process.stderr.write('\n');
+    if (options.progress === true && process.stderr.isTTY) process.stderr.write('\n');
   }
   const stoppedEarly = result.step >= totalSteps(config) ? undefined
     : options.signal?.aborted === true ? 'signal' : outOfTime() ? 'time' : 'steps';

@@ -116,7 +116,7 @@ test('load: a missing folder, a file and a run folder are each named for what th
 test('tessera sample: numbers are range-checked before loading, and a missing checkpoint is named', { timeout: 120_000 }, async () => {
   const missing = join(tmpdir(), 'tessera-no-such-checkpoint');
   const zeroN = await tessera('sample', '--checkpoint', missing, '--n', '0');
-  assert.equal(zeroN.code, 1);
+  assert.equal(zeroN.code, 2, 'a wrong command line exits 2');
   assert.match(zeroN.stderr, /^tessera: --n: expected an integer in \[1, 1024\], got '0'$/m);
   const zeroSteps = await tessera('sample', '--checkpoint', missing, '--steps', '0');
   assert.match(zeroSteps.stderr, /^tessera: --steps: expected an integer in \[1, 1000\], got '0'$/m);

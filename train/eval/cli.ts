@@ -7,7 +7,8 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { setDefaultBackend, TesseraError } from '../../index.ts';
+import { setDefaultBackend } from '../../index.ts';
+import { UsageError } from '../errors.ts';
 import { evaluateCheckpoint } from './evaluate.ts';
 
 export const EVAL_USAGE = 'tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0] [--backend cpu|webgpu|reference]';
@@ -15,7 +16,7 @@ export const EVAL_USAGE = 'tessera eval --checkpoint DIR --samples N [--out FILE
 function count(name: string, value: string | undefined, dflt?: number): number | undefined {
   if (value === undefined) return dflt;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new TesseraError(`eval: --${name} expects an integer >= 1, got '${value}'\n  ${EVAL_USAGE}`);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`eval: --${name} expects an integer >= 1, got '${value}'\n  ${EVAL_USAGE}`);
   return n;
 }
 
@@ -30,11 +31,11 @@ export async function evalCommand(argv: readonly string[]): Promise<void> {
       },
     }));
   } catch (e) {
-    throw new TesseraError(`eval: ${(e as Error).message}\n  ${EVAL_USAGE}`);
+    throw new UsageError(`eval: ${(e as Error).message}\n  ${EVAL_USAGE}`);
   }
-  if (values.checkpoint === undefined) throw new TesseraError(`eval: --checkpoint is required\n  ${EVAL_USAGE}`);
+  if (values.checkpoint === undefined) throw new UsageError(`eval: --checkpoint is required\n  ${EVAL_USAGE}`);
   const samples = count('samples', values.samples);
-  if (samples === undefined) throw new TesseraError(`eval: --samples is required\n  ${EVAL_USAGE}`);
+  if (samples === undefined) throw new UsageError(`eval: --samples is required\n  ${EVAL_USAGE}`);
   if (values.backend !== undefined) setDefaultBackend(values.backend);
   const { result } = await evaluateCheckpoint(values.checkpoint, {
     samples, steps: count('steps', values.steps, 18), real: count('real', values.real), seed: values.seed === undefined ? 0 : count('seed', values.seed),
