@@ -168,6 +168,23 @@ function staticKey(name: string, x: unknown, path: string): string {
   return `#${id}`;
 }
 
+/** Traces of one jitted function after which a new one is probably a mistake worth a warning. */
+const RETRACE_WARNING = 16;
+
+/**
+ * Every distinct signature traces and compiles anew. A function traced this often is most likely
+ * fed a number that changes between calls (a step counter in a batch record), which is static and
+ * so retraces every time: the warning names the call's non-tensor arguments.
+ */
+function retraceWarning(name: string, def: TreeDef, leaves: readonly unknown[], staticSig: readonly string[]): string {
+  const paths = leafPaths(def, 'args');
+  const statics = leaves.flatMap((l, i) => (isTensor(l) || l === null ? [] : [`${paths[i]} = ${JSON.stringify(l)}`]));
+  const listed = [...statics, ...staticSig.map((s) => `static argument ${s}`)];
+  return `tessera: ${name} has been traced and compiled for ${RETRACE_WARNING + 1} different argument signatures; ` +
+    `each new shape or non-tensor value traces again. ${listed.length > 0 ? `This call's non-tensor arguments: ${listed.slice(0, 6).join(', ')}${listed.length > 6 ? ', ...' : ''}; ` : ''}` +
+    'pass values that change between calls as tensors, or leave them out of the arguments.';
+}
+
 /** Replaces tensors by concrete results in the output type of a jitted function. */
 export type Jitted<F extends (...args: never[]) => unknown> = (...args: Parameters<F>) => Promise<ReturnType<F>>;
 
@@ -181,6 +198,7 @@ export type Jitted<F extends (...args: never[]) => unknown> = (...args: Paramete
 export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitOptions = {}): Jitted<F> {
   const name = options.name ?? (f.name || 'jit');
   const cache = new Map<string, CacheEntry>();
+  let warnedRetracing = false;
 
   const staticArgs = new Set(options.staticArgnums ?? []);
   for (const n of staticArgs) {
@@ -209,6 +227,10 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
     const key = `${backend.name}|${treeDefString(def)}|${sig.join(';')}`;
     let entry = cache.get(key);
     if (entry === undefined) {
+      if (cache.size === RETRACE_WARNING && !warnedRetracing) {
+        warnedRetracing = true;
+        console.warn(retraceWarning(name, def, leaves, staticSig));
+      }
       const params: Tensor[] = [];
       const traced = leaves.map((leaf) => {
         if (!isTensor(leaf)) return leaf;

@@ -63,3 +63,16 @@ test('resume refuses a checkpoint written with another config, naming the path',
   await trainRun({ runDir: dir, config: tiny({ steps: 3 }), gridSamples: 0 });
   await assert.rejects(trainRun({ runDir: dir, config: tiny({ steps: 3, P_mean: -1 }), gridSamples: 0, resume: true }), /resuming cannot change train\.P_mean: -1\.2 -> -1/);
 });
+
+test('a run traces its step once per batch shape, not once per step (the batch\'s step and position stay out of jit)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-run-'));
+  const warnings: string[] = [];
+  const warn = console.warn;
+  console.warn = (m: string) => warnings.push(String(m));
+  try {
+    await trainRun({ runDir: dir, config: tiny({ steps: 20, checkpoint_every: 100, sample_every: 100 }), gridSamples: 0 });
+  } finally {
+    console.warn = warn;
+  }
+  assert.deepEqual(warnings.filter((w) => /traced and compiled/.test(w)), []);
+});
