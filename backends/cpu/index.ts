@@ -92,6 +92,8 @@ export class CpuBackend implements Backend {
   readonly dtypes = DTYPES;
   /** Kernel ids by source, so equal kernels of different programs compile once. */
   private readonly kernelIds = new Map<string, { readonly id: number; readonly wasm: boolean }>();
+  /** Which donated input each output takes, per executable and donation pattern. */
+  private readonly assignments = new WeakMap<CpuExecutable, Map<string, ReturnType<typeof assignOutputs>>>();
 
   /**
    * @param kernels `wasm` (the default) compiles fused kernels to WebAssembly SIMD where the
@@ -176,7 +178,9 @@ export class CpuBackend implements Backend {
       return buf;
     });
     // A buffer passed twice cannot be given away.
-    const canDonate = ins.map((b, i) => donated[i] === true && ins.indexOf(b) === ins.lastIndexOf(b));
+    const uses = new Map<CpuBuffer, number>();
+    for (const b of ins) uses.set(b, (uses.get(b) ?? 0) + 1);
+    const canDonate = ins.map((b, i) => donated[i] === true && uses.get(b) === 1);
     const nodes = program.nodes;
     const where = new Map<number, number>();
     nodes.forEach((nd, n) => {
@@ -188,10 +192,20 @@ export class CpuBackend implements Backend {
     // One workspace for every contraction of the run: the same size each run, so it is reused.
     const scratch = exe.scratchBytes > 0 ? rt.alloc(exe.scratchBytes) : undefined;
 
-    const { outputs, unused } = assignOutputs(program, memory, canDonate, (i, n) =>
-      // Only a block of the same size class: a larger one would drift to ever smaller tensors.
-      sizeClass(bufferBytes(ins[i]!.dtype, ins[i]!.size)) === sizeClass(nodeBytes(nodes[n]!)) ? 0 : undefined,
-    );
+    // Inputs always have the program's sizes (checked above), so the assignment depends only on
+    // which inputs are donated: computed once per pattern (a training loop has one) and kept.
+    const pattern = canDonate.map((d) => (d ? '1' : '0')).join('');
+    const assignments = this.assignments.get(exe) ?? new Map<string, ReturnType<typeof assignOutputs>>();
+    this.assignments.set(exe, assignments);
+    let assignment = assignments.get(pattern);
+    if (assignment === undefined) {
+      assignment = assignOutputs(program, memory, canDonate, (i, n) =>
+        // Only a block of the same size class: a larger one would drift to ever smaller tensors.
+        sizeClass(bufferBytes(ins[i]!.dtype, ins[i]!.size)) === sizeClass(nodeBytes(nodes[n]!)) ? 0 : undefined,
+      );
+      assignments.set(pattern, assignment);
+    }
+    const { outputs, unused } = assignment;
     const copies: [from: number, to: CpuBuffer][] = [];
     const results = program.outputs.map((n, k) => {
       const nd = nodes[n]!;
