@@ -182,6 +182,13 @@ export const NCSNPP = {
 /** Parameters of one encoder/decoder entry; the tree under `enc` and `dec`. */
 export type ModuleParams = UNetBlockParams | Conv2dParams | GroupNormParams | { readonly [index: string]: Conv2dParams };
 
+/**
+ * Parameters the network keeps behind `stopGradient` (EDM's buffers: the Fourier embedding's
+ * frequencies), by the end of their path. Their gradient is zero, so an optimizer started from zero
+ * moments never moves them.
+ */
+export const FROZEN_PARAMETERS: readonly string[] = ['map_noise.freqs'];
+
 export type SongUNetParams = {
   readonly map_noise?: FourierEmbeddingParams;
   readonly map_label?: LinearParams;

@@ -6,7 +6,8 @@
  * refused by name (`resumeConfig.ts`): that is the user's mistake, not damage, so nothing older is
  * tried instead.
  */
-import type { PyTree, Tensor } from '../core/index.ts';
+import { flatten, leafPaths, unflatten, zerosLike, type PyTree, type Tensor } from '../core/index.ts';
+import { FROZEN_PARAMETERS } from '../models/songunet.ts';
 import { listCheckpoints, loadCheckpoint, setAsideCheckpoint } from './checkpoint.ts';
 import type { TrainingConfig } from './config.ts';
 import { CheckpointError, orThrow } from './errors.ts';
@@ -92,7 +93,7 @@ function restoreState(
   const fresh = initState(model, config);
   const position = (dataPosition as { position?: unknown } | null)?.position;
   if (typeof position !== 'number') throw new CheckpointError(`${dir}: manifest data_position.position is not a number`);
-  const opt = restoreLike(carryOptimizerState(fresh.opt, config, ckConfig), trees['optimizer'] ?? {}, `${dir} optimizer`);
+  const opt = zeroFrozenMoments(restoreLike(carryOptimizerState(fresh.opt, config, ckConfig), trees['optimizer'] ?? {}, `${dir} optimizer`));
   return {
     state: {
       params: restoreLike(fresh.params, trees['params'] ?? {}, `${dir} params`),
@@ -103,4 +104,16 @@ function restoreState(
     },
     position,
   };
+}
+
+/**
+ * Zeroes the optimizer state held for frozen parameters (`FROZEN_PARAMETERS`). Checkpoints written
+ * while an update mask froze them (before `stopGradient` did) hold nonzero Adam moments there,
+ * which would move them for a while after resuming; in newer checkpoints these are zero already,
+ * so resuming stays bit-exact.
+ */
+export function zeroFrozenMoments(opt: PyTree<Tensor>): PyTree<Tensor> {
+  const { leaves, def } = flatten<Tensor>(opt);
+  const paths = leafPaths(def);
+  return unflatten(def, leaves.map((leaf, i) => (FROZEN_PARAMETERS.some((f) => paths[i]!.endsWith(`.${f}`)) ? zerosLike(leaf) : leaf)));
 }

@@ -12,7 +12,11 @@ import '../../index.ts';
 import { latestCheckpoint, loadCheckpoint } from '../../train/checkpoint.ts';
 import { orThrow } from '../../train/errors.ts';
 import { trainRun } from '../../train/run.ts';
-import { leafValues, tinyConfig } from './tinyRun.ts';
+import { add, flatten, leafPaths, unflatten, type Tensor } from '../../core/index.ts';
+import { resolveConfig } from '../../train/config.ts';
+import { zeroFrozenMoments } from '../../train/resume.ts';
+import { buildModel, initState } from '../../train/step.ts';
+import { leafValues, tinyConfig, tinyUserConfig } from './tinyRun.ts';
 
 const tiny = (over: Record<string, unknown> = {}) => tinyConfig({ sample_every: 6, ...over });
 
@@ -75,4 +79,29 @@ test('a run traces its step once per batch shape, not once per step (the batch\'
     console.warn = warn;
   }
   assert.deepEqual(warnings.filter((w) => /traced and compiled/.test(w)), []);
+});
+
+test('Fourier embedding: the frozen frequencies never move, resuming is bit for bit, and moments an old checkpoint holds for them are zeroed', async () => {
+  const user = tinyUserConfig({ sample_every: 6 });
+  const config = orThrow(resolveConfig({ ...user, model: { ...user.model, embedding_type: 'fourier' } }, {}));
+  const straight = await trainRun({ runDir: await mkdtemp(join(tmpdir(), 'tessera-a-')), config, gridSamples: 0 });
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-b-'));
+  await trainRun({ runDir: dir, config, gridSamples: 0, stopAfter: 3 });
+  const resumed = await trainRun({ runDir: dir, config, gridSamples: 0, resume: true });
+  assert.deepEqual(await leafValues(resumed.state.params), await leafValues(straight.state.params));
+  assert.deepEqual(await leafValues(resumed.state.opt), await leafValues(straight.state.opt));
+  const init = initState(buildModel(config), config);
+  assert.deepEqual(await leafValues(straight.state.params.model.map_noise), await leafValues(init.params.model.map_noise));
+
+  // An optimizer state with nonzero moments everywhere: only the frozen frequencies' are zeroed.
+  const { leaves, def } = flatten<Tensor>(init.opt);
+  const paths = leafPaths(def);
+  const zeroed = flatten<Tensor>(zeroFrozenMoments(unflatten(def, leaves.map((l) => add(l, 1))))).leaves;
+  const frozen = paths.flatMap((p, i) => (p.endsWith('.map_noise.freqs') ? [i] : []));
+  assert.equal(frozen.length, 2, `the two Adam moments of map_noise.freqs among ${paths.length} leaves`);
+  for (let i = 0; i < leaves.length; i++) {
+    const before = Array.from(await leaves[i]!.data());
+    const after = Array.from(await zeroed[i]!.data());
+    assert.deepEqual(after, before.map((v) => (frozen.includes(i) ? 0 : v + 1)), paths[i]);
+  }
 });
