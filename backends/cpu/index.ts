@@ -19,7 +19,8 @@ import { type ConvShapes, conv2d, conv2dGradInput, conv2dGradWeight, convScratch
 import { matmul, matmulScratchBytes } from './gemm.ts';
 import { elementBytes, viewOf } from './js.ts';
 import { planSteps, type Step } from './kernels.ts';
-import { compileKernel, type KernelText, Unsupported } from './simd.ts';
+import { compileKernel } from './simd.ts';
+import { type KernelText, Unsupported } from './kernelText.ts';
 import type { Parallel } from './parallel.ts';
 import { createRuntime, sizeClass } from './runtime.ts';
 

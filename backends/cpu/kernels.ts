@@ -17,7 +17,7 @@ import type { DType } from '../../core/dtype.ts';
 import type { Dialect } from '../kernel/emitter.ts';
 import { JS, helpersFor, viewOf } from './js.ts';
 import { MAX_ARGS } from './runtime.ts';
-import { type KernelText, Unsupported, WASM } from './simd.ts';
+import { type KernelText, Unsupported, WASM } from './kernelText.ts';
 
 /** Buffers one fused kernel may bind (reads and output): the runtime's argument slots. */
 export const MAX_KERNEL_BUFFERS = MAX_ARGS;

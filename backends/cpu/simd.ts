@@ -1,219 +1,36 @@
 /**
  * Fused elementwise and reduction kernels as WebAssembly, vectorised over four consecutive outputs.
- *
- * The shared expression generator (kernel/emitter.ts) writes a kernel in the `WASM` dialect below: a
- * small typed statement language (`const`, typed `let`, assignment, `if`/`else`, `for (i in a .. b)`,
- * infix integer index arithmetic, and `@op(...)` calls for everything typed: loads, stores, unaries,
- * binaries, casts). This file parses that text and compiles it to one Wasm function twice over:
+ * The kernel arrives as text in the `WASM` dialect (kernelText.ts, parsed there); this file compiles
+ * it to one Wasm function twice over:
  *
  *  - **vector** (elementwise kernels): four consecutive output indices per iteration. Every integer
  *    index is tracked as *uniform* (the same in all four lanes), *contiguous* (lane l is base + l) or
  *    a general i32x4 vector, from the loop index (contiguous, and a multiple of 4) through `+ - * / %`:
  *    e.g. `gi / 256` is uniform and `gi % 256` contiguous, so a per-channel bias is one scalar load
- *    and a splat, and a same-shape operand one `v128.load`. Values are f32x4/i32x4; what SIMD128 has
- *    no instruction for (exp, log, ...) is computed per lane by the reference's own function,
- *    imported from `math.js`. A branch on a value that differs between lanes (a pad along the
- *    innermost axis) makes the vector form impossible, and the kernel is compiled scalar only.
- *  - **scalar**: one output per iteration: the tail of a vector loop, and every reduction (their sums
- *    accumulate in f64 in the reference's order, which four independent lanes would not keep).
+ *    and a splat, and a same-shape operand one `v128.load`. Values are f32x4/i32x4; exp and sigmoid
+ *    use an f64x2 port of the reference's own exp (exp.ts), and what else SIMD128 has no instruction
+ *    for (log, sin, ...) is computed per lane by the reference's function, imported from `math.js`.
+ *    A branch on a value that differs between lanes (a pad along the innermost axis) makes the vector
+ *    form impossible, and the kernel is compiled scalar only.
+ *  - **scalar**: one output per iteration: the tail of a vector loop, and reductions whose rows do
+ *    not start side by side (their sums accumulate in f64 in the reference's order).
  *
  * Every operation rounds as the reference stores it: f32 `+ - * / sqrt` are the correctly rounded
  * results the reference gets from a double and one rounding; rsqrt is computed in f64 and rounded
  * once, as the reference does; imported functions see the same doubles. So the kernels are
  * bit-identical to the reference, as the JavaScript ones are. What this compiler does not support
- * (random bits, integer division and powers) throws `Unsupported`, and the caller keeps the
+ * (int32 division and powers, among others) throws `Unsupported`, and the caller keeps the
  * JavaScript kernel for it.
  */
 import type { DType } from '../../core/dtype.ts';
 import { THREEFRY_PARITY, THREEFRY_ROTATIONS } from '../../core/threefry.ts';
 import type { BinaryFn, UnaryFn } from '../../core/tensor.ts';
-import type { Dialect } from '../kernel/emitter.ts';
 import { EXP_FAST_LIMIT, emitExpF64x2 } from './exp.ts';
+import { parseKernel, Unsupported, type Expr, type KernelText, type Stmt } from './kernelText.ts';
 import { type FunctionBody, type FunctionRef, type Local, ModuleBuilder, type PlainOp } from './wasm.ts';
-
-/** A kernel this compiler cannot express; the caller falls back to JavaScript. */
-export class Unsupported extends Error {}
 
 /** A kernel whose vector form would branch per lane; it is compiled scalar. */
 class NotUniform extends Error {}
-
-/** f32 bits in hex: exact for every value, NaN payloads and -0 included. */
-function f32Bits(x: number): string {
-  return (new Uint32Array(new Float32Array([x]).buffer)[0]! >>> 0).toString(16);
-}
-
-function constant(value: number, dtype: DType): string {
-  switch (dtype) {
-    case 'float32':
-      return `$f${f32Bits(value)}`;
-    case 'int32':
-      return `$i${value | 0}`;
-    case 'bool':
-      return `$i${value ? 1 : 0}`;
-    default:
-      throw new Unsupported(`${dtype} constant`);
-  }
-}
-
-/** The emitter's spelling for this compiler (see the header). */
-export const WASM: Dialect = {
-  uint: (n) => String(n),
-  quotient: (index, divisor) => `@q(${index}, ${divisor})`,
-  let: (name, expr) => `const ${name} = ${expr};`,
-  var: (name, dtype, init) => `let ${name}:${dtype} = ${init ?? constant(0, dtype)};`,
-  load: (dtype, buffer, index) => `@load.${dtype}(${buffer}, ${index})`,
-  constant,
-  unary: (fn, inDtype, outDtype, x) => `@u.${fn}.${inDtype}.${outDtype}(${x})`,
-  binary: (fn, inDtype, outDtype, a, b) => `@b.${fn}.${inDtype}.${outDtype}(${a}, ${b})`,
-  cast: (from, to, x) => `@cast.${from}.${to}(${x})`,
-  select: (cond, ifTrue, ifFalse) => `@select(${cond}, ${ifTrue}, ${ifFalse})`,
-  signed: (index) => `(${index})`,
-  unsigned: (int) => `(${int})`,
-  clampIndex: (int, max) => `@clamp(${int}, ${max})`,
-  randomBits: (key0, key1, offset, index) => `@random(${key0}, ${key1}, ${offset}, ${index})`,
-};
-
-// ---- Parsing -------------------------------------------------------------------------------
-
-type Expr =
-  | { readonly k: 'int'; readonly v: number }
-  | { readonly k: 'f32'; readonly v: number }
-  | { readonly k: 'name'; readonly name: string }
-  | { readonly k: 'call'; readonly fn: string; readonly args: readonly Expr[] }
-  | { readonly k: 'bin'; readonly op: string; readonly a: Expr; readonly b: Expr }
-  | { readonly k: 'neg'; readonly a: Expr };
-
-type Stmt =
-  | { readonly k: 'const'; readonly name: string; readonly e: Expr }
-  | { readonly k: 'let'; readonly name: string; readonly type: string; readonly e: Expr }
-  | { readonly k: 'set'; readonly name: string; readonly e: Expr }
-  | { readonly k: 'if'; readonly cond: Expr; readonly then: readonly Stmt[]; readonly else?: readonly Stmt[] }
-  | { readonly k: 'for'; readonly v: string; readonly from: Expr; readonly to: Expr; readonly body: readonly Stmt[] }
-  | { readonly k: 'do'; readonly e: Expr };
-
-const TOKEN = /\s*(\$f[0-9a-f]+|\$i-?\d+|@[A-Za-z0-9_.]+|[A-Za-z_][A-Za-z0-9_]*|\d+|\.\.|&&|<=|>=|==|!=|[-+*/%<>=(),;{}:])/y;
-
-function tokenize(src: string): string[] {
-  const out: string[] = [];
-  TOKEN.lastIndex = 0;
-  for (;;) {
-    const at = TOKEN.lastIndex;
-    if (/^\s*$/.test(src.slice(at))) return out;
-    const m = TOKEN.exec(src);
-    if (m === null) throw new Unsupported(`cannot read kernel text at ${JSON.stringify(src.slice(at, at + 30))}`);
-    out.push(m[1]!);
-  }
-}
-
-const PRECEDENCE: Record<string, number> = { '&&': 1, '<': 2, '<=': 2, '>': 2, '>=': 2, '==': 2, '!=': 2, '+': 3, '-': 3, '*': 4, '/': 4, '%': 4 };
-
-/** Parses kernel text written in the `WASM` dialect. */
-export function parseKernel(src: string): Stmt[] {
-  const t = tokenize(src);
-  let p = 0;
-  const peek = (): string | undefined => t[p];
-  const take = (want?: string): string => {
-    const tok = t[p++];
-    if (tok === undefined || (want !== undefined && tok !== want)) throw new Unsupported(`kernel text: expected ${want ?? 'a token'}, got ${tok ?? 'the end'} at token ${p - 1}`);
-    return tok;
-  };
-  const primary = (): Expr => {
-    const tok = take();
-    if (tok === '(') {
-      const e = expr(0);
-      take(')');
-      return e;
-    }
-    if (tok === '-') return { k: 'neg', a: primary() };
-    if (/^\d+$/.test(tok)) return { k: 'int', v: Number(tok) };
-    if (tok === 'true') return { k: 'int', v: 1 };
-    if (tok.startsWith('$i')) return { k: 'int', v: Number(tok.slice(2)) };
-    if (tok.startsWith('$f')) return { k: 'f32', v: new Float32Array(new Uint32Array([parseInt(tok.slice(2), 16)]).buffer)[0]! };
-    if (tok.startsWith('@')) {
-      take('(');
-      const args: Expr[] = [];
-      while (peek() !== ')') {
-        args.push(expr(0));
-        if (peek() === ',') take(',');
-      }
-      take(')');
-      return { k: 'call', fn: tok.slice(1), args };
-    }
-    return { k: 'name', name: tok };
-  };
-  const expr = (min: number): Expr => {
-    let left = primary();
-    for (;;) {
-      const op = peek();
-      const prec = op === undefined ? undefined : PRECEDENCE[op];
-      if (prec === undefined || prec <= min) return left;
-      take();
-      left = { k: 'bin', op: op!, a: left, b: expr(prec) };
-    }
-  };
-  const block = (): Stmt[] => {
-    take('{');
-    const body: Stmt[] = [];
-    while (peek() !== '}') body.push(stmt());
-    take('}');
-    return body;
-  };
-  const stmt = (): Stmt => {
-    const tok = take();
-    switch (tok) {
-      case 'const': {
-        const name = take();
-        take('=');
-        const e = expr(0);
-        take(';');
-        return { k: 'const', name, e };
-      }
-      case 'let': {
-        const name = take();
-        take(':');
-        const type = take();
-        take('=');
-        const e = expr(0);
-        take(';');
-        return { k: 'let', name, type, e };
-      }
-      case 'if': {
-        take('(');
-        const cond = expr(0);
-        take(')');
-        const then = block();
-        if (peek() !== 'else') return { k: 'if', cond, then };
-        take('else');
-        return { k: 'if', cond, then, else: peek() === 'if' ? [stmt()] : block() };
-      }
-      case 'for': {
-        take('(');
-        const v = take();
-        take('in');
-        const from = expr(0);
-        take('..');
-        const to = expr(0);
-        take(')');
-        return { k: 'for', v, from, to, body: block() };
-      }
-      default: {
-        if (tok.startsWith('@')) {
-          p--;
-          const e = expr(0);
-          take(';');
-          return { k: 'do', e };
-        }
-        take('=');
-        const e = expr(0);
-        take(';');
-        return { k: 'set', name: tok, e };
-      }
-    }
-  };
-  const out: Stmt[] = [];
-  while (p < t.length) out.push(stmt());
-  return out;
-}
 
 // ---- Values --------------------------------------------------------------------------------
 
@@ -1059,25 +876,6 @@ function foldIndex(op: string, a: number, b: number): number {
     case '&&': return a !== 0 && b !== 0 ? 1 : 0;
     default: return unsupported(`index operator ${op}`);
   }
-}
-
-/** A kernel to compile: its text (in the `WASM` dialect), the loop index's name and its buffers. */
-export interface KernelText {
-  /** Statements run once per output index, named `index`; they store through `@store`. */
-  readonly body: string;
-  readonly index: string;
-  /** Names of the buffer parameters (byte offsets), in argument order. */
-  readonly buffers: readonly string[];
-  /** Try four outputs per iteration (with a scalar loop for the rest). */
-  readonly vectorize: boolean;
-  /**
-   * Whether that vector form may gather loads lane by lane. Measured on the 2-core machine: four
-   * row sums side by side pay off only when their rows start at adjacent elements (a column sum of
-   * [32, 64, 256] over axis 0: 0.31 against 0.76 ns per element scalar); with gathered rows (a sum
-   * over axes 0 and 2) the vector form was no faster (0.62 against 0.41 to 0.63 ns over repeated
-   * runs, on a loaded machine), so reductions say false.
-   */
-  readonly gathers: boolean;
 }
 
 /** The compiled module: export `k(start, end, ...buffers)`; `vectorized` says whether the vector loop exists. */
