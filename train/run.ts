@@ -288,8 +288,7 @@ async function train(options: RunOptions, say: (message: string) => void, histor
   let result: { state: TrainState; step: number };
   try {
     result = await fold(
-      // Only the tensors: the batch's step and position are numbers, which jit would treat as static and retrace for.
-      (s: TrainState, b: TrainingBatch) => step(s, { images: b.images, top: b.top, left: b.left }),
+      step,
       start.state,
       trainingBatches(data.dataset, config, start.step, start.position),
       { startStep: start.step, totalSteps: total, observers: [checkStep, checkpoint, samples], stopWhen: () => options.signal?.aborted === true || outOfTime() },

@@ -156,9 +156,14 @@ export function carryOptimizerState(opt: PyTree<Tensor>, from: TrainingConfig, t
   return (hasClip ? [first, {}, ...rest] : [first, ...rest.slice(1)]) as PyTree<Tensor>;
 }
 
-/** The compiled step; the old state is donated to the new one. */
+/**
+ * The compiled step; the old state is donated to the new one. Only the batch's tensors reach jit:
+ * a batch record that also carries numbers (the training loop's step and data position) would
+ * otherwise make them static, and every new value would trace the step again.
+ */
 export function compileStep(model: Model, config: TrainingConfig, backend?: BackendName) {
-  return jit(stepFunction(model, config), { donate: [0], backend, name: 'trainStep' });
+  const step = jit(stepFunction(model, config), { donate: [0], backend, name: 'trainStep' });
+  return (state: TrainState, batch: StepBatch) => step(state, { images: batch.images, top: batch.top, left: batch.left });
 }
 
 /** Host patches to a step batch. */
