@@ -26,6 +26,7 @@ import { FEATURE_DIM, loadClassifier } from '../eval/classifier.ts';
 import { imageFeatures, type HostImages } from '../eval/features.ts';
 import { featureSet, sampleMetrics, type FeatureSet, type SampleMetrics } from '../eval/metrics.ts';
 import { realImages } from '../eval/real.ts';
+import { imageGridPng } from '../images.ts';
 import { initMsdiffState, msdiffTrainStep } from '../msdiff.ts';
 import { linePlotPng } from './linePlotPng.ts';
 
@@ -88,31 +89,11 @@ export interface MsdiffRunResult {
   readonly networks: number;
   readonly params: number;
   readonly stepsPerScale: number[];
-  readonly losses: [number, number][];
   readonly evals: Evaluation[];
 }
 
 /** A file beside the results page, named after it: docs/msdiff-results.md -> docs/msdiff-results-fd.png. */
 const beside = (doc: string, suffix: string): string => resolve(doc).replace(/\.md$/, '') + `-${suffix}`;
-
-/** The first 64 samples as an 8x8 grid PNG. */
-async function gridPng(images: HostImages): Promise<Uint8Array> {
-  const { PNG } = await import('pngjs');
-  const side = 8 * (R + 2);
-  const png = new PNG({ width: side, height: side });
-  png.data.fill(255);
-  for (let i = 0; i < Math.min(64, images.count); i++) {
-    const [gx, gy] = [(i % 8) * (R + 2) + 1, Math.floor(i / 8) * (R + 2) + 1];
-    for (let y = 0; y < R; y++) {
-      for (let x = 0; x < R; x++) {
-        const v = Math.round(((images.data[i * R * R + y * R + x]! + 1) / 2) * 255);
-        const p = ((gy + y) * side + gx + x) * 4;
-        png.data[p] = png.data[p + 1] = png.data[p + 2] = v;
-      }
-    }
-  }
-  return PNG.sync.write(png);
-}
 
 /** Trains the uniform model and MSDiff for the same budget, evaluates them, and writes the results page. */
 export async function runMsdiffExperiment(o: MsdiffExperimentOptions): Promise<MsdiffRunResult[]> {
@@ -161,7 +142,6 @@ export async function runMsdiffExperiment(o: MsdiffExperimentOptions): Promise<M
     const step = msdiffTrainStep(model, options);
     const next = batches(7);
     const stepsPerScale = Array.from({ length: levels + 1 }, () => 0);
-    const losses: [number, number][] = [];
     const evals: Evaluation[] = [];
     let trained = 0;
     let steps = 0;
@@ -176,16 +156,15 @@ export async function runMsdiffExperiment(o: MsdiffExperimentOptions): Promise<M
         trained += (performance.now() - t0) / 1000;
         stepsPerScale[k]!++;
         steps++;
-        if (steps % 10 === 0) losses.push([trained, loss]);
         if (!Number.isFinite(loss)) throw new Error(`${name}: the loss is ${loss} at step ${steps}`);
       }
       const { images, seconds } = await sample(levels, state.ema, model);
       const m = sampleMetrics(realFeatures, await features(images));
       evals.push({ ...m, seconds: trained, steps, sampleSeconds: seconds });
       console.log(`${name}: ${trained.toFixed(0)} s, ${steps} steps (${stepsPerScale.join('/')} per scale): FD ${m.fd.toFixed(2)}, KID ${(m.kid.mean * 1000).toFixed(2)}e-3, precision ${m.precision.toFixed(3)}, recall ${m.recall.toFixed(3)}; ${o.samples} samples in ${seconds.toFixed(1)} s`);
-      if (e === o.evals) await writeFile(beside(o.doc, `${levels === 0 ? 'uniform' : 'msdiff'}.png`), await gridPng(images));
+      if (e === o.evals) await writeFile(beside(o.doc, `${levels === 0 ? 'uniform' : 'msdiff'}.png`), imageGridPng(images.data.subarray(0, Math.min(64, images.count) * R * R), [Math.min(64, images.count), 1, R, R]));
     }
-    return { name, networks: levels + 1, params, stepsPerScale, losses, evals };
+    return { name, networks: levels + 1, params, stepsPerScale, evals };
   }
 
   await mkdir(dirname(resolve(o.doc)), { recursive: true });
