@@ -198,7 +198,6 @@ export type Jitted<F extends (...args: never[]) => unknown> = (...args: Paramete
 export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitOptions = {}): Jitted<F> {
   const name = options.name ?? (f.name || 'jit');
   const cache = new Map<string, CacheEntry>();
-  let warnedRetracing = false;
 
   const staticArgs = new Set(options.staticArgnums ?? []);
   for (const n of staticArgs) {
@@ -227,10 +226,8 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
     const key = `${backend.name}|${treeDefString(def)}|${sig.join(';')}`;
     let entry = cache.get(key);
     if (entry === undefined) {
-      if (cache.size === RETRACE_WARNING && !warnedRetracing) {
-        warnedRetracing = true;
-        console.warn(retraceWarning(name, def, leaves, staticSig));
-      }
+      // The cache only grows, so this warns once: at the 17th signature.
+      if (cache.size === RETRACE_WARNING) console.warn(retraceWarning(name, def, leaves, staticSig));
       const params: Tensor[] = [];
       const traced = leaves.map((leaf) => {
         if (!isTensor(leaf)) return leaf;

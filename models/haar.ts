@@ -9,7 +9,7 @@
  * written as one grouped stride-2 convolution and its transpose: primitives the autodiff rules and
  * every backend already have, and the inverse is the exact adjoint of the transform.
  */
-import { conv2d, conv2dGradInput, reshape, slice, concat, tensor, ShapeError, fmtShape, type Tensor } from '../core/index.ts';
+import { conv2d, conv2dGradInput, reshape, shapesEqual, slice, concat, tensor, ShapeError, fmtShape, type Tensor } from '../core/index.ts';
 
 /** A one-level split: the approximation [N, C, H/2, W/2] and the detail bands [N, 3C, H/2, W/2] (h, v, d per channel). */
 export interface HaarLevel {
@@ -61,7 +61,7 @@ export function inverseHaar2d({ approx, detail }: HaarLevel): Tensor {
   if (approx.rank !== 4 || detail.rank !== 4) throw new ShapeError(`inverseHaar2d: expects NCHW approx and detail, got ${fmtShape(approx.shape)} and ${fmtShape(detail.shape)}`);
   const [n, c, h, w] = approx.shape as [number, number, number, number];
   const want = [n, 3 * c, h, w];
-  if (detail.shape.some((d, i) => d !== want[i])) {
+  if (!shapesEqual(detail.shape, want)) {
     throw new ShapeError(`inverseHaar2d: detail bands must be ${fmtShape(want)} for approx ${fmtShape(approx.shape)}, got ${fmtShape(detail.shape)}`);
   }
   const coefficients = concat([reshape(approx, [n, c, 1, h, w]), reshape(detail, [n, c, 3, h, w])], 2);

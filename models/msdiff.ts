@@ -13,7 +13,7 @@
  * band as fresh noise when its interval begins.
  */
 import {
-  add, broadcastTo, clip, div, jit, mul, neg, random, reshape, sigmoid, sqrt, square, sub, tensor, ShapeError, TesseraError, fmtShape,
+  add, broadcastTo, clip, div, jit, mul, neg, random, reshape, shapesEqual, sigmoid, sqrt, square, sub, tensor, ShapeError, TesseraError, fmtShape,
   type Backend, type BackendName, type Tensor,
 } from '../core/index.ts';
 import { haarDecompose, haarReconstruct } from './haar.ts';
@@ -164,7 +164,7 @@ export function msdiffModel(config: MsdiffModelConfig) {
     if (live.length !== s.n - k) throw new TesseraError(`msdiff: scale ${k} has ${s.n - k} live components, got ${live.length}`);
     const image = liveImage(live);
     const want = [image.shape[0]!, config.imgChannels, R / 2 ** k, R / 2 ** k];
-    if (image.shape.some((d, i) => d !== want[i])) throw new ShapeError(`msdiff: the live components of scale ${k} rebuild ${fmtShape(image.shape)}, expected ${fmtShape(want)}`);
+    if (!shapesEqual(image.shape, want)) throw new ShapeError(`msdiff: the live components of scale ${k} rebuild ${fmtShape(image.shape)}, expected ${fmtShape(want)}`);
     return image;
   };
 
@@ -228,8 +228,8 @@ function samplerPrograms(score: MultiScaleScore, options: MsdiffSampleOptions): 
   const method = options.method ?? 'sde';
   const backendKey = typeof options.backend === 'object' ? options.backend.name : String(options.backend);
   const cacheKey = JSON.stringify([options.schedule, method, backendKey]);
-  const perScore = compiled.get(score) ?? new Map<string, SamplerPrograms>();
-  compiled.set(score, perScore);
+  let perScore = compiled.get(score);
+  if (perScore === undefined) compiled.set(score, (perScore = new Map()));
   const cached = perScore.get(cacheKey);
   if (cached !== undefined) return cached;
   const step = jit(
@@ -297,7 +297,7 @@ export async function msdiffSample(score: MultiScaleScore, options: MsdiffSample
 function checkScores(scores: readonly Tensor[], live: readonly Tensor[], k: number): readonly Tensor[] {
   if (scores.length !== live.length) throw new TesseraError(`msdiff score: scale ${k} must return ${live.length} scores (one per live component), got ${scores.length}`);
   scores.forEach((sc, i) => {
-    if (sc.shape.length !== live[i]!.shape.length || sc.shape.some((d, a) => d !== live[i]!.shape[a])) {
+    if (!shapesEqual(sc.shape, live[i]!.shape)) {
       throw new ShapeError(`msdiff score: scale ${k}, component ${k + i}: the score is ${fmtShape(sc.shape)}, the component ${fmtShape(live[i]!.shape)}`);
     }
   });

@@ -7,7 +7,7 @@
  * The coordinates are appended unscaled. `useCoords: false` gives the plain EDM model
  * (`EDMPrecond`) with the same network otherwise.
  */
-import { add, broadcastTo, concat, log, mul, reshape, rsqrt, square, TesseraError, ShapeError, fmtShape, type Tensor } from '../core/index.ts';
+import { add, broadcastTo, concat, log, mul, reshape, rsqrt, shapesEqual, square, TesseraError, ShapeError, fmtShape, type Tensor } from '../core/index.ts';
 import { batchCoordinates, fullCoordinates } from './patch.ts';
 import { songUNet, type SongUNetConfig, type SongUNetParams } from './songunet.ts';
 
@@ -119,7 +119,7 @@ export function makeDenoiser(params: PatchModelParams, model: PatchModelConfig |
  * x [N, ...] without reshaping it to [N, 1, ...] broadcasts to a wrong, often huge, shape.
  */
 export function checkDenoised(out: Tensor, x: Tensor, sigma: Tensor, who: string): Tensor {
-  const sameShape = out.rank === x.rank && out.shape.every((d, i) => d === x.shape[i]);
+  const sameShape = shapesEqual(out.shape, x.shape);
   if (sameShape && out.dtype === x.dtype) return out;
   const n = x.shape[0] ?? 1;
   const perSample = `[${[n, ...x.shape.slice(1).map(() => 1)].join(', ')}]`;

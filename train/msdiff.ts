@@ -74,15 +74,15 @@ export function initMsdiffState(model: MsdiffModel, key: Tensor, options: Msdiff
  */
 export function msdiffTrainStep(model: MsdiffModel, options: MsdiffTrainOptions) {
   const opt = adam({ lr: options.lr });
-  const run = jit(
+  return jit(
     (state: MsdiffTrainState, images: Tensor, k: number, key: Tensor) => {
-      const scaleLoss = (p: SongUNetParams) => msdiffLoss(model, { scales: state.params.scales.map((q, i) => (i === k ? p : q)) }, images, k, key);
+      const replace = <T>(xs: readonly T[], x: T): T[] => xs.map((y, i) => (i === k ? x : y));
+      const scaleLoss = (p: SongUNetParams) => msdiffLoss(model, { scales: replace(state.params.scales, p) }, images, k, key);
       const [loss, grads] = valueAndGrad(scaleLoss)(state.params.scales[k]!);
       const [updates, optK] = opt.update(grads as Params, state.opt[k]! as never, state.params.scales[k]! as Params);
       const paramsK = applyUpdates(state.params.scales[k]! as Params, updates) as SongUNetParams;
       const b = images.shape[0]!;
       const emaK = emaUpdate(state.ema.scales[k]! as Params, paramsK as Params, state.imagesSeen[k]!, b, options.emaHalflifeImages, options.emaRampupRatio) as SongUNetParams;
-      const replace = <T>(xs: readonly T[], x: T): T[] => xs.map((y, i) => (i === k ? x : y));
       return {
         state: {
           params: { scales: replace(state.params.scales, paramsK) },
@@ -95,5 +95,4 @@ export function msdiffTrainStep(model: MsdiffModel, options: MsdiffTrainOptions)
     },
     { name: 'msdiffTrainStep', donate: [0], backend: options.backend },
   );
-  return run;
 }

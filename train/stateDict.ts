@@ -14,6 +14,7 @@ import '../core/jit.ts';
 import { left, right, type Either } from 'fp-ts/lib/Either.js';
 import { fmtShape, TreeError } from '../core/errors.ts';
 import { tensor } from '../core/ops.ts';
+import { shapesEqual } from '../core/shape.ts';
 import { flatten, leafPaths, unflatten, type PyTree, type TreeDef } from '../core/pytree.ts';
 import { isTensor, type Tensor } from '../core/tensor.ts';
 import { CheckpointError, SafetensorsError } from './errors.ts';
@@ -298,7 +299,7 @@ export function restoreTree<T extends PyTree<Tensor>>(template: T, loaded: PyTre
   const mismatched: string[] = [];
   const leaves = t.leaves.map((leaf, i) => {
     const got = byName.get(names[i]!)!;
-    if (got.dtype !== leaf.dtype || got.shape.join() !== leaf.shape.join()) {
+    if (got.dtype !== leaf.dtype || !shapesEqual(got.shape, leaf.shape)) {
       mismatched.push(`'${names[i]}' is ${got.dtype} ${fmtShape(got.shape)} in the checkpoint, the model expects ${leaf.dtype} ${fmtShape(leaf.shape)}`);
     }
     return got;

@@ -196,8 +196,8 @@ export class CpuBackend implements Backend {
     // Inputs always have the program's sizes (checked above), so the assignment depends only on
     // which inputs are donated: computed once per pattern (a training loop has one) and kept.
     const pattern = canDonate.map((d) => (d ? '1' : '0')).join('');
-    const assignments = this.assignments.get(exe) ?? new Map<string, ReturnType<typeof assignOutputs>>();
-    this.assignments.set(exe, assignments);
+    let assignments = this.assignments.get(exe);
+    if (assignments === undefined) this.assignments.set(exe, (assignments = new Map()));
     let assignment = assignments.get(pattern);
     if (assignment === undefined) {
       assignment = assignOutputs(program, memory, canDonate, (i, n) =>
