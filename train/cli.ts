@@ -76,10 +76,12 @@ function parseArgs(argv: readonly string[], flags: readonly string[], switches: 
   return { opts, rest };
 }
 
-function positiveInt(name: string, value: string | undefined, dflt: number): number {
+/** An integer option within [min, max] (inclusive; max may be Infinity), or its default when absent. */
+function intInRange(name: string, value: string | undefined, dflt: number, min: number, max = Infinity): number {
   if (value === undefined) return dflt;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name}: expected an integer >= 0, got '${value}'`);
+  const n = value.trim() === '' ? NaN : Number(value);
+  const range = max === Infinity ? `>= ${min}` : `in [${min}, ${max}]`;
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name}: expected an integer ${range}, got '${value}'`);
   return n;
 }
 
@@ -103,6 +105,10 @@ async function train(argv: readonly string[]): Promise<void> {
   if (opts.has('backend')) rest.push(`--backend=${opts.get('backend')}`);
   const resume = opts.get('resume') === 'true';
   if (opts.has('strict') && !resume) throw new UsageError(`--strict: only means something with --resume (stop at a corrupt newest checkpoint)\n${USAGE}`);
+  // Checked before anything is loaded or printed.
+  const stopAfter = opts.has('stop-after') ? intInRange('stop-after', opts.get('stop-after'), 0, 0) : undefined;
+  const stopAfterSeconds = opts.has('minutes') ? 60 * intInRange('minutes', opts.get('minutes'), 0, 0) : undefined;
+  const gridSamples = intInRange('grid', opts.get('grid'), 16, 0);
   const runDir = resolve(opts.get('run') ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-')));
   const config = await trainingConfig(runDir, resume, opts.get('config'), rest);
 
@@ -125,9 +131,7 @@ async function train(argv: readonly string[]): Promise<void> {
   console.log(`tessera: training ${config.model.kind === 'patch' ? 'the patch-conditioned model' : 'the EDM baseline'} on ${config.data.name}, run folder ${runDir}`);
   const result = await trainRun({
     runDir, config, resume, progress: true, signal: stop.signal, strict: opts.get('strict') === 'true',
-    stopAfter: opts.has('stop-after') ? positiveInt('stop-after', opts.get('stop-after'), 0) : undefined,
-    stopAfterSeconds: opts.has('minutes') ? 60 * positiveInt('minutes', opts.get('minutes'), 0) : undefined,
-    gridSamples: positiveInt('grid', opts.get('grid'), 16),
+    stopAfter, stopAfterSeconds, gridSamples,
   });
   const last = result.log.at(-1);
   console.log(`tessera: ${result.step} steps on ${result.backend}; last loss ${last?.loss.toPrecision(4) ?? '?'}, ${last?.images_per_s.toFixed(1) ?? '?'} img/s`);
@@ -138,13 +142,6 @@ async function train(argv: readonly string[]): Promise<void> {
   console.log(`tessera: samples and loss plot in ${runDir} (samples-*.png, loss.svg), log in ${join(runDir, 'log.jsonl')}`);
 }
 
-/** An integer option within [min, max] (inclusive), or its default when absent. */
-function intInRange(name: string, value: string | undefined, dflt: number, min: number, max: number): number {
-  if (value === undefined) return dflt;
-  const n = value.trim() === '' ? NaN : Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name}: expected an integer in [${min}, ${max}], got '${value}'`);
-  return n;
-}
 
 async function sample(argv: readonly string[]): Promise<void> {
   const { opts } = parseArgs(argv, ['run', 'checkpoint', 'n', 'steps', 'seed', 'out', 'backend']);

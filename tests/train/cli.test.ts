@@ -46,6 +46,10 @@ test('a wrong command line is named on stderr with the usage, exit code 2; a fai
   const flag = await tessera('train', '--epochs', '3');
   assert.equal(flag.code, 2);
   assert.match(flag.stderr, /^tessera: unknown argument '--epochs'$/m);
+  const badNumber = await tessera('train', '--stop-after', 'x', '--run', join(tmpdir(), 'tessera-cli-never-made'));
+  assert.equal(badNumber.code, 2);
+  assert.match(badNumber.stderr, /^tessera: --stop-after: expected an integer >= 0, got 'x'$/m);
+  assert.equal(badNumber.stdout, '', 'nothing starts before the numbers are checked');
   const missing = await tessera('eval', '--samples', '4');
   assert.equal(missing.code, 2);
   assert.match(missing.stderr, /eval: --checkpoint is required/);
