@@ -9,7 +9,7 @@ import { isFloat, type DType } from '../core/dtype.ts';
 import { DTypeError, TreeError } from '../core/errors.ts';
 import { arange, cast, equal, reshape, stack, zeros } from '../core/ops.ts';
 import { flatten, leafPaths, unflatten, type PyTree, type TreeDef } from '../core/pytree.ts';
-import type { Shape } from '../core/shape.ts';
+import { sizeOf, type Shape } from '../core/shape.ts';
 import { isTensor, type Tensor } from '../core/tensor.ts';
 import { vjp, type GradOf } from './grad.ts';
 import { describeValue, floatLeaves, pushforward, tensorOutputs } from './jvp.ts';
@@ -84,7 +84,7 @@ function floatOutputs(op: string, out: unknown): { leaves: Tensor[]; def: TreeDe
 
 /** The `j`-th standard basis vector of a tensor of `shape`. */
 function basis(shape: Shape, j: number, dtype: DType): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
+  const n = sizeOf(shape);
   return reshape(cast(equal(arange(n), j), dtype), shape);
 }
 

@@ -4,8 +4,7 @@
  * multiply-add.
  */
 import type { Program } from '../core/program.ts';
-
-const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+import { sizeOf } from '../core/shape.ts';
 
 export function programFlops(program: Program): number {
   let flops = 0;
@@ -13,12 +12,12 @@ export function programFlops(program: Program): number {
     const op = node.prim.op;
     if (op === 'matmul') {
       const a = program.nodes[node.inputs[0]!]!.shape;
-      flops += 2 * size(node.shape) * a[a.length - 1]!;
+      flops += 2 * sizeOf(node.shape) * a[a.length - 1]!;
     } else if (op === 'conv2d' || op === 'conv2dGradInput' || op === 'conv2dGradWeight') {
       // Every output of conv2d (or input of its transposes) takes C/groups * kh * kw multiply-adds.
       const [p, q] = node.inputs.map((i) => program.nodes[i]!.shape) as [readonly number[], readonly number[]];
       const [y, w] = op === 'conv2d' ? [node.shape, q] : op === 'conv2dGradInput' ? [p, q] : [q, node.shape];
-      flops += 2 * size(y) * w[1]! * w[2]! * w[3]!;
+      flops += 2 * sizeOf(y) * w[1]! * w[2]! * w[3]!;
     }
   }
   return flops;

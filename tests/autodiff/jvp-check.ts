@@ -8,6 +8,7 @@ import { grad, vjp } from '../../autodiff/grad.ts';
 import { jvp } from '../../autodiff/jvp.ts';
 import { add, mul, scalar, sum, tensor } from '../../core/ops.ts';
 import { flatten, leafPaths, unflatten, type PyTree } from '../../core/pytree.ts';
+import { sizeOf } from '../../core/shape.ts';
 import type { Tensor } from '../../core/tensor.ts';
 
 export interface JvpCheckOptions {
@@ -31,7 +32,7 @@ export async function float64(x: Tensor): Promise<Tensor> {
 
 /** A fixed, varied direction of `shape`; `k` decorrelates leaves. */
 export function direction(shape: readonly number[], k: number, phase = 0): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
+  const n = sizeOf(shape);
   return tensor(Float64Array.from({ length: n }, (_, i) => Math.sin(1.3 + phase + 2.17 * i + 0.71 * k)), shape, 'float64');
 }
 
