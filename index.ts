@@ -3,6 +3,8 @@
  * the compiled CPU backend (the default otherwise) and the reference interpreter (the oracle, with
  * float64). Choose one with `setDefaultBackend`, a `backend` option of `jit`, or
  * TESSERA_BACKEND=cpu|webgpu|reference; `tessera info` says which is the default and why.
+ *
+ * @module tessera
  */
 import { registerCpuBackend } from './backends/cpu/index.ts';
 import { registerReferenceBackend } from './backends/reference/index.ts';

@@ -2,6 +2,8 @@
  * fast-check arbitraries for property tests of tensor code: shapes, concrete tensors, broadcast-
  * compatible shape pairs and valid convolution cases. Everything is small by default, so a property
  * can run many times on the CPU backend.
+ *
+ * @module tessera/testing
  */
 import fc from 'fast-check';
 import type { DType } from '../core/dtype.ts';
@@ -9,6 +11,7 @@ import { convOutSize, tensor } from '../core/ops.ts';
 import { sizeOf, type Shape } from '../core/shape.ts';
 import type { ConvAttrs, Tensor } from '../core/tensor.ts';
 
+/** Rank and dimension bounds of `arbShape`. */
 export interface ShapeConstraints {
   readonly minRank?: number;
   readonly maxRank?: number;
@@ -21,6 +24,7 @@ export function arbShape({ minRank = 0, maxRank = 3, minDim = 1, maxDim = 4 }: S
   return fc.integer({ min: minRank, max: maxRank }).chain((rank) => fc.array(fc.integer({ min: minDim, max: maxDim }), { minLength: rank, maxLength: rank }));
 }
 
+/** Shape, dtype and value range of `arbTensor`. */
 export interface TensorConstraints {
   /** A fixed shape, or `shapeArb` to draw one; default arbShape(). */
   readonly shape?: Shape;
@@ -97,6 +101,7 @@ export function arbBroadcastPair(c: ShapeConstraints = {}): fc.Arbitrary<[number
   return arbBroadcastShapes(2, c).map(([a, b]) => [a!, b!]);
 }
 
+/** A valid convolution: input and weight shapes, attributes, and the output shape. */
 export interface ConvCase {
   readonly xShape: [number, number, number, number];
   readonly wShape: [number, number, number, number];
@@ -105,6 +110,7 @@ export interface ConvCase {
   readonly yShape: [number, number, number, number];
 }
 
+/** Size bounds of `arbConvCase`. */
 export interface ConvConstraints {
   readonly maxBatch?: number;
   readonly maxGroups?: number;

@@ -17,6 +17,7 @@ import { stridesOf } from '../core/shape.ts';
 import { isTensor, type Tensor } from '../core/tensor.ts';
 import { grad } from './grad.ts';
 
+/** Tolerances, step and sampling of `checkGrad`. */
 export interface CheckGradOptions {
   /** Step of the central difference. Default 1e-6. */
   readonly eps?: number;
@@ -44,6 +45,7 @@ export interface GradComparison {
   readonly ratio: number;
 }
 
+/** What `checkGrad` compared, and its worst comparison. */
 export interface GradCheckResult {
   /** Number of comparisons made. */
   readonly checked: number;
@@ -51,6 +53,7 @@ export interface GradCheckResult {
   readonly worst: GradComparison | undefined;
 }
 
+/** Thrown by `checkGrad` when a gradient disagrees with central differences; `result` has the worst entry. */
 export class GradCheckError extends TesseraError {
   override readonly name = 'GradCheckError';
   constructor(

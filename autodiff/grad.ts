@@ -291,11 +291,13 @@ export type GradOf<A extends Args, N> = N extends number
   ? A[N]
   : { -readonly [K in keyof N]: N[K] extends number ? A[N[K]] : never };
 
+/** Options of `grad`: which arguments to differentiate, e.g. `grad(f, { argnums: [0, 1] })`. */
 export interface GradOptions<N extends number | readonly number[] = number | readonly number[]> {
   /** Which arguments to differentiate: one index (the gradient is that argument's tree) or a list (a list of trees). Default 0. */
   readonly argnums?: N;
 }
 
+/** Options of `valueAndGrad`: `argnums`, and `hasAux` for `f` returning `[loss, aux]`. */
 export interface ValueAndGradOptions<N extends number | readonly number[] = number | readonly number[]> extends GradOptions<N> {
   /** `f` returns `[output, aux]`; aux is passed through undifferentiated. */
   readonly hasAux?: boolean;

@@ -28,6 +28,7 @@ export type TreeOf<R, L> = R extends Tensor
 /** The Jacobian of a function returning `R` with respect to arguments whose gradient type is `In`. */
 export type Jacobian<R, In> = TreeOf<R, In>;
 
+/** Options of `jacfwd`, `jacrev` and `hessian`: which arguments to differentiate. */
 export interface JacobianOptions<N extends number | readonly number[] = number | readonly number[]> {
   /** Which arguments to differentiate: one index (blocks are that argument's tree) or a list (a list of trees). Default 0. */
   readonly argnums?: N;

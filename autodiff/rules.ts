@@ -15,8 +15,10 @@ import { clip, oneHot, split } from '../core/composite.ts';
 import { sizeOf } from '../core/shape.ts';
 import type { BinaryFn, Tensor, UnaryFn } from '../core/tensor.ts';
 
+/** One cotangent per input of a node (`undefined`: no gradient flows to that input). */
 export type Cotangents = readonly (Tensor | undefined)[];
 
+/** The cotangents of `y`'s inputs given the cotangent `g` of `y`: one rule per primitive, used by `grad`. */
 export function vjpRule(y: Tensor, g: Tensor): Cotangents {
   const p = y.prim;
   const [a, b, c] = y.inputs as readonly Tensor[] as [Tensor, Tensor, Tensor];

@@ -22,6 +22,10 @@ import { postOrder } from './graph.ts';
  */
 export type AxisSpec = number | null | readonly AxisSpec[] | { readonly [key: string]: AxisSpec };
 
+/**
+ * Options of `vmap`: mapped input axes, output axes, batch size.
+ * For example `vmap(grad(loss), { inAxes: [null, 0, 0] })` (the README's per-example gradients).
+ */
 export interface VmapOptions {
   /**
    * The mapped axis of each argument: one spec for all arguments, or an array with one spec per

@@ -8,10 +8,15 @@ import type { Shape } from './shape.ts';
 import type { DeviceBuffer } from './tensor.ts';
 import { TesseraError } from './errors.ts';
 
+/** A program compiled by a backend, run by `Backend.run`; `jit` makes and caches these. */
 export interface Executable {
   readonly program: Program;
 }
 
+/**
+ * What a backend implements: compile programs, hold buffers, run and read back.
+ * The built-in backends are `cpu`, `webgpu` and `reference`; `registerBackend` adds another.
+ */
 export interface Backend {
   readonly name: string;
   /** dtypes the backend can hold; the CPU backend also has float64. */
@@ -38,6 +43,7 @@ export interface Backend {
   notDefaultBecause?(): string | undefined;
 }
 
+/** A registered backend's name: `'cpu'`, `'webgpu'`, `'reference'` or one added with `registerBackend`. */
 export type BackendName = 'cpu' | 'webgpu' | 'reference' | (string & {});
 
 interface Registration {
@@ -56,11 +62,16 @@ const instances = new Map<string, Promise<Backend>>();
 let defaultName: string | undefined;
 let resolvedDefault: Promise<DefaultChoice> | undefined;
 
+/**
+ * Adds a backend under `name`, created by `factory` on first use. The highest `priority` that starts becomes the
+ * default, unless `notDefaultUnstarted` says why not without starting it.
+ */
 export function registerBackend(name: string, factory: () => Promise<Backend>, priority = 0, notDefaultUnstarted?: () => string | undefined): void {
   registry.set(name, { factory, priority, notDefaultUnstarted });
   resolvedDefault = undefined;
 }
 
+/** The names of the registered backends, e.g. `['reference', 'cpu', 'webgpu']`. */
 export function registeredBackends(): string[] {
   return [...registry.keys()];
 }
@@ -107,6 +118,7 @@ export function defaultBackend(): Promise<Backend> {
   return defaultChoice().then((c) => c.backend);
 }
 
+/** The default backend with the reasons it was chosen (what `tessera info` prints). */
 export function defaultChoice(): Promise<DefaultChoice> {
   const named = defaultName ?? envBackend();
   if (named !== undefined) {
@@ -157,6 +169,7 @@ export function defaultChoice(): Promise<DefaultChoice> {
   return resolvedDefault;
 }
 
+/** A backend from a name, a backend, or `undefined` (the default). */
 export async function resolveBackend(b: Backend | BackendName | undefined): Promise<Backend> {
   if (b === undefined) return defaultBackend();
   return typeof b === 'string' ? getBackend(b) : b;

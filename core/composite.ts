@@ -16,10 +16,12 @@ function axesOf(op: string, x: Tensor, axes: Axes): number[] {
   return axes === undefined ? x.shape.map((_, i) => i) : normalizeAxes(op, typeof axes === 'number' ? [axes] : axes, x.rank);
 }
 
+/** Elementwise `x * x`, e.g. `mean(square(sub(pred, y)))` for a squared error. */
 export function square(x: Tensor): Tensor {
   return mul(x, x);
 }
 
+/** Mean over `axes` (all by default), e.g. `mean(x, [2, 3], true)` per channel of NCHW. */
 export function mean(x: Tensor, axes?: Axes, keepdims = false): Tensor {
   const ax = axesOf('mean', x, axes);
   const n = sizeOf(ax.map((a) => x.shape[a]!));
@@ -43,15 +45,18 @@ export function logsumexp(x: Tensor, axes?: Axes, keepdims = false): Tensor {
   return keepdims ? out : reshape(out, x.shape.filter((_, i) => !ax.includes(i)));
 }
 
+/** exp(x) normalised to sum 1 along `axis` (shifted by the max, so large logits do not overflow). */
 export function softmax(x: Tensor, axis = -1): Tensor {
   const e = exp(sub(x, max(x, axis, true)));
   return div(e, sum(e, axis, true));
 }
 
+/** log(softmax(x)) along `axis`, computed stably as x - logsumexp(x). */
 export function logSoftmax(x: Tensor, axis = -1): Tensor {
   return sub(x, logsumexp(x, axis, true));
 }
 
+/** Elementwise `max(x, 0)`. */
 export function relu(x: Tensor): Tensor {
   return maximum(x, 0);
 }
@@ -67,6 +72,7 @@ export function gelu(x: Tensor): Tensor {
   return mul(mul(x, 0.5), add(tanh(inner), 1));
 }
 
+/** `x` limited to [lo, hi], e.g. `clip(x, -1, 1)`. */
 export function clip(x: Tensor, lo: number, hi: number): Tensor {
   return minimum(maximum(x, lo), hi);
 }
@@ -114,6 +120,7 @@ function affine(op: string, x: Tensor, c: number, shape: number[], weight?: Tens
   return out;
 }
 
+/** Options of `scaledDotProductAttention`. */
 export interface AttentionOptions {
   /** Default 1/sqrt(head dim). */
   readonly scale?: number;
@@ -173,12 +180,14 @@ export function sumOfSquares(x: Tensor): Tensor {
   return sum(square(x));
 }
 
+/** `x` with a new axis of size 1 at `axis`, e.g. `expandDims(v, 0)` turns [n] into [1, n]. */
 export function expandDims(x: Tensor, axis: number): Tensor {
   const ax = axis < 0 ? axis + x.rank + 1 : axis;
   if (ax < 0 || ax > x.rank) throw new ShapeError(`expandDims: axis ${axis} out of range for ${fmtShape(x.shape)}`);
   return reshape(x, [...x.shape.slice(0, ax), 1, ...x.shape.slice(ax)]);
 }
 
+/** `x` without its axes of size 1 (or only `axes`, which must be 1). */
 export function squeeze(x: Tensor, axes?: Axes): Tensor {
   const ax = axes === undefined ? x.shape.flatMap((d, i) => (d === 1 ? [i] : [])) : axesOf('squeeze', x, axes);
   for (const a of ax) if (x.shape[a] !== 1) throw new ShapeError(`squeeze: axis ${a} of ${fmtShape(x.shape)} is not 1`);

@@ -1,8 +1,10 @@
 /** Element types. float64 exists for the CPU backend's gradient checker only. */
 export type DType = 'float32' | 'int32' | 'bool' | 'float64';
 
+/** Every dtype, e.g. to draw one in a property test. */
 export const DTYPES: readonly DType[] = ['float32', 'int32', 'bool', 'float64'];
 
+/** A host array of values: what `Tensor.data()` resolves to (bool as 0/1 bytes). */
 export type TypedArray = Float32Array | Float64Array | Int32Array | Uint8Array;
 
 /** The host array type that stores a dtype (bool is one byte per element, 0 or 1). */
@@ -21,6 +23,7 @@ export function allocate(dtype: DType, size: number): TypedArray {
   }
 }
 
+/** Whether `dtype` is float32 or float64. */
 export function isFloat(dtype: DType): boolean {
   return dtype === 'float32' || dtype === 'float64';
 }

@@ -23,6 +23,7 @@ export class BackendError extends TesseraError {
   override readonly name = 'BackendError';
 }
 
+/** A shape as messages print it: `[2,3]`. */
 export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(',')}]`;
 }

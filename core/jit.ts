@@ -116,6 +116,7 @@ evaluation.data = readData;
 
 // ---------------------------------------------------------------- jit
 
+/** Options of `jit`: donation, backend, name, static arguments (see the README's first example). */
 export interface JitOptions {
   /** Positions of arguments whose buffers the outputs may reuse; those arguments are unreadable after the call. */
   readonly donate?: readonly number[];

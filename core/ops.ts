@@ -7,6 +7,7 @@ import { DTypeError, ShapeError, TreeError, fmtShape } from './errors.ts';
 import { broadcastShapes, checkShape, normalizeAxes, normalizeAxis, shapesEqual, sizeOf, type Shape } from './shape.ts';
 import { COMPARISONS, Tensor, isTensor, type BinaryFn, type ConvAttrs, type Marker, type Prim, type UnaryFn } from './tensor.ts';
 
+/** A tensor, or a number that takes the other operand's dtype (`add(x, 1)`). */
 export type TensorLike = Tensor | number;
 
 /** Names the argument that is not a tensor. */
@@ -68,14 +69,19 @@ export function scalar(value: number, dtype: DType = 'float32'): Tensor {
   return node({ op: 'literal', value: coerceScalar(value, dtype) }, [], [], dtype);
 }
 
+/** A tensor of `shape` filled with `value`, e.g. `full([2, 3], 0.5)`. */
 export function full(shape: Shape, value: number, dtype: DType = 'float32'): Tensor {
   checkShape('full', shape);
   return broadcastTo(scalar(value, dtype), shape);
 }
 
+/** A tensor of zeros, e.g. `zeros([32])` for a bias. */
 export const zeros = (shape: Shape, dtype: DType = 'float32'): Tensor => full(shape, 0, dtype);
+/** A tensor of ones, e.g. `ones([4, 4])`. */
 export const ones = (shape: Shape, dtype: DType = 'float32'): Tensor => full(shape, 1, dtype);
+/** Zeros with `x`'s shape and dtype (Adam's initial moments). */
 export const zerosLike = (x: Tensor): Tensor => zeros(x.shape, x.dtype);
+/** Ones with `x`'s shape and dtype. */
 export const onesLike = (x: Tensor): Tensor => ones(x.shape, x.dtype);
 
 /** The index along `axis` at every position of `shape`. */
@@ -84,12 +90,14 @@ export function iota(shape: Shape, axis = 0, dtype: DType = 'int32'): Tensor {
   return node({ op: 'iota', axis: normalizeAxis('iota', axis, shape.length) }, [], shape, dtype);
 }
 
+/** `[0, 1, ..., n - 1]` (int32 by default), e.g. `arange(5)`. */
 export const arange = (n: number, dtype: DType = 'int32'): Tensor => iota([n], 0, dtype);
 
 // ---------------------------------------------------------------- elementwise
 
 const FLOAT_ONLY: ReadonlySet<UnaryFn> = new Set(['exp', 'log', 'sin', 'cos', 'sqrt', 'rsqrt', 'tanh', 'sigmoid', 'reciprocal', 'floor', 'isFinite']);
 
+/** The elementwise primitive `fn` on `x`; the named wrappers (`exp`, `tanh`, ...) are the usual way in. */
 export function unary(fn: UnaryFn, xIn: Tensor): Tensor {
   const x = expectTensor(fn, xIn);
   if (fn === 'logicalNot') {
@@ -105,20 +113,35 @@ export function unary(fn: UnaryFn, xIn: Tensor): Tensor {
   return node({ op: 'unary', fn }, [x], x.shape, fn === 'isFinite' ? 'bool' : x.dtype);
 }
 
+/** Elementwise `-x`. */
 export const neg = (x: Tensor) => unary('neg', x);
+/** Elementwise `e^x`. */
 export const exp = (x: Tensor) => unary('exp', x);
+/** Elementwise natural logarithm. */
 export const log = (x: Tensor) => unary('log', x);
+/** Elementwise sine, e.g. `sin(mul(x, 3))` (see the README's MLP example). */
 export const sin = (x: Tensor) => unary('sin', x);
+/** Elementwise cosine. */
 export const cos = (x: Tensor) => unary('cos', x);
+/** Elementwise square root. */
 export const sqrt = (x: Tensor) => unary('sqrt', x);
+/** Elementwise `1 / sqrt(x)`. */
 export const rsqrt = (x: Tensor) => unary('rsqrt', x);
+/** Elementwise hyperbolic tangent, e.g. `tanh(add(matmul(x, w), b))`. */
 export const tanh = (x: Tensor) => unary('tanh', x);
+/** Elementwise logistic function `1 / (1 + e^-x)`, stable for large |x|. */
 export const sigmoid = (x: Tensor) => unary('sigmoid', x);
+/** Elementwise absolute value. */
 export const abs = (x: Tensor) => unary('abs', x);
+/** Elementwise `1 / x`. */
 export const reciprocal = (x: Tensor) => unary('reciprocal', x);
+/** Elementwise floor (its gradient is zero). */
 export const floor = (x: Tensor) => unary('floor', x);
+/** Elementwise sign: -1, 0 or 1. */
 export const sign = (x: Tensor) => unary('sign', x);
+/** Elementwise negation of a bool tensor. */
 export const logicalNot = (x: Tensor) => unary('logicalNot', x);
+/** Elementwise test for a finite value (bool); `where(isFinite(g), g, 0)` zeroes NaN and infinities. */
 export const isFinite = (x: Tensor) => unary('isFinite', x);
 
 /** Brings two operands (numbers adopt the tensor's dtype) to one broadcast shape. */
@@ -133,6 +156,9 @@ function operands(op: string, a: TensorLike, b: TensorLike): [Tensor, Tensor] {
   return [broadcastTo(ta, shape), broadcastTo(tb, shape)];
 }
 
+/**
+ * The elementwise binary primitive `fn`, broadcasting `a` and `b` (NumPy rules); `add`, `mul`, ... wrap it.
+ */
 export function binary(fn: BinaryFn, a: TensorLike, b: TensorLike): Tensor {
   const [x, y] = operands(fn, a, b);
   const logical = fn === 'and' || fn === 'or';
@@ -142,20 +168,35 @@ export function binary(fn: BinaryFn, a: TensorLike, b: TensorLike): Tensor {
   return node({ op: 'binary', fn }, [x, y], x.shape, COMPARISONS.has(fn) ? 'bool' : x.dtype);
 }
 
+/** Elementwise `a + b` with broadcasting, e.g. `add(matmul(x, w), b)`. */
 export const add = (a: TensorLike, b: TensorLike) => binary('add', a, b);
+/** Elementwise `a - b` with broadcasting. */
 export const sub = (a: TensorLike, b: TensorLike) => binary('sub', a, b);
+/** Elementwise `a * b` with broadcasting, e.g. `mul(g, 0.2)`. */
 export const mul = (a: TensorLike, b: TensorLike) => binary('mul', a, b);
+/** Elementwise `a / b` with broadcasting. */
 export const div = (a: TensorLike, b: TensorLike) => binary('div', a, b);
+/** Elementwise `a ** b` with broadcasting. */
 export const pow = (a: TensorLike, b: TensorLike) => binary('pow', a, b);
+/** Elementwise larger of `a` and `b`. */
 export const maximum = (a: TensorLike, b: TensorLike) => binary('max', a, b);
+/** Elementwise smaller of `a` and `b`. */
 export const minimum = (a: TensorLike, b: TensorLike) => binary('min', a, b);
+/** Elementwise `a < b` (bool). */
 export const less = (a: TensorLike, b: TensorLike) => binary('lt', a, b);
+/** Elementwise `a <= b` (bool). */
 export const lessEqual = (a: TensorLike, b: TensorLike) => binary('le', a, b);
+/** Elementwise `a > b` (bool), e.g. `where(greater(x, 0), x, 0)`. */
 export const greater = (a: TensorLike, b: TensorLike) => binary('gt', a, b);
+/** Elementwise `a >= b` (bool). */
 export const greaterEqual = (a: TensorLike, b: TensorLike) => binary('ge', a, b);
+/** Elementwise `a == b` (bool). */
 export const equal = (a: TensorLike, b: TensorLike) => binary('eq', a, b);
+/** Elementwise `a != b` (bool). */
 export const notEqual = (a: TensorLike, b: TensorLike) => binary('ne', a, b);
+/** Elementwise `a && b` of bool tensors. */
 export const logicalAnd = (a: TensorLike, b: TensorLike) => binary('and', a, b);
+/** Elementwise `a || b` of bool tensors. */
 export const logicalOr = (a: TensorLike, b: TensorLike) => binary('or', a, b);
 
 /** Elementwise choice: `cond ? a : b`, broadcasting all three. */
@@ -167,6 +208,7 @@ export function where(condIn: Tensor, a: TensorLike, b: TensorLike): Tensor {
   return node({ op: 'select' }, [broadcastTo(cond, shape), broadcastTo(x, shape), broadcastTo(y, shape)], shape, x.dtype);
 }
 
+/** `x` converted to `dtype`, e.g. `cast(mask, 'float32')`. */
 export function cast(xIn: Tensor, dtype: DType): Tensor {
   const x = expectTensor('cast', xIn);
   if (x.dtype === dtype) return x;
@@ -187,11 +229,14 @@ function reduce(fn: 'sum' | 'max', xIn: Tensor, axes: number | readonly number[]
   return keepdims ? reshape(out, x.shape.map((d, i) => (ax.includes(i) ? 1 : d))) : out;
 }
 
+/** Sum over `axes` (all by default), e.g. `sum(square(x))` or `sum(x, 1, true)`. */
 export const sum = (x: Tensor, axes?: number | readonly number[], keepdims = false) => reduce('sum', x, axes, keepdims);
+/** Maximum over `axes` (all by default). */
 export const max = (x: Tensor, axes?: number | readonly number[], keepdims = false) => reduce('max', x, axes, keepdims);
 
 // ---------------------------------------------------------------- movement
 
+/** `x` with a new shape of the same size; one entry may be -1, e.g. `reshape(x, [B, -1])`. */
 export function reshape(xIn: Tensor, shapeIn: Shape): Tensor {
   const x = expectTensor('reshape', xIn);
   const unknown = shapeIn.filter((d) => d === -1).length;
@@ -210,6 +255,9 @@ export function reshape(xIn: Tensor, shapeIn: Shape): Tensor {
   return node({ op: 'reshape' }, [x], shape, x.dtype);
 }
 
+/**
+ * `x` with its axes reordered: axis i of the result is axis `perm[i]` of `x`, e.g. `permute(x, [0, 2, 3, 1])`.
+ */
 export function permute(xIn: Tensor, perm: readonly number[]): Tensor {
   const x = expectTensor('permute', xIn);
   if (perm.length !== x.rank || normalizeAxes('permute', perm, x.rank).some((a, i) => a !== i)) {
@@ -228,6 +276,7 @@ export function transpose(x: Tensor): Tensor {
   return permute(x, perm);
 }
 
+/** `x` repeated along new leading axes and along axes of size 1 to `shape` (NumPy rules). */
 export function broadcastTo(xIn: Tensor, shape: Shape): Tensor {
   const x = expectTensor('broadcastTo', xIn);
   checkShape('broadcastTo', shape);
@@ -278,6 +327,7 @@ export function pad(xIn: Tensor, lo: readonly number[], hi: readonly number[], v
   return node({ op: 'pad', lo: [...lo], hi: [...hi], interior: [...inter], value: coerceScalar(value, x.dtype) }, [x], shape, x.dtype);
 }
 
+/** Tensors joined along `axis`; all other axes must agree, e.g. `concat([x, coords], 1)`. */
 export function concat(xsIn: readonly Tensor[], axis = 0): Tensor {
   if (!Array.isArray(xsIn) || xsIn.length === 0) throw new ShapeError('concat: needs a non-empty array of tensors');
   const xs = xsIn.map((x, i) => expectTensor('concat', x, `element ${i}`));
@@ -294,6 +344,7 @@ export function concat(xsIn: readonly Tensor[], axis = 0): Tensor {
   return node({ op: 'concat', axis: ax }, xs, shape, first.dtype);
 }
 
+/** Tensors of one shape stacked along a new `axis`. */
 export function stack(xs: readonly Tensor[], axis = 0): Tensor {
   if (xs.length === 0) throw new ShapeError('stack: needs a non-empty array of tensors');
   const rank = xs[0]!.rank + 1;
@@ -318,6 +369,7 @@ export function matmul(aIn: Tensor, bIn: Tensor): Tensor {
   return node({ op: 'matmul' }, [ab, bb], [...batch, m, n], a.dtype);
 }
 
+/** Stride, padding and dilation (a number or one per spatial axis) and groups of a convolution. */
 export interface ConvOptions {
   stride?: number | readonly [number, number];
   padding?: number | readonly [number, number];
@@ -331,6 +383,7 @@ function pair(op: string, name: string, v: number | readonly [number, number] | 
   return p;
 }
 
+/** Checks a convolution's options and fills in the defaults (stride 1, padding 0, dilation 1, groups 1). */
 export function convAttrs(op: string, o: ConvOptions = {}): ConvAttrs {
   const groups = o.groups ?? 1;
   if (!Number.isInteger(groups) || groups < 1) throw new ShapeError(`${op}: groups must be an integer >= 1, got ${groups}`);
@@ -420,6 +473,7 @@ export function randomBits(keyIn: Tensor, shape: Shape, offset = 0): Tensor {
   return node({ op: 'randomBits', offset }, [key], shape, 'int32');
 }
 
+/** Uniform floats in [0, 1) from `randomBits`' int32 bits; `random.uniform` uses it. */
 export const uniformFromBits = (bits: Tensor) => unary('uniformFromBits', bits);
 
 // ---------------------------------------------------------------- markers

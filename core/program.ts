@@ -7,6 +7,7 @@ import type { Shape } from './shape.ts';
 import type { Prim, Tensor } from './tensor.ts';
 import { TesseraError } from './errors.ts';
 
+/** One node of a program: a primitive, its inputs (indices of earlier nodes), shape and dtype. */
 export interface ProgramNode {
   /** Never 'const': concrete tensors are inputs. 'input' nodes carry their input index. */
   readonly prim: Prim;
@@ -16,11 +17,13 @@ export interface ProgramNode {
   readonly dtype: DType;
 }
 
+/** The shape and dtype of a program input. */
 export interface ProgramInput {
   readonly shape: Shape;
   readonly dtype: DType;
 }
 
+/** A traced function as a flat list of primitive nodes: what a backend compiles. */
 export interface Program {
   /** A human name for messages and kernel labels (e.g. the traced function's name). */
   readonly name: string;
@@ -32,6 +35,7 @@ export interface Program {
   readonly hash: string;
 }
 
+/** A program from `buildProgram`, with the concrete tensors it lifted to inputs. */
 export interface TracedProgram {
   readonly program: Program;
   /** The concrete tensors lifted to inputs, in order, after the `params` given to `buildProgram`. */

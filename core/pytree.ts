@@ -5,6 +5,10 @@
 import { TreeError } from './errors.ts';
 import { Tensor } from './tensor.ts';
 
+/**
+ * Nested arrays and plain records with leaves `L` (tensors by default): params, optimizer state, batches.
+ * For example `{ w: Tensor, layers: [{ b: Tensor }] }` is a `PyTree<Tensor>`.
+ */
 export type PyTree<L = Tensor> = L | readonly PyTree<L>[] | { readonly [key: string]: PyTree<L> };
 
 /** The shape of a tree without its leaves. */
@@ -35,6 +39,7 @@ export function flatten<L = Tensor>(tree: PyTree<L>): { leaves: L[]; def: TreeDe
   return { leaves, def };
 }
 
+/** Rebuilds a tree from `flatten`'s structure and a list of leaves in its order. */
 export function unflatten<L>(def: TreeDef, leaves: readonly L[]): PyTree<L> {
   let i = 0;
   const build = (d: TreeDef): unknown => {
@@ -69,6 +74,7 @@ export function leafPaths(def: TreeDef, root = ''): string[] {
   }
 }
 
+/** A tree's structure as text, for messages (e.g. `{b: *, w: *}`). */
 export function treeDefString(def: TreeDef): string {
   switch (def.kind) {
     case 'leaf':
@@ -114,6 +120,7 @@ export function treeMap<L, R>(f: (leaf: L, ...rest: L[]) => R, tree: PyTree<L>, 
   return unflatten(def, leaves.map((l, j) => f(l, ...others.map((o) => o[j]!))));
 }
 
+/** The leaves of a tree in a stable order (records by sorted key), e.g. to sum the squares of all params. */
 export function treeLeaves<L = Tensor>(tree: PyTree<L>): L[] {
   return flatten(tree).leaves;
 }

@@ -1,7 +1,9 @@
 import { ShapeError, fmtShape } from './errors.ts';
 
+/** Dimensions, outermost first: `[batch, channels, height, width]` for images. */
 export type Shape = readonly number[];
 
+/** The number of elements of a shape (1 for `[]`). */
 export function sizeOf(shape: Shape): number {
   let n = 1;
   for (const d of shape) n *= d;
@@ -19,6 +21,7 @@ export function stridesOf(shape: Shape): number[] {
   return s;
 }
 
+/** Whether two shapes are the same. */
 export function shapesEqual(a: Shape, b: Shape): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
@@ -50,10 +53,14 @@ export function normalizeAxes(op: string, axes: readonly number[], rank: number)
   return out.sort((x, y) => x - y);
 }
 
+/**
+ * `axis` made non-negative for `rank` (-1 is the last); throws a ShapeError naming `op` when out of range.
+ */
 export function normalizeAxis(op: string, axis: number, rank: number): number {
   return normalizeAxes(op, [axis], rank)[0]!;
 }
 
+/** Throws a ShapeError naming `op` unless `shape` holds non-negative integers. */
 export function checkShape(op: string, shape: Shape): void {
   for (const d of shape) {
     if (!Number.isInteger(d) || d < 0) throw new ShapeError(`${op}: invalid shape ${fmtShape(shape)} (dimensions must be integers >= 0)`);

@@ -68,6 +68,7 @@ export type Prim =
   | { readonly op: 'iota'; readonly axis: number }
   | { readonly op: 'randomBits'; readonly offset: number };
 
+/** The name of a primitive (`'unary'`, `'matmul'`, `'conv2d'`, ...). */
 export type PrimOp = Prim['op'];
 
 /**
@@ -91,6 +92,7 @@ export type Marker =
   | { readonly kind: 'remat'; readonly call: MarkedCall; readonly output: number }
   | { readonly kind: 'rematBarrier' };
 
+/** The kind of a marker node left by `stopGradient`, `customVjp` or `remat`. */
 export type MarkerKind = Marker['kind'];
 
 /** One call of a function wrapped by `customVjp` or `remat`: what a transformation needs to redo it. */
@@ -262,6 +264,7 @@ export class TracedValueError extends TesseraError {
   }
 }
 
+/** Whether `x` is a Tensor (a pytree leaf that ops accept). */
 export function isTensor(x: unknown): x is Tensor {
   return x instanceof Tensor;
 }

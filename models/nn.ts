@@ -62,8 +62,10 @@ export function parameterCount(params: unknown): number {
 
 // ---------------------------------------------------------------- linear
 
+/** The parameters of `linear`: `weight` [out, in] and an optional `bias` [out] (EDM's names). */
 export type LinearParams = { readonly weight: Tensor; readonly bias?: Tensor };
 
+/** The static configuration of `linear`, e.g. `{ inFeatures: 64, outFeatures: 256 }`. */
 export interface LinearConfig {
   readonly inFeatures: number;
   readonly outFeatures: number;
@@ -92,8 +94,12 @@ export function linear(config: LinearConfig) {
 
 // ---------------------------------------------------------------- convolution with resampling
 
+/**
+ * The parameters of `conv2d`: `weight` [out, in / groups, k, k] (absent for a kernel-less resample) and `bias`.
+ */
 export type Conv2dParams = { readonly weight?: Tensor; readonly bias?: Tensor };
 
+/** The static configuration of `conv2d`: channels, kernel, resampling and init (EDM's `Conv2d` arguments). */
 export interface Conv2dConfig {
   readonly inChannels: number;
   readonly outChannels: number;
@@ -192,8 +198,10 @@ export function conv2d(config: Conv2dConfig) {
 
 // ---------------------------------------------------------------- normalisation, activation, dropout
 
+/** The parameters of `groupNorm`: per-channel `weight` and `bias`. */
 export type GroupNormParams = { readonly weight: Tensor; readonly bias: Tensor };
 
+/** The static configuration of `groupNorm` (EDM's `GroupNorm` arguments). */
 export interface GroupNormConfig {
   readonly numChannels: number;
   readonly numGroups?: number;
@@ -242,8 +250,10 @@ export function dropout(x: Tensor, rate: number, options: ApplyOptions = {}): Te
 
 // ---------------------------------------------------------------- self-attention
 
+/** The parameters of `selfAttention`: its norm, the qkv and the output 1x1 convolutions. */
 export type AttentionParams = { readonly norm2: GroupNormParams; readonly qkv: Conv2dParams; readonly proj: Conv2dParams };
 
+/** The static configuration of `selfAttention`: channels and heads. */
 export interface AttentionConfig {
   readonly channels: number;
   readonly numHeads: number;
@@ -287,6 +297,7 @@ export function selfAttention(config: AttentionConfig) {
 
 // ---------------------------------------------------------------- noise-level embeddings
 
+/** The static configuration of `positionalEmbedding` (DDPM++'s noise embedding). */
 export interface PositionalEmbeddingConfig {
   readonly numChannels: number;
   readonly maxPositions?: number;
@@ -315,8 +326,10 @@ export function positionalEmbedding(config: PositionalEmbeddingConfig) {
   };
 }
 
+/** The parameters of `fourierEmbedding`: its random frequencies (held fixed by `stopGradient`). */
 export type FourierEmbeddingParams = { readonly freqs: Tensor };
 
+/** The static configuration of `fourierEmbedding` (NCSN++'s noise embedding). */
 export interface FourierEmbeddingConfig {
   readonly numChannels: number;
   readonly scale?: number;

@@ -54,6 +54,10 @@ export function edmPrecondition(sigma: Tensor, sigmaData = 0.5): PreconditionCoe
   };
 }
 
+/**
+ * The configuration of `patchModel`: image size, the SongUNet's options, EDM's sigma_data, and whether
+ * to append the coordinate channels (see the README's "Models, denoisers and samplers").
+ */
 export interface PatchModelConfig {
   /** Full image side (or height; the network's level names use it). */
   readonly imgResolution: number;

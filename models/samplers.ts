@@ -45,6 +45,7 @@ export interface ChurnOptions {
   readonly sNoise?: number;
 }
 
+/** What every sampler takes: a key, the output shape, the noise schedule and `extra` for the denoiser. */
 export interface SampleOptions extends ScheduleOptions {
   /** Key of the initial noise (when `latents` is absent) and of the churn noise. */
   readonly key?: Tensor;

@@ -124,6 +124,7 @@ export function unetBlock(config: UNetBlockConfig) {
 
 // ---------------------------------------------------------------- SongUNet
 
+/** EDM's `SongUNet` arguments (DDPM++ and NCSN++ are presets of them: `DDPMPP`, `NCSNPP`). */
 export interface SongUNetConfig {
   /** Image resolution at input/output; names the levels (`32x32`, `16x16`, ...) and places attention. */
   readonly imgResolution: number;
@@ -189,6 +190,7 @@ export type ModuleParams = UNetBlockParams | Conv2dParams | GroupNormParams | { 
  */
 export const FROZEN_PARAMETERS: readonly string[] = ['map_noise.freqs'];
 
+/** The SongUNet's parameters, a pytree whose paths are EDM's `state_dict` keys. */
 export type SongUNetParams = {
   readonly map_noise?: FourierEmbeddingParams;
   readonly map_label?: LinearParams;

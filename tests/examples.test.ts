@@ -20,7 +20,7 @@ test('there are examples to run', () => assert.ok(files.length >= 4, `found ${fi
 
 for (const file of files) {
   test(`example ${file} runs`, async () => {
-    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', file], { cwd: root, timeout: 300_000 });
+    const { stdout } = await promisify(execFile)(process.execPath, ['--conditions=tessera-source', '--import', 'tsx', file], { cwd: root, timeout: 300_000 });
     assert.ok(stdout.trim().length > 0, 'the example printed its result');
   });
 }

@@ -48,6 +48,9 @@ const sha256Hex = new t.Type<string, string, unknown>(
 
 const FileEntry = strictStruct('file entry', { name: t.string, sha256: sha256Hex, bytes: integer(0) });
 
+/**
+ * The io-ts codec of a checkpoint's manifest.json (step, config, PRNG key, data position, file checksums).
+ */
 export const Manifest = strictStruct('checkpoint manifest', {
   format: t.literal(FORMAT),
   version: t.literal(VERSION),
@@ -57,6 +60,7 @@ export const Manifest = strictStruct('checkpoint manifest', {
   data_position: jsonValue,
   files: t.array(FileEntry),
 }, { created: t.string });
+/** A decoded checkpoint manifest. */
 export type Manifest = t.TypeOf<typeof Manifest>;
 
 /** What a checkpoint holds. `trees` is typically {params, ema, optimizer}. */
@@ -70,6 +74,7 @@ export interface CheckpointState {
   readonly trees: Readonly<Record<string, PyTree<Tensor>>>;
 }
 
+/** Options of `saveCheckpoint`: how many checkpoints to keep. */
 export interface SaveOptions {
   /** How many complete checkpoints to keep, newest first (default 3; at least 1). */
   readonly keep?: number;
@@ -77,6 +82,7 @@ export interface SaveOptions {
   readonly writeFile?: FileWriter;
 }
 
+/** The folder of the checkpoint of `step` under `runDir`: `run/checkpoint-000012000`. */
 export function checkpointDir(runDir: string, step: number): string {
   return join(runDir, `checkpoint-${String(step).padStart(9, '0')}`);
 }
@@ -103,7 +109,15 @@ export interface PendingCheckpoint {
   abandon(): Promise<void>;
 }
 
-/** Writes a checkpoint for `state.step`, then prunes to the newest `keep`. Returns its folder. */
+/**
+ * Writes a checkpoint for `state.step`, then prunes to the newest `keep`. Returns its folder.
+ *
+ * ```ts
+ * await saveCheckpoint('runs/mine', { step, config, prngKey: key, dataPosition: batch.position, trees: { params, ema, optimizer: state } });
+ * const last = await latestCheckpoint('runs/mine');
+ * const loaded = last === undefined ? undefined : orThrow(await loadCheckpoint(last, { expectedConfig: config }));
+ * ```
+ */
 export async function saveCheckpoint(runDir: string, state: CheckpointState, options: SaveOptions = {}): Promise<string> {
   return (await writeCheckpointFiles(runDir, state, options)).commit();
 }
@@ -272,6 +286,7 @@ async function pruneCheckpoints(runDir: string, keep: number, newestStep: number
   await syncDir(runDir);
 }
 
+/** A checkpoint read back: its trees, step, config, PRNG key, data position and manifest. */
 export interface LoadedCheckpoint {
   readonly dir: string;
   readonly step: number;
@@ -282,6 +297,7 @@ export interface LoadedCheckpoint {
   readonly manifest: Manifest;
 }
 
+/** Options of `loadCheckpoint`. */
 export interface LoadOptions {
   /** When given, the checkpoint's config must equal it (the first differing path is reported). */
   readonly expectedConfig?: unknown;

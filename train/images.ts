@@ -7,6 +7,7 @@
 import { PNG } from 'pngjs';
 import { DataError } from './errors.ts';
 
+/** Layout of `imageGridPng`: columns, padding, background and scale. */
 export interface GridOptions {
   /** Tiles per row (default: ceil(sqrt(N))). */
   readonly columns?: number;

@@ -3,18 +3,30 @@
  * Patch Diffusion uses it on patches: ln(sigma) ~ N(P_mean, P_std^2) per sample,
  * weight lambda(sigma) = (sigma^2 + sd^2) / (sigma * sd)^2, loss = lambda * ||D(y + n; sigma) - y||^2
  * summed over the patch's pixels and averaged over the samples.
+ *
+ * @module tessera/losses
  */
 import { add, div, exp, mul, random, sub, sum, type Tensor } from '../core/index.ts';
 
+/** EDM's training-noise distribution, ln(sigma) ~ N(pMean, pStd^2), and the data's standard deviation. */
 export interface EdmLossOptions {
   readonly pMean: number;
   readonly pStd: number;
   readonly sigmaData: number;
 }
 
+/** EDM's values: pMean -1.2, pStd 1.2, sigmaData 0.5. */
 export const EDM_LOSS_DEFAULTS: EdmLossOptions = { pMean: -1.2, pStd: 1.2, sigmaData: 0.5 };
 
-/** `denoise(x, sigma)` gets the noisy batch [B, C, h, w] and sigma [B, 1, 1, 1]. */
+/**
+ * EDM's loss of a denoiser on a clean batch `y` [B, C, h, w]. `denoise(x, sigma)` gets the noisy
+ * batch and sigma [B, 1, 1, 1]; `key` draws the noise levels and the noise.
+ *
+ * ```ts
+ * const D = (p: PatchModelParams) => (x: Tensor, sigma: Tensor) => model.apply(p, x, reshape(sigma, [-1]));
+ * const gradient = grad((p: PatchModelParams, y: Tensor, k: Tensor) => edmLoss(D(p), y, k))(params, images, key);
+ * ```
+ */
 export function edmLoss(denoise: (x: Tensor, sigma: Tensor) => Tensor, y: Tensor, key: Tensor, o: EdmLossOptions = EDM_LOSS_DEFAULTS): Tensor {
   const b = y.shape[0]!;
   const [kSigma, kNoise] = random.split(key, 2) as [Tensor, Tensor];

@@ -3,14 +3,31 @@
  * `init(params) -> state` and `update(grads, state, params) -> [updates, state]`, composed with
  * `chain`. Every quantity that changes per step (counts, moments) lives in the state as tensors,
  * so one jitted program runs every step.
+ *
+ * @module tessera/optim
  */
 import {
   add, cast, div, isFinite, logicalNot, maximum, minimum, mul, pow, scalar, sqrt, sub, sum, treeLeaves, treeMap, where, zerosLike,
   type PyTree, type Tensor,
 } from '../core/index.ts';
 
+/** Parameters (and gradients, updates): any pytree of tensors. */
 export type Params = PyTree<Tensor>;
 
+/**
+ * An optax-style optimizer or gradient transformation: `init(params)` makes its state (a pytree of tensors),
+ * `update(grads, state, params)` returns the updates to add to the params and the next state.
+ * Compose them with `chain`; apply updates with `applyUpdates`.
+ *
+ * ```ts
+ * const opt = chain(clipByGlobalNorm(1), adam({ lr: 1e-3 }));
+ * let state = opt.init(params);
+ * const step = jit((p: Params, s: typeof state, x: Tensor) => {
+ *   const [updates, next] = opt.update(grad(loss)(p, x), s, p);
+ *   return [applyUpdates(p, updates), next] as const;
+ * });
+ * ```
+ */
 export interface GradientTransformation<S extends PyTree<Tensor> = PyTree<Tensor>> {
   init(params: Params): S;
   update(grads: Params, state: S, params: Params): [Params, S];
@@ -21,7 +38,13 @@ export type Schedule = number | ((count: Tensor) => Tensor);
 
 const map = (f: (...xs: Tensor[]) => Tensor, ...trees: Params[]): Params => treeMap(f, trees[0]!, ...trees.slice(1));
 
-/** Applies several transformations in order; the state is a tuple of their states. */
+/**
+ * Applies several transformations in order; the state is a tuple of their states.
+ *
+ * ```ts
+ * const opt = chain(replaceNonFinite(), clipByGlobalNorm(1), adam({ lr: 2e-4, weightDecay: 0.01 }));
+ * ```
+ */
 export function chain(...ts: GradientTransformation[]): GradientTransformation<PyTree<Tensor>[]> {
   return {
     init: (params) => ts.map((t) => t.init(params)),
@@ -37,6 +60,9 @@ export function chain(...ts: GradientTransformation[]): GradientTransformation<P
   };
 }
 
+/**
+ * Options of `adam`: the learning rate (a number or a `Schedule`), betas, epsilon and decoupled weight decay.
+ */
 export interface AdamOptions {
   readonly lr: Schedule;
   readonly b1?: number;
@@ -114,6 +140,7 @@ export function replaceNonFinite(): GradientTransformation<{ replaced: Tensor }>
   };
 }
 
+/** `params + updates`, leaf by leaf: the last step of an optimizer update (see `GradientTransformation`). */
 export function applyUpdates(params: Params, updates: Params): Params {
   return map((p, u) => add(p, u), params, updates);
 }

@@ -27,6 +27,7 @@ export interface HostTensor {
   readonly data: TypedArray;
 }
 
+/** A decoded safetensors file: tensors by name and the string metadata. */
 export interface Safetensors {
   /** Tensors by name (sort the keys for file order: JS lists integer-like keys first). */
   readonly tensors: Readonly<Record<string, HostTensor>>;

@@ -183,11 +183,19 @@ export function entriesToTree(entries: Readonly<Record<string, HostTensor>>, fil
   return typeof tree === 'string' ? fail(tree) : right(tree);
 }
 
-/** A pytree of tensors as a safetensors file. */
+/**
+ * A pytree of tensors as a safetensors file; tensor names are the tree's paths (`enc.conv0.weight`).
+ *
+ * ```ts
+ * await writeFile('params.safetensors', await treeToSafetensors(params));
+ * const { tree } = orThrow(treeFromSafetensors(await readFile('params.safetensors'), 'params.safetensors'));
+ * ```
+ */
 export async function treeToSafetensors(tree: PyTree<Tensor>, metadata: Readonly<Record<string, string>> = {}): Promise<Uint8Array> {
   return encodeSafetensors(await treeToEntries(tree), metadata);
 }
 
+/** Options of `treeFromSafetensors`. */
 export interface ReadTreeOptions {
   /** Accept NaN and infinite values (default false: weights, EMA and optimizer state must be finite). */
   readonly allowNonFinite?: boolean;

@@ -13,6 +13,7 @@ import { DataError } from '../errors.ts';
 import type { Dataset } from './dataset.ts';
 import { mixSeed, permutation } from './prng.ts';
 
+/** A batch of images with their dataset indices, labels if any, and the stream position after it. */
 export interface Batch {
   /** [size, C, H, W] in [-1, 1]. */
   readonly images: Float32Array;
@@ -72,6 +73,7 @@ export function takeBatch(ds: Dataset, options: { readonly seed: number; readonl
   });
 }
 
+/** Options of `batches`: batch size, seed, and the position to start (or resume) at. */
 export interface BatchOptions {
   readonly batchSize: number;
   readonly seed: number;
@@ -79,7 +81,17 @@ export interface BatchOptions {
   readonly start?: number;
 }
 
-/** An endless stream of batches; stop it by breaking out of the loop. */
+/**
+ * An endless stream of batches; stop it by breaking out of the loop.
+ *
+ * ```ts
+ * const ds = xflipDataset(await loadMnist('mnist', { resolution: 32 }));
+ * for await (const batch of batches(ds, { batchSize: 64, seed: 0 })) {
+ *   const x = tensor(batch.images, batch.shape);        // [64, 1, 32, 32] in [-1, 1]
+ *   if (batch.position >= 64 * 100) break;               // save batch.position to resume with `start`
+ * }
+ * ```
+ */
 export async function* batches(ds: Dataset, options: BatchOptions): AsyncGenerator<Batch, never, undefined> {
   let position = options.start ?? 0;
   for (;;) {

@@ -7,6 +7,10 @@
 import { DataError } from '../errors.ts';
 import { mixSeed, permutation } from './prng.ts';
 
+/**
+ * An immutable image dataset: `get(i)` returns image i as [C, H, W] values in [-1, 1].
+ * Make one with `pixelDataset`, `loadMnist` or `openImageFolder`; batch it with `batches`.
+ */
 export interface Dataset {
   readonly count: number;
   readonly channels: number;
@@ -24,6 +28,7 @@ function checkIndex(ds: { count: number }, i: number): void {
   if (!Number.isInteger(i) || i < 0 || i >= ds.count) throw new DataError(`dataset: index ${i} is out of range [0, ${ds.count})`);
 }
 
+/** 8-bit images (and optional labels) for `pixelDataset`. */
 export interface PixelSource {
   readonly count: number;
   readonly channels: number;

@@ -7,6 +7,7 @@ import { left, right, type Either } from 'fp-ts/lib/Either.js';
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
 
+/** A decoded PNG or JPEG: its size and its pixels as [C, H, W] bytes. */
 export interface DecodedImage {
   readonly width: number;
   readonly height: number;

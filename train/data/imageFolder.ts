@@ -17,6 +17,7 @@ import { limitOrder, pixelDataset, type Dataset } from './dataset.ts';
 import { decodeImage } from './decodeImage.ts';
 import { cropResize } from './resize.ts';
 
+/** Options of `openImageFolder`: the size images are cropped and resized to, channels, a seeded limit. */
 export interface ImageFolderOptions {
   readonly height: number;
   readonly width: number;
@@ -29,11 +30,13 @@ export interface ImageFolderOptions {
   readonly skipCorrupt?: boolean;
 }
 
+/** An image `openImageFolder` left out (with `skipCorrupt`), and why. */
 export interface SkippedImage {
   readonly path: string;
   readonly reason: string;
 }
 
+/** A dataset of the images under a folder, with their paths and the images skipped. */
 export interface ImageFolderDataset extends Dataset {
   readonly root: string;
   /** Path of each image relative to `root`, in dataset order. */
@@ -45,6 +48,14 @@ const IMAGE_EXTENSION = /\.(png|jpe?g)$/i;
 // Decode a few files at a time: enough to overlap reads with decoding, few enough to bound memory.
 const CONCURRENCY = 8;
 
+/**
+ * Opens every PNG and JPEG under `root` (recursively, in sorted order) as a dataset, each image centre-cropped
+ * and area-resized to `height` x `width`. A Left names the folder or file that could not be used.
+ *
+ * ```ts
+ * const ds = orThrow(await openImageFolder('data/faces', { height: 64, width: 64 }));
+ * ```
+ */
 export async function openImageFolder(root: string, options: ImageFolderOptions): Promise<Either<DataError, ImageFolderDataset>> {
   const { height, width, channels = 3, limit, seed = 0, skipCorrupt = false } = options;
   for (const [name, v] of [['height', height], ['width', width]] as const) {

@@ -24,6 +24,7 @@ import { DataError } from '../errors.ts';
 import { pixelDataset, type Dataset } from './dataset.ts';
 import { cropResize } from './resize.ts';
 
+/** Which dataset `loadMnist` opens. */
 export type MnistName = 'mnist' | 'fashion-mnist';
 
 const SIDE = 28;
@@ -139,6 +140,7 @@ function raw(name: MnistName): Promise<RawImages> {
   return p;
 }
 
+/** Options of `loadMnist`: output resolution and how 28x28 images fit it. */
 export interface MnistOptions {
   /** Output side R (default 32). */
   readonly resolution?: number;
