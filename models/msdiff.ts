@@ -61,25 +61,53 @@ export function scaleInterval(schedule: NonUniformSchedule, k: number): [number,
   return [k === 0 ? s.eps : k / s.n, (k + 1) / s.n];
 }
 
-/** lambda_j(t), linear from logSnrMax at eps to logSnrMin at T_j, held at logSnrMin after T_j. */
-export function componentLogSnr(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
-  const s = resolveSchedule(schedule);
-  const end = componentEnd(schedule, j);
-  return add(mul(clip(div(sub(t, s.eps), end - s.eps), 0, 1), s.min - s.max), s.max);
+/** A log-SNR linear in t: `max` at t = eps, `min` at t = end, held at `min` after `end`. */
+export interface LinearLogSnr {
+  readonly eps: number;
+  readonly end: number;
+  readonly max: number;
+  readonly min: number;
 }
 
-/** The marginal x_j(t) = alpha x_j(0) + sigma z: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) = 1 - alpha^2. */
-export function componentMarginal(schedule: NonUniformSchedule, j: number, t: Tensor): { alpha: Tensor; sigma: Tensor } {
-  const lambda = componentLogSnr(schedule, j, t);
+export function linearLogSnr(l: LinearLogSnr, t: Tensor): Tensor {
+  return add(mul(clip(div(sub(t, l.eps), l.end - l.eps), 0, 1), l.min - l.max), l.max);
+}
+
+/** The variance-preserving marginal of log-SNR lambda: x(t) = alpha x(0) + sigma z, alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) = 1 - alpha^2. */
+export function vpMarginal(lambda: Tensor): { alpha: Tensor; sigma: Tensor } {
   return { alpha: sqrt(sigmoid(lambda)), sigma: sqrt(sigmoid(neg(lambda))) };
 }
 
+/** |d lambda / dt| of a linear log-SNR on [eps, end]. */
+export const logSnrSlope = (l: LinearLogSnr): number => (l.max - l.min) / (l.end - l.eps);
+
 /**
- * beta_j(t) of component j's VP SDE dx = -beta x / 2 dt + sqrt(beta) dW (for eps <= t <= T_j):
- * beta = -d/dt log alpha^2 = sigma^2 |d lambda / dt|, with |d lambda / dt| = (max - min) / (T_j - eps).
+ * beta(t) of the VP SDE dx = -beta x / 2 dt + sqrt(beta) dW with a linear log-SNR (for eps <= t <= end):
+ * beta = -d/dt log alpha^2 = sigma^2 |d lambda / dt|.
  */
+export function vpBeta(l: LinearLogSnr, t: Tensor): Tensor {
+  return mul(square(vpMarginal(linearLogSnr(l, t)).sigma), logSnrSlope(l));
+}
+
+/** lambda_j(t), linear from logSnrMax at eps to logSnrMin at T_j, held at logSnrMin after T_j. */
+export function componentLogSnr(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
+  return linearLogSnr(componentSchedule(schedule, j), t);
+}
+
+/** Component j's log-SNR line: from logSnrMax at eps to logSnrMin at T_j. */
+export function componentSchedule(schedule: NonUniformSchedule, j: number): LinearLogSnr {
+  const s = resolveSchedule(schedule);
+  return { eps: s.eps, end: componentEnd(schedule, j), max: s.max, min: s.min };
+}
+
+/** The marginal of component j at time t (`vpMarginal` of its log-SNR). */
+export function componentMarginal(schedule: NonUniformSchedule, j: number, t: Tensor): { alpha: Tensor; sigma: Tensor } {
+  return vpMarginal(componentLogSnr(schedule, j, t));
+}
+
+/** beta_j(t) of component j's VP SDE (`vpBeta` of its log-SNR line), for eps <= t <= T_j. */
 export function componentBeta(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
-  return mul(square(componentMarginal(schedule, j, t).sigma), likelihoodWeight(schedule, j));
+  return vpBeta(componentSchedule(schedule, j), t);
 }
 
 /**
@@ -88,8 +116,7 @@ export function componentBeta(schedule: NonUniformSchedule, j: number, t: Tensor
  * likelihood training of score-based diffusion models", lambda(t) = g(t)^2).
  */
 export function likelihoodWeight(schedule: NonUniformSchedule, j: number): number {
-  const s = resolveSchedule(schedule);
-  return (s.max - s.min) / (componentEnd(schedule, j) - s.eps);
+  return logSnrSlope(componentSchedule(schedule, j));
 }
 
 /**

@@ -13,9 +13,9 @@ import { latestCheckpoint, loadCheckpoint } from './checkpoint.ts';
 import { loadConfig, parseOverrides, resolveConfig, type TrainingConfig } from './config.ts';
 import { orThrow, UsageError } from './errors.ts';
 import { EVAL_USAGE, evalCommand } from './eval/cli.ts';
+import { trainingMethod } from './method.ts';
 import { restoreLike, sampleGrid, trainRun } from './run.ts';
 import { readJsonFile } from './runFiles.ts';
-import { buildModel, initState } from './step.ts';
 
 const COMMANDS = {
   train: {
@@ -27,8 +27,10 @@ cadences, EMA and backend of a resumed run. --stop-after and --minutes end the r
 Ctrl-C finishes the current step and writes a checkpoint; a second Ctrl-C exits at once.`,
   },
   sample: {
-    usage: 'tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps 18] [--seed 0] [--out FILE.png] [--backend cpu|webgpu|reference]',
-    about: 'Samples a grid of n images with the EMA weights of a checkpoint (the newest of --run, or --checkpoint) with EDM\'s Heun sampler.',
+    usage: 'tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps N] [--seed 0] [--out FILE.png] [--backend cpu|webgpu|reference]',
+    about: `Samples a grid of n images with the EMA weights of a checkpoint (the newest of --run, or --checkpoint) with the model's
+sampler: EDM's Heun sampler (default 18 steps) for patch and edm models, the scale-by-scale Euler-Maruyama sampler
+(default 20 steps per scale) for msdiff models.`,
   },
   eval: {
     usage: EVAL_USAGE,
@@ -128,7 +130,7 @@ async function train(argv: readonly string[]): Promise<void> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  console.log(`tessera: training ${config.model.kind === 'patch' ? 'the patch-conditioned model' : 'the EDM baseline'} on ${config.data.name}, run folder ${runDir}`);
+  console.log(`tessera: training ${trainingMethod(config).description} on ${config.data.name}, run folder ${runDir}`);
   const result = await trainRun({
     runDir, config, resume, progress: true, signal: stop.signal, strict: opts.get('strict') === 'true',
     stopAfter, stopAfterSeconds, gridSamples,
@@ -147,16 +149,16 @@ async function sample(argv: readonly string[]): Promise<void> {
   const { opts } = parseArgs(argv, ['run', 'checkpoint', 'n', 'steps', 'seed', 'out', 'backend']);
   // Checked before anything is loaded: a bad number should not cost a checkpoint read to report.
   const count = intInRange('n', opts.get('n'), 16, 1, 1024);
-  const steps = intInRange('steps', opts.get('steps'), 18, 1, 1000);
+  const steps = opts.has('steps') ? intInRange('steps', opts.get('steps'), 0, 1, 1000) : undefined;
   const seed = intInRange('seed', opts.get('seed'), 0, 0, 2 ** 31 - 1);
   const run = opts.get('run');
   const dir = opts.get('checkpoint') ?? (run === undefined ? undefined : await latestCheckpoint(resolve(run)));
   if (dir === undefined) throw new UsageError(`sample: give --run DIR (with a checkpoint) or --checkpoint DIR\n${USAGE}`);
   const ck = orThrow(await loadCheckpoint(dir));
   const config = orThrow(resolveConfig(ck.config, {}));
-  const model = buildModel(config);
-  const ema = restoreLike(initState(model, config).ema, ck.trees['ema'] ?? {}, `${dir} ema`);
-  const png = await sampleGrid(model, ema, config, count, steps, seed, opts.get('backend') ?? config.backend);
+  const method = trainingMethod(config);
+  const ema = restoreLike(method.initState().ema, ck.trees['ema'] ?? {}, `${dir} ema`);
+  const png = await sampleGrid(method, ema, config, count, steps ?? method.defaultSampleSteps, seed, opts.get('backend') ?? config.backend);
   const out = resolve(opts.get('out') ?? join(dir, '..', `samples-step${ck.step}.png`));
   await writeFile(out, png);
   console.log(`tessera: wrote ${out}`);

@@ -53,8 +53,11 @@ const PatchSizeMap = new t.Type<Record<string, number>, Record<string, number>, 
 );
 
 export const ModelConfig = strictStruct('model config', {
-  /** 'patch': Patch Diffusion's patch-conditioned model; 'edm': the plain EDM baseline. */
-  kind: t.keyof({ patch: null, edm: null }),
+  /**
+   * 'patch': Patch Diffusion's patch-conditioned model; 'edm': the plain EDM baseline; 'msdiff':
+   * multi-scale non-uniform diffusion, one SongUNet of these settings per Haar scale.
+   */
+  kind: t.keyof({ patch: null, edm: null, msdiff: null }),
   model_channels: positiveInt,
   channel_mult: t.array(positiveInt),
   num_blocks: positiveInt,
@@ -75,6 +78,8 @@ export const ModelConfig = strictStruct('model config', {
   img_resolution: Resolution,
   /** Default: the data's channels. */
   img_channels: positiveInt,
+  /** MSDiff only: Haar levels L (L + 1 components and networks, the coarsest at R / 2^L); default 2. */
+  haar_levels: integer(1, 8),
 });
 
 export const DataConfig = strictStruct('data config', {
@@ -243,6 +248,12 @@ function resolve(c: DecodedConfig, options: RuleOptions): Either<ConfigError, Tr
   if (!sameResolution(imgResolution, c.data.resolution)) {
     problems.push(`model.img_resolution: ${fmt(imgResolution)} does not match data.resolution ${fmt(c.data.resolution)}`);
   }
+  const isMsdiff = c.model.kind === 'msdiff';
+  if (!isMsdiff && c.model.haar_levels !== undefined) problems.push(`model.haar_levels: only used when model.kind is "msdiff", not ${fmt(c.model.kind)}`);
+  if (isMsdiff && typeof c.data.resolution !== 'number' && c.data.resolution[0] !== c.data.resolution[1]) {
+    problems.push(`data.resolution: model.kind "msdiff" takes square images, got ${fmt(c.data.resolution)}`);
+  }
+  if (isMsdiff && c.model.label_dim > 0) problems.push(`model.label_dim: model.kind "msdiff" is unconditional here, got ${c.model.label_dim}`);
   const imgChannels = c.model.img_channels ?? channels;
   if (imgChannels !== channels) problems.push(`model.img_channels: ${imgChannels} does not match the data's ${channels} channel(s)`);
   if (c.model.channel_mult.length === 0) problems.push('model.channel_mult: needs at least one level');
@@ -255,7 +266,8 @@ function resolve(c: DecodedConfig, options: RuleOptions): Either<ConfigError, Tr
   }
   if (problems.length > 0) return left(new ConfigError(problems));
   const train = c.train.steps === undefined && c.train.duration_images === undefined ? { ...c.train, steps: DEFAULT_STEPS } : c.train;
-  const resolved: TrainingConfig = { ...c, model: { ...c.model, img_resolution: imgResolution, img_channels: imgChannels }, train };
+  const model = { ...c.model, img_resolution: imgResolution, img_channels: imgChannels, ...(isMsdiff ? { haar_levels: c.model.haar_levels ?? 2 } : {}) };
+  const resolved: TrainingConfig = { ...c, model, train };
   // Rules that need the derived fields: the UNet's levels against image and patch sizes, attention, memory.
   const architecture = architectureProblems(resolved);
   if (architecture.length > 0) return left(new ConfigError(architecture));

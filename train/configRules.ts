@@ -31,10 +31,9 @@ function drawnSizes(c: TrainingConfig, height: number): number[] {
   return c.train.patch_sizes ?? [Math.max(1, Math.floor(height / 4)), Math.max(1, Math.floor(height / 2)), height];
 }
 
-/** Whether steps on patches smaller than the image happen at all (the EDM baseline trains on full images). */
-function drawsPatches(c: TrainingConfig): boolean {
-  const realP = c.model.kind === 'edm' ? 1 : c.train.real_p;
-  return realP < 1 || c.train.progressive;
+/** Whether steps on patches smaller than the image happen at all (only the patch model's do). */
+export function drawsPatches(c: TrainingConfig): boolean {
+  return c.model.kind === 'patch' && (c.train.real_p < 1 || c.train.progressive);
 }
 
 /** A patch's width for a patch height, as patches.ts `patchChoice` computes it. */
@@ -95,7 +94,13 @@ export function architectureProblems(c: TrainingConfig): string[] {
 
   problems.push(...groupNormProblems(c));
 
-  const levelResolutions = c.model.channel_mult.map((_, l) => height >> l);
+  // MSDiff: one network per scale k at R / 2^k, each of which must survive the UNet's halvings.
+  const scaleSides = c.model.kind === 'msdiff' ? Array.from({ length: (c.model.haar_levels ?? 2) + 1 }, (_, k) => height / 2 ** k) : [height];
+  const coarsest = scaleSides[scaleSides.length - 1]!;
+  if (c.model.kind === 'msdiff' && badSides.length === 0 && (!Number.isInteger(coarsest) || coarsest % factor !== 0)) {
+    problems.push(`model.haar_levels: ${scaleSides.length - 1} Haar levels take the image to ${coarsest}x${coarsest}, where the coarsest network must still fit the UNet: ${needs}; use fewer Haar levels or fewer UNet levels`);
+  }
+  const levelResolutions = [...new Set(scaleSides.flatMap((side) => c.model.channel_mult.map((_, l) => side >> l)))];
   c.model.attn_resolutions.forEach((r, i) => {
     if (!levelResolutions.includes(r)) {
       problems.push(`model.attn_resolutions[${i}]: no level has resolution ${r} (the levels are ${levelResolutions.join(', ')}), so this attention would never run`);

@@ -13,7 +13,8 @@ import type { TrainingConfig } from './config.ts';
 import { CheckpointError, orThrow } from './errors.ts';
 import { resumeChanges, type ConfigChange } from './resumeConfig.ts';
 import { restoreTree } from './stateDict.ts';
-import { carryOptimizerState, initState, type Model, type TrainState } from './step.ts';
+import type { TrainingMethod } from './method.ts';
+import type { TrainState } from './step.ts';
 
 /**
  * Rebuilds a tree shaped like `template` from a loaded tree (exact tensor names, dtypes and shapes;
@@ -24,7 +25,7 @@ export function restoreLike<T extends PyTree<Tensor>>(template: T, loaded: PyTre
 }
 
 export interface ResumePoint {
-  readonly state: TrainState;
+  readonly state: TrainState<PyTree<Tensor>>;
   readonly step: number;
   readonly position: number;
   /** The checkpoint resumed from. */
@@ -44,7 +45,7 @@ export interface ResumeOptions {
 }
 
 /** Loads the newest intact checkpoint of `runDir` as the state for `config`. */
-export async function resumePoint(model: Model, config: TrainingConfig, runDir: string, options: ResumeOptions): Promise<ResumePoint> {
+export async function resumePoint(method: TrainingMethod<PyTree<Tensor>>, config: TrainingConfig, runDir: string, options: ResumeOptions): Promise<ResumePoint> {
   const all = await listCheckpoints(runDir);
   if (all.length === 0) throw new CheckpointError(`resume: no checkpoint in ${runDir}`);
   const corrupt: { dir: string; reason: string }[] = [];
@@ -60,7 +61,7 @@ export async function resumePoint(model: Model, config: TrainingConfig, runDir: 
       // A fixed field that differs is refused here, before any fallback: it is not damage.
       const changes = resumeChanges(ck.config, config, dir);
       try {
-        point = { ...restoreState(model, config, ck.config as TrainingConfig, ck.trees, ck.prngKey, ck.dataPosition, dir), step: ck.step, dir, changes };
+        point = { ...restoreState(method, config, ck.config as TrainingConfig, ck.trees, ck.prngKey, ck.dataPosition, dir), step: ck.step, dir, changes };
       } catch (e) {
         if (!(e instanceof CheckpointError)) throw e;
         reason = e.message;
@@ -87,18 +88,18 @@ export async function resumePoint(model: Model, config: TrainingConfig, runDir: 
 }
 
 function restoreState(
-  model: Model, config: TrainingConfig, ckConfig: TrainingConfig, trees: Readonly<Record<string, PyTree<Tensor>>>,
+  method: TrainingMethod<PyTree<Tensor>>, config: TrainingConfig, ckConfig: TrainingConfig, trees: Readonly<Record<string, PyTree<Tensor>>>,
   key: Tensor, dataPosition: unknown, dir: string,
-): { state: TrainState; position: number } {
-  const fresh = initState(model, config);
+): { state: TrainState<PyTree<Tensor>>; position: number } {
+  const fresh = method.initState();
   const position = (dataPosition as { position?: unknown } | null)?.position;
   if (typeof position !== 'number') throw new CheckpointError(`${dir}: manifest data_position.position is not a number`);
-  const opt = zeroFrozenMoments(restoreLike(carryOptimizerState(fresh.opt, config, ckConfig), trees['optimizer'] ?? {}, `${dir} optimizer`));
+  const opt = zeroFrozenMoments(restoreLike(method.carryOptimizerState(fresh.opt, config, ckConfig), trees['optimizer'] ?? {}, `${dir} optimizer`));
   return {
     state: {
       params: restoreLike(fresh.params, trees['params'] ?? {}, `${dir} params`),
       ema: restoreLike(fresh.ema, trees['ema'] ?? {}, `${dir} ema`),
-      opt: carryOptimizerState(opt, ckConfig, config),
+      opt: method.carryOptimizerState(opt, ckConfig, config),
       imagesSeen: restoreLike({ imagesSeen: fresh.imagesSeen }, trees['counters'] ?? {}, `${dir} counters`).imagesSeen,
       key,
     },

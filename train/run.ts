@@ -11,9 +11,7 @@
 import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { defaultBackend, getBackend, random, type Backend, type BackendName } from '../core/index.ts';
-import { makeDenoiser } from '../models/precond.ts';
-import { heunSampler } from '../models/samplers.ts';
+import { defaultBackend, getBackend, random, type Backend, type BackendName, type PyTree, type Tensor } from '../core/index.ts';
 import { writeFileAtomic, type FileWriter } from './atomicFile.ts';
 import { listCheckpoints, setAsideCheckpoint, writeCheckpointFiles, type PendingCheckpoint } from './checkpoint.ts';
 import type { TrainingConfig } from './config.ts';
@@ -29,7 +27,8 @@ import { resumePoint, type ResumePoint } from './resume.ts';
 import { describeChange } from './resumeConfig.ts';
 import { appendJsonLine, readJsonLines, writeTextAtomic } from './runFiles.ts';
 import { acquireRunLock } from './runLock.ts';
-import { buildModel, compileStep, fullSize, initState, stepBatch, type Model, type StepBatch, type StepMetrics, type TrainState } from './step.ts';
+import { trainingMethod, type TrainingMethod } from './method.ts';
+import { fullSize, stepBatch, type StepBatch, type StepMetrics, type TrainState } from './step.ts';
 
 export { restoreLike } from './resume.ts';
 
@@ -49,10 +48,11 @@ export async function* trainingBatches(ds: Dataset, config: TrainingConfig, star
   const t = config.train;
   const patch = {
     height, width,
-    realP: config.model.kind === 'edm' ? 1 : t.real_p,
+    // Only the patch model trains on patches; the others see full images.
+    realP: config.model.kind === 'patch' ? t.real_p : 1,
     sizes: t.patch_sizes as [number, number, number] | undefined,
     batchMultiplier: t.batch_multiplier,
-    progressive: t.progressive,
+    progressive: config.model.kind === 'patch' && t.progressive,
     totalSteps: totalSteps(config),
   };
   let position = startPosition;
@@ -90,7 +90,7 @@ export interface RunOptions {
   readonly progress?: boolean;
   /** Samples in each grid (0: none). */
   readonly gridSamples?: number;
-  /** Sampler steps for the grids. */
+  /** Sampler steps for the grids (default: the method's). */
   readonly sampleSteps?: number;
   /** Hears warnings and notes (default: stderr). */
   readonly say?: (message: string) => void;
@@ -108,8 +108,11 @@ export interface LogLine {
   readonly replaced: number;
 }
 
+/** The state of a run of any model kind. */
+export type RunState = TrainState<PyTree<Tensor>>;
+
 export interface RunResult {
-  readonly state: TrainState;
+  readonly state: RunState;
   readonly step: number;
   readonly log: readonly LogLine[];
   readonly backend: string;
@@ -120,7 +123,7 @@ export interface RunResult {
 }
 
 interface Start {
-  readonly state: TrainState;
+  readonly state: RunState;
   readonly step: number;
   readonly position: number;
   readonly resumed?: ResumePoint;
@@ -132,12 +135,17 @@ function formatEta(seconds: number): string {
   return s >= 3600 ? `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m` : s >= 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s}s`;
 }
 
-/** Samples a grid with the EMA params at full resolution on the full coordinate grid. */
-export async function sampleGrid(model: Model, params: TrainState['ema'], config: TrainingConfig, count: number, steps: number, seed: number, backend?: BackendName): Promise<Uint8Array> {
+/** Samples a grid of full-size images with the given (EMA) params, by the method's sampler. */
+export async function sampleGrid(method: TrainingMethod<PyTree<Tensor>>, params: PyTree<Tensor>, config: TrainingConfig, count: number, steps: number, seed: number, backend?: BackendName): Promise<Uint8Array> {
   const { height, width } = fullSize(config);
-  const x = await heunSampler(makeDenoiser(params, model), { key: random.key(seed), shape: [count, config.model.img_channels, height, width], numSteps: steps, backend });
+  const x = await method.sample(params, count, steps, random.key(seed), backend);
   // Small images are drawn at least 64 pixels tall, so a 16x16 sample is visible as it is.
   return imageGridPng((await x.data()) as Float32Array, [count, config.model.img_channels, height, width], { scale: Math.max(1, Math.floor(64 / height)) });
+}
+
+/** Images shown so far: the state's count, or the sum of its per-network counts. */
+export async function imagesSeen(state: { readonly imagesSeen: Tensor }): Promise<number> {
+  return Array.from(await state.imagesSeen.data(), Number).reduce((a, x) => a + x, 0);
 }
 
 /** How often a progress line is printed when stderr is not a terminal (a log file, a pipe, CI). */
@@ -177,11 +185,11 @@ export async function trainRun(options: RunOptions): Promise<RunResult> {
 async function train(options: RunOptions, say: (message: string) => void, historyPath: string): Promise<RunResult> {
   const { config, runDir } = options;
   const backend: Backend = config.backend === undefined ? await defaultBackend() : await getBackend(config.backend);
-  const model = buildModel(config);
+  const method = trainingMethod(config);
   const data = orThrow(await openDataset(config.data, config.train.seed));
   const start: Start = options.resume === true
-    ? await resumePoint(model, config, runDir, { strict: options.strict, warn: say }).then((r) => ({ state: r.state, step: r.step, position: r.position, resumed: r }))
-    : { state: initState(model, config), step: 0, position: 0 };
+    ? await resumePoint(method, config, runDir, { strict: options.strict, warn: say }).then((r) => ({ state: r.state, step: r.step, position: r.position, resumed: r }))
+    : { state: method.initState(), step: 0, position: 0 };
   await writeTextAtomic(join(runDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   const changes = start.resumed?.changes ?? [];
   if (start.resumed !== undefined) {
@@ -231,7 +239,7 @@ async function train(options: RunOptions, say: (message: string) => void, histor
     throw new TrainingError(`step ${step}: ${what}; stopping. ${advice}`);
   };
 
-  type Obs = Observer<TrainState, TrainingBatch, StepMetrics>;
+  type Obs = Observer<RunState, TrainingBatch, StepMetrics>;
   const checkStep: Obs = async ({ step, metrics, batch, state, last }) => {
     const loss = await metrics.loss.item();
     windowImages += batch.images.shape[0]!;
@@ -244,7 +252,7 @@ async function train(options: RunOptions, say: (message: string) => void, histor
     if (step % t.log_every === 0 || last) {
       const now = performance.now();
       const line: LogLine = {
-        step, loss, images_seen: await state.imagesSeen.item(),
+        step, loss, images_seen: await imagesSeen(state),
         patch: `${batch.images.shape[2]}x${batch.images.shape[3]}`,
         images_per_s: (windowImages * 1000) / Math.max(now - windowStart, 1e-3),
         seconds: offset + (now - began) / 1000,
@@ -278,14 +286,14 @@ async function train(options: RunOptions, say: (message: string) => void, histor
   };
   const samples: Obs = async ({ step, state, last }) => {
     if ((options.gridSamples ?? 16) === 0 || options.signal?.aborted === true || (step % t.sample_every !== 0 && !last)) return;
-    const png = await sampleGrid(model, state.ema, config, options.gridSamples ?? 16, options.sampleSteps ?? 18, t.seed + 1, backend.name);
+    const png = await sampleGrid(method, state.ema, config, options.gridSamples ?? 16, options.sampleSteps ?? method.defaultSampleSteps, t.seed + 1, backend.name);
     await writeFileAtomic(join(runDir, `samples-${String(step).padStart(7, '0')}.png`), png);
     await writeTextAtomic(join(runDir, 'loss.svg'), lossCurveSvg(log.map((l) => [l.step, l.loss] as const), { title: 'training loss', xLabel: 'step', yLabel: 'loss', logY: true, smoothing: 0.9 }));
   };
 
-  const step = compileStep(model, config, backend.name);
+  const step = method.compileStep(backend.name);
   const outOfTime = () => options.stopAfterSeconds !== undefined && (performance.now() - began) / 1000 >= options.stopAfterSeconds;
-  let result: { state: TrainState; step: number };
+  let result: { state: RunState; step: number };
   try {
     result = await fold(
       step,

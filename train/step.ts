@@ -14,11 +14,14 @@ import type { TrainingConfig } from './config.ts';
 import { edmLoss } from './loss.ts';
 import { adam, applyUpdates, chain, clipByGlobalNorm, edmLearningRate, emaUpdate, replaceNonFinite, type GradientTransformation, type Params } from './optim.ts';
 
-export interface TrainState {
-  readonly params: PatchModelParams;
-  readonly ema: PatchModelParams;
+export interface TrainState<P = PatchModelParams> {
+  readonly params: P;
+  readonly ema: P;
   readonly opt: PyTree<Tensor>;
-  /** Samples (patches) shown so far, float32 scalar: drives the lr ramp-up and the EMA ramp-up. */
+  /**
+   * Samples (patches) shown so far, float32: drives the lr ramp-up and the EMA ramp-up. A scalar,
+   * or one count per network where a model has several (MSDiff's scales).
+   */
   readonly imagesSeen: Tensor;
   /** The run's PRNG key, split once per step. */
   readonly key: Tensor;
@@ -69,7 +72,8 @@ export function fullSize(config: TrainingConfig): { height: number; width: numbe
   return typeof r === 'number' ? { height: r, width: r } : { height: r[0], width: r[1] };
 }
 
-function optimizer(config: TrainingConfig, imagesSeen: Tensor): GradientTransformation<PyTree<Tensor>[]> {
+/** The run's optimizer: non-finite gradients replaced, optional clipping, Adam with EDM's lr ramp-up over `imagesSeen`. */
+export function trainOptimizer(config: TrainingConfig, imagesSeen: Tensor): GradientTransformation<PyTree<Tensor>[]> {
   const t = config.train;
   return chain(
     replaceNonFinite(),
@@ -85,7 +89,7 @@ export function initState(model: Model, config: TrainingConfig): TrainState {
   return {
     params,
     ema: params,
-    opt: optimizer(config, scalar(0)).init(params),
+    opt: trainOptimizer(config, scalar(0)).init(params),
     imagesSeen: scalar(0),
     key: kRun,
   };
@@ -107,7 +111,7 @@ export function stepFunction(model: Model, config: TrainingConfig) {
         batch.images, kLoss, lossOptions,
       );
     const [loss, grads] = valueAndGrad(lossOf)(state.params);
-    const opt = optimizer(config, state.imagesSeen);
+    const opt = trainOptimizer(config, state.imagesSeen);
     const [updates, optState] = opt.update(grads as Params, state.opt as PyTree<Tensor>[], state.params);
     // EDM's frozen buffers (the Fourier frequencies) sit behind stopGradient in the model: zero
     // gradient, zero Adam moments, zero update, so no mask is needed here.
@@ -128,7 +132,7 @@ export function stepFunction(model: Model, config: TrainingConfig) {
  * reduced once, up to 16 at a time, so the check costs a few dozen reductions rather than one per
  * leaf, and the kernel that adds them up binds few buffers.
  */
-function countNonFinite(trees: readonly PyTree<Tensor>[]): Tensor {
+export function countNonFinite(trees: readonly PyTree<Tensor>[]): Tensor {
   const byShape = new Map<string, Tensor[]>();
   for (const x of trees.flatMap((tree) => treeLeaves(tree))) {
     if (!isFloat(x.dtype)) continue;

@@ -91,7 +91,7 @@ test('Fourier embedding: the frozen frequencies never move, resuming is bit for 
   assert.deepEqual(await leafValues(resumed.state.params), await leafValues(straight.state.params));
   assert.deepEqual(await leafValues(resumed.state.opt), await leafValues(straight.state.opt));
   const init = initState(buildModel(config), config);
-  assert.deepEqual(await leafValues(straight.state.params.model.map_noise), await leafValues(init.params.model.map_noise));
+  assert.deepEqual(await leafValues((straight.state.params as typeof init.params).model.map_noise), await leafValues(init.params.model.map_noise));
 
   // An optimizer state with nonzero moments everywhere: only the frozen frequencies' are zeroed.
   const { leaves, def } = flatten<Tensor>(init.opt);

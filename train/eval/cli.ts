@@ -1,5 +1,5 @@
 /**
- * `tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0]
+ * `tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps N] [--real N] [--seed 0]
  * [--backend cpu|webgpu|reference]`: samples N images from a checkpoint's EMA params and writes FD, KID and
  * precision/recall against the dataset's real images as JSON (to --out, and to stdout).
  * Sampling and features run on --backend, else the default backend (TESSERA_BACKEND, or WebGPU
@@ -11,7 +11,7 @@ import { setDefaultBackend } from '../../index.ts';
 import { UsageError } from '../errors.ts';
 import { evaluateCheckpoint } from './evaluate.ts';
 
-export const EVAL_USAGE = 'tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps 18] [--real N] [--seed 0] [--backend cpu|webgpu|reference]';
+export const EVAL_USAGE = 'tessera eval --checkpoint DIR --samples N [--out FILE.json] [--steps N] [--real N] [--seed 0] [--backend cpu|webgpu|reference]';
 
 function count(name: string, value: string | undefined, dflt?: number): number | undefined {
   if (value === undefined) return dflt;
@@ -38,7 +38,7 @@ export async function evalCommand(argv: readonly string[]): Promise<void> {
   if (samples === undefined) throw new UsageError(`eval: --samples is required\n  ${EVAL_USAGE}`);
   if (values.backend !== undefined) setDefaultBackend(values.backend);
   const { result } = await evaluateCheckpoint(values.checkpoint, {
-    samples, steps: count('steps', values.steps, 18), real: count('real', values.real), seed: values.seed === undefined ? 0 : count('seed', values.seed),
+    samples, steps: count('steps', values.steps), real: count('real', values.real), seed: values.seed === undefined ? 0 : count('seed', values.seed),
   });
   const json = JSON.stringify(result, null, 2) + '\n';
   if (values.out !== undefined) await writeFile(values.out, json);

@@ -1,19 +1,18 @@
 /**
- * Evaluates a checkpoint: samples images with its EMA parameters (EDM's Heun sampler on the full
- * coordinate grid), and compares their classifier features with those of the dataset's real images
+ * Evaluates a checkpoint: samples images with its EMA parameters (by its model's sampler: EDM's
+ * Heun sampler on the full coordinate grid, or MSDiff's scale by scale), and compares their classifier features with those of the dataset's real images
  * (FD, KID, precision/recall; metrics.ts). The real reference is drawn from the whole dataset, not
  * a run's `data.limit` subset, so small-data runs are judged against the distribution, as the
  * paper's FIDs are against the full dataset statistics.
  */
-import { random, type Tensor } from '../../core/index.ts';
-import { makeDenoiser } from '../../models/precond.ts';
-import { heunSampler } from '../../models/samplers.ts';
+import { random, type PyTree, type Tensor } from '../../core/index.ts';
 import { loadCheckpoint } from '../checkpoint.ts';
 import { resolveConfig, type TrainingConfig } from '../config.ts';
 import { loadMnist } from '../data/mnist.ts';
 import { CheckpointError, orThrow } from '../errors.ts';
-import { restoreLike } from '../run.ts';
-import { buildModel, fullSize, initState } from '../step.ts';
+import { trainingMethod } from '../method.ts';
+import { imagesSeen, restoreLike } from '../run.ts';
+import { fullSize } from '../step.ts';
 import { FEATURE_DIM, loadClassifier, type Classifier, type ClassifierName } from './classifier.ts';
 import { imageFeatures, type HostImages } from './features.ts';
 import { featureSet, sampleMetrics, type FeatureSet, type SampleMetrics } from './metrics.ts';
@@ -22,7 +21,7 @@ import { realImages } from './real.ts';
 export interface EvalOptions {
   /** Generated images (and the default number of real ones). */
   readonly samples: number;
-  /** Heun steps N (2N - 1 network evaluations); default 18. */
+  /** Sampler steps (Heun's N makes 2N - 1 network evaluations); default: the model's (18 for Heun). */
   readonly steps?: number;
   /** Real images in the reference set; default max(samples, 1000). */
   readonly real?: number;
@@ -37,7 +36,7 @@ export interface EvalResult extends SampleMetrics {
   readonly images_seen: number;
   readonly dataset: ClassifierName;
   readonly resolution: number;
-  readonly sampler: { readonly name: 'heun'; readonly steps: number; readonly seed: number };
+  readonly sampler: { readonly name: string; readonly steps: number; readonly seed: number };
   readonly classifier: { readonly test_accuracy: string; readonly command: string };
   readonly sample_seconds: number;
 }
@@ -67,15 +66,15 @@ export async function referenceFor(config: TrainingConfig, count: number, seed: 
 }
 
 /** Samples `count` images with the EMA params of a training state, clipped to [-1, 1]. */
-export async function sampleImages(config: TrainingConfig, ema: ReturnType<typeof initState>['ema'], count: number, steps: number, seed: number, batch = 100): Promise<HostImages> {
-  const model = buildModel(config);
+export async function sampleImages(config: TrainingConfig, ema: PyTree<Tensor>, count: number, steps: number, seed: number, batch = 100): Promise<HostImages> {
+  const method = trainingMethod(config);
   const { height, width } = fullSize(config);
   const c = config.model.img_channels;
   const data = new Float32Array(count * c * height * width);
   for (let start = 0, part = 0; start < count; start += batch, part++) {
     const n = Math.min(batch, count - start);
     const key: Tensor = random.foldIn(random.key(seed), part);
-    const x = await heunSampler(makeDenoiser(ema, model), { key, shape: [n, c, height, width], numSteps: steps });
+    const x = await method.sample(ema, n, steps, key);
     // Clipped to [-1, 1] as EDM's generate.py does when it writes images: the metrics judge images.
     data.set(((await x.data()) as Float32Array).map((v) => (v < -1 ? -1 : v > 1 ? 1 : v)), start * c * height * width);
   }
@@ -86,12 +85,12 @@ export async function sampleImages(config: TrainingConfig, ema: ReturnType<typeo
 export async function evaluateCheckpoint(dir: string, options: EvalOptions, reference?: Reference): Promise<{ result: EvalResult; reference: Reference }> {
   const ck = orThrow(await loadCheckpoint(dir));
   const config = orThrow(resolveConfig(ck.config, {}));
-  const steps = options.steps ?? 18;
+  const method = trainingMethod(config);
+  const steps = options.steps ?? method.defaultSampleSteps;
   const seed = options.seed ?? 0;
   const ref = await referenceFor(config, options.real ?? Math.max(options.samples, 1000), seed, reference);
-  const template = initState(buildModel(config), config);
-  const ema = restoreLike(template.ema, ck.trees['ema'] ?? {}, `${dir} ema`);
-  const imagesSeen = (ck.trees['counters'] as { imagesSeen?: Tensor } | undefined)?.imagesSeen;
+  const ema = restoreLike(method.initState().ema, ck.trees['ema'] ?? {}, `${dir} ema`);
+  const counters = ck.trees['counters'] as { imagesSeen?: Tensor } | undefined;
   const began = performance.now();
   const images = await sampleImages(config, ema, options.samples, steps, seed + 1, options.batch);
   const sampleSeconds = (performance.now() - began) / 1000;
@@ -102,10 +101,10 @@ export async function evaluateCheckpoint(dir: string, options: EvalOptions, refe
     result: {
       checkpoint: dir,
       step: ck.step,
-      images_seen: imagesSeen === undefined ? NaN : await imagesSeen.item(),
+      images_seen: counters?.imagesSeen === undefined ? NaN : await imagesSeen({ imagesSeen: counters.imagesSeen }),
       dataset: ref.classifier.name,
       resolution: images.side,
-      sampler: { name: 'heun', steps, seed: seed + 1 },
+      sampler: { name: method.sampler, steps, seed: seed + 1 },
       classifier: { test_accuracy: ref.classifier.metadata.test_accuracy, command: ref.classifier.metadata.command },
       sample_seconds: sampleSeconds,
       ...metrics,

@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { random, setDefaultBackend, tensor, type Tensor } from '../../index.ts';
 import { msdiffModel, msdiffSample, type MsdiffParams } from '../../models/msdiff.ts';
 import { parameterCount } from '../../models/nn.ts';
+import type { Dataset } from '../data/dataset.ts';
 import { loadMnist } from '../data/mnist.ts';
 import { mixSeed, permutation } from '../data/prng.ts';
 import { orThrow } from '../errors.ts';
@@ -92,6 +93,26 @@ export interface MsdiffRunResult {
   readonly evals: Evaluation[];
 }
 
+/**
+ * Batches of `size` images of a one-channel dataset in a seeded shuffled order, epoch after epoch;
+ * only the images at `indices` (default: all) are drawn.
+ */
+export function shuffledBatches(data: Dataset, size: number, seed: number, indices?: ArrayLike<number>): () => Tensor {
+  const pool = indices === undefined ? Array.from({ length: data.count }, (_, i) => i) : Array.from(indices);
+  let order = permutation(pool.length, mixSeed(seed, 0));
+  let at = 0;
+  let epoch = 0;
+  const px = data.height * data.width;
+  return () => {
+    const buf = new Float32Array(size * px);
+    for (let i = 0; i < size; i++) {
+      if (at === order.length) [order, at] = [permutation(pool.length, mixSeed(seed, ++epoch)), 0];
+      buf.set(data.get(pool[order[at++]!]!), i * px);
+    }
+    return tensor(buf, [size, 1, data.height, data.width]);
+  };
+}
+
 /** A file beside the results page, named after it: docs/msdiff-results.md -> docs/msdiff-results-fd.png. */
 const beside = (doc: string, suffix: string): string => resolve(doc).replace(/\.md$/, '') + `-${suffix}`;
 
@@ -104,22 +125,6 @@ export async function runMsdiffExperiment(o: MsdiffExperimentOptions): Promise<M
   const classifier = orThrow(await loadClassifier('mnist'));
   const features = async (images: HostImages): Promise<FeatureSet> => featureSet(await imageFeatures(classifier, images), FEATURE_DIM);
   const realFeatures = await features(realImages(data, o.real, 1));
-
-  /** Batches in a seeded shuffled order, epoch after epoch. */
-  function batches(seed: number): () => Tensor {
-    let order = permutation(data.count, mixSeed(seed, 0));
-    let at = 0;
-    let epoch = 0;
-    const px = R * R;
-    return () => {
-      const buf = new Float32Array(o.batch * px);
-      for (let i = 0; i < o.batch; i++) {
-        if (at === order.length) [order, at] = [permutation(data.count, mixSeed(seed, ++epoch)), 0];
-        buf.set(data.get(order[at++]!), i * px);
-      }
-      return tensor(buf, [o.batch, 1, R, R]);
-    };
-  }
 
   async function sample(levels: number, ema: MsdiffParams, model: ReturnType<typeof msdiffModel>): Promise<{ images: HostImages; seconds: number }> {
     const start = performance.now();
@@ -140,14 +145,15 @@ export async function runMsdiffExperiment(o: MsdiffExperimentOptions): Promise<M
     let state = initMsdiffState(model, random.key(0), options);
     const params = state.params.scales.reduce((s, p) => s + parameterCount(p), 0);
     const step = msdiffTrainStep(model, options);
-    const next = batches(7);
+    const next = shuffledBatches(data, o.batch, 7);
     const stepsPerScale = Array.from({ length: levels + 1 }, () => 0);
     const evals: Evaluation[] = [];
     let trained = 0;
     let steps = 0;
     for (let e = 1; e <= o.evals; e++) {
       const until = (o.budget * e) / o.evals;
-      while (trained < until) {
+      // At least one step per scale before the first evaluation, however short the budget (--tiny on a busy machine).
+      while (trained < until || steps <= levels) {
         const t0 = performance.now();
         const k = steps % (levels + 1);
         const out = await step(state, next(), k, random.foldIn(random.key(1), steps));
