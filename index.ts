@@ -25,5 +25,10 @@ export { haar2d, inverseHaar2d, haarDecompose, haarReconstruct, type HaarLevel, 
 export {
   msdiffModel, msdiffSample, componentEnd, scaleInterval, componentLogSnr, componentMarginal, componentBeta, likelihoodWeight,
   diffuseComponents, componentList, componentShapes, liveImage, perImage, timePerSample,
-  type NonUniformSchedule, type MsdiffModelConfig, type MsdiffParams, type MultiScaleScore, type MsdiffSampleOptions,
+  linearLogSnr, vpMarginal, vpBeta, logSnrSlope,
+  type NonUniformSchedule, type MsdiffModelConfig, type MsdiffParams, type MultiScaleScore, type MsdiffSampleOptions, type LinearLogSnr,
 } from './models/msdiff.ts';
+export {
+  conditionalModel, conditionalSample, diffuseCondition, superResolutionCondition,
+  type ConditionalEstimator, type ConditionalModelConfig, type ConditionalProcess, type ConditionalScore, type ConditionalPrediction, type ConditionalSampleOptions,
+} from './models/conditional.ts';

@@ -25,6 +25,7 @@ import { linearLogSnr, perImage, timePerSample, vpBeta, vpMarginal, type LinearL
 import type { ApplyOptions } from './nn.ts';
 import { songUNet, type SongUNetParams } from './songunet.ts';
 
+/** 'cde': the condition is not diffused; 'cmde': it diffuses more slowly than the target. */
 export type ConditionalEstimator = 'cde' | 'cmde';
 
 /** The forward processes: x's, and y's when the condition diffuses (CMDE); without it y stays clean (CDE). */
@@ -33,6 +34,7 @@ export interface ConditionalProcess {
   readonly y?: LinearLogSnr;
 }
 
+/** A conditional model for super-resolution x2, e.g. `{ imgResolution: 32, imgChannels: 1, estimator: 'cmde', network: { modelChannels: 8, channelMult: [1, 2, 2] } }`. */
 export interface ConditionalModelConfig {
   /** The target's side R; the condition is R / 2. */
   readonly imgResolution: number;
@@ -106,6 +108,7 @@ export function diffuseCondition(process: ConditionalProcess, y: Tensor, t: Tens
   return { condition: add(mul(perImage(alpha), y), mul(perImage(sigma), noise)), noise };
 }
 
+/** Options of `conditionalSample` (example in `train/experiments/msdiff-conditional.ts`). */
 export interface ConditionalSampleOptions {
   readonly process: ConditionalProcess;
   /** The observed condition [B, C, R/2, R/2]. */

@@ -22,6 +22,7 @@ import { songUNet, type SongUNetConfig, type SongUNetParams } from './songunet.t
 
 // ---------------------------------------------------------------- the non-uniform forward process
 
+/** The non-uniform forward process: Haar levels and the log-SNR line every component follows (see `msdiffSample` for use). */
 export interface NonUniformSchedule {
   /** Haar levels L: n = L + 1 components, and L + 1 scales. */
   readonly levels: number;
@@ -69,6 +70,7 @@ export interface LinearLogSnr {
   readonly min: number;
 }
 
+/** lambda(t) of a `LinearLogSnr` line, e.g. `linearLogSnr({ eps: 1e-5, end: 1, max: 10, min: -10 }, t)`. */
 export function linearLogSnr(l: LinearLogSnr, t: Tensor): Tensor {
   return add(mul(clip(div(sub(t, l.eps), l.end - l.eps), 0, 1), l.min - l.max), l.max);
 }
@@ -153,6 +155,7 @@ export function liveImage(live: readonly Tensor[]): Tensor {
 
 // ---------------------------------------------------------------- the model: one network per scale
 
+/** The multi-scale model: image size and channels, its schedule, and the SongUNet of each scale (example in `tests/models/msdiff.test.ts`). */
 export interface MsdiffModelConfig {
   readonly imgResolution: number;
   readonly imgChannels: number;
@@ -221,6 +224,7 @@ export function msdiffModel(config: MsdiffModelConfig) {
 
 // ---------------------------------------------------------------- sampling, scale by scale
 
+/** Options of `msdiffSample`: schedule, output shape, key, total steps, SDE or ODE. */
 export interface MsdiffSampleOptions {
   readonly schedule: NonUniformSchedule;
   /** The full image [B, C, R, R]. */
