@@ -59,6 +59,8 @@ export interface SampleOptions extends ScheduleOptions {
   readonly extra?: DenoiserExtra;
   /** Backend the steps run on; default: the default backend. */
   readonly backend?: Backend | BackendName;
+  /** Called after step `step` of `steps` (1 to steps) has run: a progress bar's hook. */
+  readonly onStep?: (step: number, steps: number) => void;
 }
 
 /** A sampler: draws x ~ p(x) by integrating from pure noise with a denoiser. */
@@ -121,6 +123,7 @@ async function edmSample(denoiserIn: Denoiser, options: SampleOptions & ChurnOpt
     const gamma = sChurn > 0 && tCur >= sMin && tCur <= sMax ? Math.min(sChurn / n, Math.SQRT2 - 1) : 0;
     const tHat = tCur + gamma * tCur;
     x = await step(x, noiseLevel(tCur), noiseLevel(tHat), noiseLevel(tNext), random.foldIn(churnKey, i), gamma > 0, order === 2 && tNext > 0);
+    options.onStep?.(i + 1, n);
   }
   return x;
 }

@@ -21,47 +21,20 @@ import { statfsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { left, right, type Either } from 'fp-ts/lib/Either.js';
-import * as t from 'io-ts';
 import { tensor } from '../core/ops.ts';
 import type { PyTree } from '../core/pytree.ts';
 import type { Tensor } from '../core/tensor.ts';
 import { writeFileAtomic, syncDir, writeAndSync, type FileWriter } from './atomicFile.ts';
-import { integer, jsonValue, strictStruct } from './codecs.ts';
+import { jsonValue } from './codecs.ts';
 import { formatDecodeErrors } from './decodeErrors.ts';
 import { parseJsonBounded } from './jsonScan.ts';
 import { CheckpointError } from './errors.ts';
+import { FORMAT, Manifest, VERSION } from './manifest.ts';
 import { treeFromSafetensors, treeToSafetensors } from './stateDict.ts';
 
 export const MANIFEST = 'manifest.json';
-const FORMAT = 'tessera-checkpoint';
-const VERSION = 1;
 const DIR_PATTERN = /^checkpoint-(\d+)$/;
 const TREE_NAME = /^[A-Za-z][A-Za-z0-9_-]*$/;
-
-const int32 = integer(-(2 ** 31), 2 ** 31 - 1);
-const sha256Hex = new t.Type<string, string, unknown>(
-  'lowercase hex SHA-256 (64 characters)',
-  (u): u is string => typeof u === 'string' && /^[0-9a-f]{64}$/.test(u),
-  (u, c) => (typeof u === 'string' && /^[0-9a-f]{64}$/.test(u) ? t.success(u) : t.failure(u, c)),
-  t.identity,
-);
-
-const FileEntry = strictStruct('file entry', { name: t.string, sha256: sha256Hex, bytes: integer(0) });
-
-/**
- * The io-ts codec of a checkpoint's manifest.json (step, config, PRNG key, data position, file checksums).
- */
-export const Manifest = strictStruct('checkpoint manifest', {
-  format: t.literal(FORMAT),
-  version: t.literal(VERSION),
-  step: integer(0),
-  config: jsonValue,
-  prng_key: t.tuple([int32, int32], '[int32, int32]'),
-  data_position: jsonValue,
-  files: t.array(FileEntry),
-}, { created: t.string });
-/** A decoded checkpoint manifest. */
-export type Manifest = t.TypeOf<typeof Manifest>;
 
 /** What a checkpoint holds. `trees` is typically {params, ema, optimizer}. */
 export interface CheckpointState {

@@ -23,9 +23,9 @@
  * while the other waits for the core), hence the adaptive budget: ~15-25 µs there, near the
  * ~10-20 µs of never polling.
  */
-import os from 'node:os';
-import { MessageChannel, type MessagePort, Worker, receiveMessageOnPort } from 'node:worker_threads';
+import type { MessagePort, Worker } from 'node:worker_threads';
 import { BackendError } from '../../core/errors.ts';
+import { envVar, node, nodeOnly } from '../platform.ts';
 import { MATH_IMPORTS } from './math.js';
 import type { Heap, JsKernelSource, Parallel } from './parallel.ts';
 
@@ -136,16 +136,22 @@ function message(error: unknown): string {
   return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
 
-/** Threads from the option, else `TESSERA_CPU_THREADS`, else every core. */
+/**
+ * Threads from the option, else `TESSERA_CPU_THREADS`, else every core. Outside Node, one: worker
+ * threads need Node's `receiveMessageOnPort` (a worker blocked in `Atomics.wait` drains its
+ * registrations synchronously), which Web Workers have no counterpart of.
+ */
 function threadCount(requested: number | undefined): number {
-  const env = process.env['TESSERA_CPU_THREADS'] ?? '';
+  const env = envVar('TESSERA_CPU_THREADS') ?? '';
   const [threads, source] =
     requested !== undefined ? [requested, `the threads option ${requested}`]
     : env !== '' ? [Number(env), `TESSERA_CPU_THREADS=${JSON.stringify(env)}`]
-    : [os.availableParallelism(), 'os.availableParallelism()'];
+    : node !== undefined ? [node.os.availableParallelism(), 'os.availableParallelism()']
+    : [1, 'the browser default (one thread)'];
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
     throw new BackendError(`cpu runtime: threads must be an integer in [1, ${MAX_THREADS}], got ${source}`);
   }
+  if (threads > 1) nodeOnly(`cpu runtime: ${threads} threads (${source})`);
   return threads;
 }
 
@@ -176,6 +182,9 @@ export class CpuRuntime implements Parallel {
   constructor(threads: number, spinMicros = SPIN_MICROS) {
     this.threads = threads;
     this.spin = new SpinPolicy(spinMicros);
+    if (typeof SharedArrayBuffer === 'undefined') {
+      throw new BackendError('cpu runtime: SharedArrayBuffer is unavailable; a browser offers it only to a cross-origin isolated page (serve it with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp)');
+    }
     this.memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: MAX_PAGES, shared: true });
     this.views = heapViews(this.memory.buffer);
     const argsOffset = Math.ceil(((SLOT.ranges + 2 * threads) * 4) / 8) * 8;
@@ -184,6 +193,7 @@ export class CpuRuntime implements Parallel {
     this.args = new Float64Array(control, argsOffset, MAX_ARGS);
     this.booted = threads === 1;
     for (let thread = 1; thread < threads; thread++) {
+      const { MessageChannel, Worker } = nodeOnly('cpu runtime worker threads').workerThreads;
       const { port1, port2 } = new MessageChannel();
       const worker = new Worker(new URL('./worker.js', import.meta.url), {
         // worker.js is plain JavaScript: it needs no loader, and booting one (tsx) per worker is slow.
@@ -386,6 +396,7 @@ export class CpuRuntime implements Parallel {
     for (; done !== workers; done = Atomics.load(ctl, SLOT.done)) Atomics.wait(ctl, SLOT.done, done);
     if (Atomics.load(ctl, SLOT.failed) === 0) return [];
     Atomics.store(ctl, SLOT.failed, 0);
+    const { receiveMessageOnPort } = nodeOnly('cpu runtime worker threads').workerThreads;
     return this.ports.flatMap((port) => {
       const found: string[] = [];
       for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {

@@ -1,7 +1,9 @@
+import { envVar } from '../platform.ts';
+
 /**
  * `TESSERA_DEBUG=topic[,topic...]`: which generated code the renderers print as they build it
  * (`wgsl` for WebGPU kernels, `js` for the CPU backend's JavaScript kernels).
  */
 export function debugEnabled(topic: string): boolean {
-  return (process.env['TESSERA_DEBUG'] ?? '').split(',').includes(topic);
+  return (envVar('TESSERA_DEBUG') ?? '').split(',').includes(topic);
 }

@@ -1,11 +1,11 @@
 /**
- * Acquiring a WebGPU device through Dawn's Node bindings (`webgpu`), with the adapter's own limits
- * and optional features, and turning every asynchronous GPU failure (validation, out of memory,
- * device loss) into a `BackendError` that names the program and kernel it came from.
+ * Acquiring a WebGPU device (through Dawn's Node bindings, `webgpu`, on Node; `navigator.gpu` in a
+ * browser), with the adapter's own limits and optional features, and turning every asynchronous GPU
+ * failure (validation, out of memory, device loss) into a `BackendError` that names the program and
+ * kernel it came from.
  */
-import { tmpdir } from 'node:os';
-import { create } from 'webgpu';
 import { BackendError } from '../../core/errors.ts';
+import { node } from '../platform.ts';
 
 /** The limits we need raised from WebGPU's defaults to what the adapter offers. */
 const WANTED_LIMITS = [
@@ -48,11 +48,28 @@ export interface GpuContext {
   scoped<T>(label: string, f: () => T): T;
 }
 
+const NO_BROWSER_ADAPTER_MESSAGE = 'WebGPU: the browser found no adapter (it may be disabled, or blocklisted for this GPU); the cpu backend runs everywhere';
+
+/**
+ * WebGPU's entry point: on Node, Dawn's, from the `webgpu` package (loaded only when a device is
+ * wanted, so that a process on the cpu backend never loads the native module); elsewhere the
+ * browser's `navigator.gpu`.
+ */
+async function gpuEntry(): Promise<GPU> {
+  if (node !== undefined) {
+    process.env['XDG_RUNTIME_DIR'] ??= node.os.tmpdir();
+    const { create } = await node.dawn();
+    return create([]);
+  }
+  const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+  if (gpu === undefined) throw new BackendError('WebGPU: this browser has no navigator.gpu (WebGPU is not supported or not enabled here); the cpu backend runs everywhere');
+  return gpu;
+}
+
 export async function acquireDevice(): Promise<GpuContext> {
-  process.env['XDG_RUNTIME_DIR'] ??= tmpdir();
-  const gpu = create([]);
+  const gpu = await gpuEntry();
   const adapter = await gpu.requestAdapter();
-  if (adapter === null) throw new BackendError(NO_ADAPTER_MESSAGE);
+  if (adapter === null) throw new BackendError(node === undefined ? NO_BROWSER_ADAPTER_MESSAGE : NO_ADAPTER_MESSAGE);
   const requiredLimits: Record<string, number> = {};
   for (const name of WANTED_LIMITS) {
     const v = adapter.limits[name];

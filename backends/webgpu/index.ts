@@ -2,7 +2,6 @@
  * The WebGPU backend on Dawn: compiles a Program into fused kernels with a liveness-planned memory
  * layout, and runs it as one queue submission. `download` is the only point that waits.
  */
-import { existsSync, readdirSync } from 'node:fs';
 import { registerBackend, type Backend, type Executable } from '../../core/backend.ts';
 import type { DType, TypedArray } from '../../core/dtype.ts';
 import { BackendError, fmtShape } from '../../core/errors.ts';
@@ -19,6 +18,7 @@ import { BufferPool, bindingBytes } from './memory.ts';
 import { PipelineCache } from './pipelines.ts';
 import { reduceBody } from './reduce.ts';
 import { TILE_CANDIDATES, cachedTiles, chooseTile } from './tiles.ts';
+import { node } from '../platform.ts';
 import { checkDType } from './wgsl.ts';
 
 export class WebGpuBuffer implements DeviceBuffer {
@@ -248,7 +248,7 @@ export class WebGpuBackend implements Backend {
 
   notDefaultBecause(): string | undefined {
     if (!this.ctx.software) return undefined;
-    return `the adapter is a software rasteriser (${this.ctx.adapterInfo['description'] ?? this.ctx.adapterInfo['device'] ?? 'unknown'}), slower than the cpu backend; pass --backend webgpu or set TESSERA_BACKEND=webgpu to use it anyway`;
+    return `the adapter is a software rasteriser (${this.ctx.adapterInfo['description'] ?? this.ctx.adapterInfo['device'] ?? this.ctx.adapterInfo['architecture'] ?? 'unknown'}), slower than the cpu backend; pass --backend webgpu or set TESSERA_BACKEND=webgpu to use it anyway`;
   }
 
   describe(): Record<string, unknown> {
@@ -278,15 +278,21 @@ export async function createWebGpuBackend(options: WebGpuOptions = {}): Promise<
   return new WebGpuBackend(await acquireDevice(), options);
 }
 
+/** The names under /dev and /dev/dri. */
+function deviceNodes(fs: NonNullable<typeof node>['fs']): string[] {
+  return fs.readdirSync('/dev').concat(fs.existsSync('/dev/dri') ? fs.readdirSync('/dev/dri') : []);
+}
+
 /**
  * On Linux, a GPU that Vulkan can drive shows up as a device node: a DRM render node
  * (/dev/dri/renderD*, Mesa's hardware drivers), NVIDIA's /dev/nvidia*, or WSL's /dev/dxg. Without
  * any, the only adapters Dawn can find are software ones, which decline to be the default; asking
- * for one would also make Dawn print warnings about their limits. Elsewhere only the adapter can tell.
+ * for one would also make Dawn print warnings about their limits. Elsewhere (other systems, a
+ * browser) only the adapter can tell.
  */
-export function noGpuDevice(devices: () => readonly string[] = () => readdirSync('/dev').concat(existsSync('/dev/dri') ? readdirSync('/dev/dri') : [])): string | undefined {
-  if (process.platform !== 'linux') return undefined;
-  const names = devices();
+export function noGpuDevice(devices?: () => readonly string[]): string | undefined {
+  if (node === undefined || node.os.platform() !== 'linux') return undefined;
+  const names = devices === undefined ? deviceNodes(node.fs) : devices();
   if (names.some((d) => /^renderD\d+$|^nvidia\d+$|^dxg$/.test(d))) return undefined;
   return 'this machine has no GPU device (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg), so only a software adapter could start; pass --backend webgpu or set TESSERA_BACKEND=webgpu to use it anyway';
 }

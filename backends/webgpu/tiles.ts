@@ -3,9 +3,7 @@
  * adapter (a short tuning run, `npx tsx bench/tune.ts`, writes the ranking to a cache file that the
  * backend reads), then picked per problem so that small matrices do not pay for empty tiles.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { envVar, node, nodeOnly } from '../platform.ts';
 import type { Tile } from './gemm.ts';
 
 /**
@@ -32,15 +30,17 @@ export const TILE_CANDIDATES: readonly Tile[] = [
 
 /** Where tuned rankings live, one entry per adapter description. */
 export function tileCachePath(): string {
-  return process.env['TESSERA_TILE_CACHE'] ?? join(homedir(), '.cache', 'tessera', 'tiles.json');
+  const { os, path } = nodeOnly('the tile cache');
+  return envVar('TESSERA_TILE_CACHE') ?? path.join(os.homedir(), '.cache', 'tessera', 'tiles.json');
 }
 
-/** The tuned ranking for `adapter`, if a tuning run has stored one. */
+/** The tuned ranking for `adapter`, if a tuning run has stored one (never in a browser, which has no cache file). */
 export function cachedTiles(adapter: string): Tile[] | undefined {
+  if (node === undefined) return undefined;
   const path = tileCachePath();
-  if (!existsSync(path)) return undefined;
+  if (!node.fs.existsSync(path)) return undefined;
   try {
-    const all = JSON.parse(readFileSync(path, 'utf8')) as Record<string, Tile[]>;
+    const all = JSON.parse(node.fs.readFileSync(path, 'utf8')) as Record<string, Tile[]>;
     const hit = all[adapter];
     return Array.isArray(hit) && hit.every((t) => Number.isInteger(t.rm) && Number.isInteger(t.rn)) ? hit : undefined;
   } catch {

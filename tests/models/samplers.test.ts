@@ -51,6 +51,16 @@ test('Heun (EDM Algorithm 1) reproduces the exact recurrence of its steps on a l
   assert.ok(x.isRealized && x.inputs.length === 0, 'the result is a concrete tensor: no graph carried across steps');
 });
 
+test('onStep reports each step after it has run, for a progress bar', async () => {
+  const seen: string[] = [];
+  for (const sampler of [heunSampler, eulerSampler, ddimSampler]) {
+    const calls: [number, number][] = [];
+    await sampler(D, { latents: tensor([[0.1]]), numSteps: 3, onStep: (step, steps) => calls.push([step, steps]) });
+    seen.push(JSON.stringify(calls));
+  }
+  assert.deepEqual(seen, Array(3).fill('[[1,3],[2,3],[3,3]]'));
+});
+
 const cases: [string, Sampler<ChurnOptions>, number, ChurnOptions][] = [
   ['heun', heunSampler, 64, {}],
   ['heun with churn', heunSampler, 64, { sChurn: 30, sMin: 0.05, sMax: 50, sNoise: 1.003 }],
