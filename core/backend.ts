@@ -11,6 +11,12 @@ import { TesseraError } from './errors.ts';
 /** A program compiled by a backend, run by `Backend.run`; `jit` makes and caches these. */
 export interface Executable {
   readonly program: Program;
+  /**
+   * Resolves when the executable can run, for a backend that builds its code asynchronously (WebGPU
+   * builds all of a program's new pipelines at once); rejects with the build's error. `jit` awaits
+   * it before the first run.
+   */
+  readonly ready?: Promise<void>;
 }
 
 /**

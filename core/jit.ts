@@ -99,6 +99,7 @@ export async function realize(tensors: readonly Tensor[], backendOpt?: Backend |
   const backend = await resolveBackend(backendOpt);
   const { program, lifted } = buildProgram('eval', todo);
   const exe = compileCached(backend, program);
+  await exe.ready;
   const inputs = await Promise.all(lifted.map((t) => bufferFor(t, backend)));
   const outs = backend.run(exe, inputs, inputs.map(() => false));
   todo.forEach((t, i) => t.realize(deviceStorage(t, backend, outs[i]!)));
@@ -186,8 +187,14 @@ function retraceWarning(name: string, def: TreeDef, leaves: readonly unknown[], 
     'pass values that change between calls as tensors, or leave them out of the arguments.';
 }
 
-/** Replaces tensors by concrete results in the output type of a jitted function. */
-export type Jitted<F extends (...args: never[]) => unknown> = (...args: Parameters<F>) => Promise<ReturnType<F>>;
+/**
+ * A jitted function: called, it runs; `compile(...args)` traces and compiles it for those arguments'
+ * signature (and builds the backend's code) without running, so the first real call starts at once.
+ */
+export type Jitted<F extends (...args: never[]) => unknown> = ((...args: Parameters<F>) => Promise<ReturnType<F>>) & {
+  /** Traces and compiles for the arguments' shapes, dtypes and static values; nothing runs and nothing is donated. */
+  compile(...args: Parameters<F>): Promise<void>;
+};
 
 /**
  * Traces `f` once per input signature (tree structure, shapes, dtypes and the values of non-tensor
@@ -204,7 +211,8 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
   for (const n of staticArgs) {
     if (!Number.isInteger(n) || n < 0) throw new TreeError(`${name}: staticArgnums entry ${n} is not an argument position`);
   }
-  const call = async (...allArgs: unknown[]): Promise<unknown> => {
+  /** The compiled entry for a call's signature (traced and compiled on first sight, built before it returns). */
+  const entryFor = async (allArgs: readonly unknown[]) => {
     for (const n of staticArgs) {
       if (n >= allArgs.length) throw new TreeError(`${name}: staticArgnums names argument ${n}, but the call has ${allArgs.length} argument(s)`);
     }
@@ -251,6 +259,12 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
       entry = { exe: compileCached(backend, program), lifted, outDef: flat.def, outIsTensor, statics };
       cache.set(key, entry);
     }
+    await entry.exe.ready;
+    return { entry, backend, args, leaves };
+  };
+
+  const call = async (...allArgs: unknown[]): Promise<unknown> => {
+    const { entry, backend, args, leaves } = await entryFor(allArgs);
 
     const argTensors = leaves.filter(isTensor);
     const donateArgs = new Set(options.donate ?? []);
@@ -283,5 +297,5 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
     });
     return unflatten(entry.outDef, outLeaves);
   };
-  return call as Jitted<F>;
+  return Object.assign(call, { compile: async (...allArgs: unknown[]) => void (await entryFor(allArgs)) }) as unknown as Jitted<F>;
 }

@@ -33,13 +33,16 @@ export class WebGpuBuffer implements DeviceBuffer {
 
 interface CompiledKernel {
   readonly source: KernelSource;
-  /** Absent for kernels with nothing to do. */
-  readonly pipeline: GPUComputePipeline | undefined;
+  /** Set once built (`ready`); absent for kernels with nothing to do. */
+  pipeline: GPUComputePipeline | undefined;
 }
 
 interface WebGpuExecutable extends Executable {
   readonly kernels: readonly CompiledKernel[];
   readonly memory: MemoryPlan;
+  readonly ready: Promise<void>;
+  /** Whether every pipeline is built. */
+  built: boolean;
 }
 
 export interface WebGpuOptions {
@@ -128,8 +131,16 @@ export class WebGpuBackend implements Backend {
         }
       }
     }
-    const kernels = sources.map((source) => ({ source, pipeline: source.workgroups === 0 ? undefined : this.pipelines.get(source.label, source.wgsl) }));
-    return { program, kernels, memory: planMemory(program, sources, (nd) => bindingBytes(sizeOf(nd.shape))) };
+    const kernels: CompiledKernel[] = sources.map((source) => ({ source, pipeline: undefined }));
+    // Every new pipeline of the program is requested before any is awaited, so they build side by side.
+    const builds = kernels.map((k) => (k.source.workgroups === 0 ? undefined : this.pipelines.get(k.source.label, k.source.wgsl).then((p) => void (k.pipeline = p))));
+    const exe: WebGpuExecutable = {
+      program, kernels, memory: planMemory(program, sources, (nd) => bindingBytes(sizeOf(nd.shape))), built: false,
+      ready: Promise.all(builds).then(() => void (exe.built = true)),
+    };
+    // A build error reaches whoever awaits `ready`; it must not also crash the process as unhandled.
+    exe.ready.catch(() => undefined);
+    return exe;
   }
 
   upload(data: TypedArray, shape: Shape, dtype: DType): WebGpuBuffer {
@@ -181,6 +192,7 @@ export class WebGpuBackend implements Backend {
     const exe = executable as WebGpuExecutable;
     const program = exe.program;
     this.ctx.checkAlive(`running ${program.name}`);
+    if (!exe.built) throw new BackendError(`${program.name}: run before its pipelines were built; await the executable's ready (jit does)`);
     if (inputs.length !== program.inputs.length) throw new BackendError(`${program.name}: expected ${program.inputs.length} inputs, got ${inputs.length}`);
     const ins = inputs.map((b, i) => {
       const own = this.own(b, `${program.name} input ${i}`);

@@ -72,3 +72,19 @@ test('a traced tensor used as a JS condition or number throws TracedValueError s
   // Printing is still fine.
   assert.match(`${tensor([1, 2])}`, /Tensor\(const, \[2\], float32\)/);
 });
+
+test('jit(f).compile traces and compiles ahead of the first call: nothing runs, nothing is donated, the call does not trace again', async () => {
+  let traces = 0;
+  const f = jit((x: Tensor, n: number) => {
+    traces++;
+    return mul(x, n);
+  }, { donate: [0], staticArgnums: [1] });
+  const x = tensor([1, 2, 3]);
+  await f.compile(x, 4);
+  assert.equal(traces, 1);
+  assert.deepEqual(Array.from(await x.data()), [1, 2, 3], 'compile leaves a donated argument readable');
+  assert.deepEqual(Array.from(await (await f(x, 4)).data()), [4, 8, 12]);
+  assert.equal(traces, 1, 'the call used the compiled program');
+  await f.compile(tensor([1, 2]), 4);
+  assert.equal(traces, 2, 'a new shape compiles anew');
+});

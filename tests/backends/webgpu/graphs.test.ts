@@ -12,6 +12,7 @@ import { createWebGpuBackend, generateKernels, registerWebGpuBackend, WebGpuBuff
 import { planMemory } from '../../../backends/kernel/memory.ts';
 import { sizeOf } from '../../../core/shape.ts';
 import { TILE_CANDIDATES } from '../../../backends/webgpu/tiles.ts';
+import { PipelineCache } from '../../../backends/webgpu/pipelines.ts';
 import { SUMS, T, parity, randn } from '../parity/helpers.ts';
 import { graphSuite } from '../parity/graphs.ts';
 
@@ -100,4 +101,22 @@ test('an invalid kernel becomes a BackendError naming it; a lost device fails fa
   b.ctx.device.destroy();
   await assert.rejects(b.download(buf), (e: Error) => e instanceof BackendError);
   assert.throws(() => b.compile(program('after', (x) => [T.neg(x)], [[2]])), BackendError);
+});
+
+test('pipelines build asynchronously: compile returns at once, a run before they are built is refused, a failed build names its kernel', async () => {
+  const b = (await T.getBackend('webgpu')) as WebGpuBackend;
+  const p = program('async', (x) => [T.mul(T.sin(T.add(x, 7.25)), 3)], [[5]]);
+  const exe = b.compile(p);
+  const x = b.upload(new Float32Array([1, 2, 3, 4, 5]), [5], 'float32');
+  if (!(await Promise.race([exe.ready!.then(() => true), Promise.resolve(false)]))) {
+    assert.throws(() => b.run(exe, [x], [false]), /async: run before its pipelines were built/);
+  }
+  await exe.ready;
+  const [y] = b.run(exe, [x], [false]);
+  const got = Array.from(await b.download(y!));
+  got.forEach((v, i) => assert.ok(Math.abs(v - 3 * Math.sin(i + 1 + 7.25)) < 1e-5, `${v}`));
+
+  const broken = new PipelineCache(b.ctx).get('prog/broken8', 'fn main( {');
+  await assert.rejects(broken, (e: Error) => e instanceof BackendError && /kernel prog\/broken8: the pipeline could not be built/.test(e.message));
+  await b.ctx.flushErrors().catch(() => undefined);
 });
