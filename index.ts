@@ -32,3 +32,9 @@ export {
   conditionalModel, conditionalSample, diffuseCondition, superResolutionCondition,
   type ConditionalEstimator, type ConditionalModelConfig, type ConditionalProcess, type ConditionalScore, type ConditionalPrediction, type ConditionalSampleOptions,
 } from './models/conditional.ts';
+export { uvit, uvitEps, UVIT_SMALL, type UViT, type UViTConfig, type UViTParams, type UViTApplyOptions } from './models/uvit.ts';
+export { drawVisible, visibleCount, maskedCount, visiblePixelMask, type MaskConfig } from './models/masks.ts';
+export {
+  linearSchedule, ddimSample, vpDenoiser, vpSigmas, ddimTimesteps, timestepOf,
+  type DdpmSchedule, type DdpmScheduleOptions, type DdimOptions, type EpsModel, type VpDenoiserOptions, type TimestepMapping,
+} from './models/ddpm.ts';

@@ -3,7 +3,11 @@
  * backend and on PyTorch (bench/torch_train_step.py, the same network, loss, Adam and EMA), back to
  * back in the same run: the patch model at the three patch sizes a Patch Diffusion run uses (R, R/2,
  * R/4 with batch multipliers 1, 2, 4 at the config's batch size) and the full-image EDM baseline (no
- * coordinates) at R, with the same network.
+ * coordinates) at R, with the same network. Then MaskDM's U-ViT step (train/configs/maskdm-pretrain.json,
+ * or --uvit-config: 32x32 images in 4-pixel patches, 64 tokens) with block masks at ratios 0, 0.5
+ * and 0.9: the masked tokens are dropped, so images/s should rise with the visible fraction (MaskDM,
+ * Sec. 3.2); each U-ViT case reports its visible tokens and its speed over ratio 0. PyTorch has no
+ * twin of the U-ViT step, so those cases have no torch column.
  *
  * Prints, per case and backend: the parameter count, program nodes, kernels and distinct pipelines
  * (where the executable lists them), the first step split into trace, compile and first run (which on
@@ -14,27 +18,31 @@
  * then images/s per backend with the ratio to PyTorch. A backend that cannot start is skipped with
  * its reason; without python3-torch the PyTorch column is skipped with the command that installs it.
  *
- *   npm run bench:train -- [--config FILE] [--cases patchR,patchR/2,patchR/4,edm] [--backends cpu,reference,webgpu]
- *                          [--steps 3] [--warmup 5] [--no-torch] [--shader-cache]
+ *   npm run bench:train -- [--config FILE] [--uvit-config FILE] [--cases patchR,patchR/2,patchR/4,edm,uvit0,uvit0.5,uvit0.9]
+ *                          [--backends cpu,reference,webgpu] [--steps 3] [--warmup 5] [--no-torch] [--shader-cache]
+ *   npx tsx bench/train-step.ts --cases uvit0,uvit0.5,uvit0.9 --backends cpu --no-torch     (the U-ViT cases alone)
  */
 import '../index.ts';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { getBackend, buildProgram, realize, flatten, random } from '../core/index.ts';
+import { getBackend, buildProgram, realize, flatten, random, tensor } from '../core/index.ts';
 import type { Backend, Executable } from '../core/backend.ts';
 import { parameterCount } from '../models/nn.ts';
 import { resolveConfig } from '../train/config.ts';
 import { orThrow } from '../train/errors.ts';
+import { buildUvit, initMaskdmState, maskdmStepFunction, maskdmTrainOptions } from '../train/maskdm.ts';
+import { visibleCount } from '../models/masks.ts';
 import { buildModel, fullSize, initState, stepFunction, stepBatch } from '../train/step.ts';
 
 const arg = (name: string, dflt: string): string => {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1]! : dflt;
 };
-const caseNames = arg('cases', 'patchR,patchR/2,patchR/4,edm').split(',');
+const caseNames = arg('cases', 'patchR,patchR/2,patchR/4,edm,uvit0,uvit0.5,uvit0.9').split(',');
 const configFile = arg('config', 'train/configs/demo.json');
+const uvitConfigFile = arg('uvit-config', 'train/configs/maskdm-pretrain.json');
 const backendNames = arg('backends', 'cpu,reference,webgpu').split(',');
 const steps = Number(arg('steps', '3'));
 /** Untimed steps between the first and the timed ones, so every side is measured warm (V8 and Wasm tier up while a program runs). */
@@ -48,11 +56,14 @@ if (!process.argv.includes('--shader-cache')) process.env['MESA_SHADER_CACHE_DIS
 const baseConfig = orThrow(resolveConfig(JSON.parse(readFileSync(configFile, 'utf8')), {}));
 const R = fullSize(baseConfig).height;
 const BASE = baseConfig.train.batch_size;
-const CASES: Record<string, { kind: 'patch' | 'edm'; size: number; batch: number }> = {
+const CASES: Record<string, { kind: 'patch' | 'edm'; size: number; batch: number } | { kind: 'uvit'; ratio: number }> = {
   patchR: { kind: 'patch', size: R, batch: BASE },
   'patchR/2': { kind: 'patch', size: R / 2, batch: 2 * BASE },
   'patchR/4': { kind: 'patch', size: R / 4, batch: 4 * BASE },
   edm: { kind: 'edm', size: R, batch: BASE },
+  uvit0: { kind: 'uvit', ratio: 0 },
+  'uvit0.5': { kind: 'uvit', ratio: 0.5 },
+  'uvit0.9': { kind: 'uvit', ratio: 0.9 },
 };
 for (const name of caseNames) if (CASES[name] === undefined) throw new Error(`unknown case '${name}'; known: ${Object.keys(CASES).join(', ')}`);
 
@@ -98,29 +109,60 @@ function peakBytes(be: Backend): number | undefined {
 }
 
 function caseConfig(name: string) {
+  const c = CASES[name]!;
+  if (c.kind === 'uvit') {
+    // The U-ViT config's block masks at this case's ratio (0: no mask).
+    const json = JSON.parse(readFileSync(uvitConfigFile, 'utf8'));
+    json.train.mask = { ...json.train.mask, kind: 'block', ratio: c.ratio };
+    return orThrow(resolveConfig(json, {}));
+  }
   const json = JSON.parse(readFileSync(configFile, 'utf8'));
-  json.model.kind = CASES[name]!.kind;
+  json.model.kind = c.kind;
   return orThrow(resolveConfig(json, {}));
 }
 
 /** Tessera parameters of a case's model (shapes only: nothing is evaluated). */
 function tesseraParams(name: string): number {
-  return parameterCount(buildModel(caseConfig(name)).init(random.key(0)));
+  const config = caseConfig(name);
+  return parameterCount(CASES[name]!.kind === 'uvit' ? buildUvit(config).init(random.key(0)) : buildModel(config).init(random.key(0)));
+}
+
+const sines = (n: number) => new Float32Array(n).map((_, i) => Math.sin(i * 0.37));
+
+/** A case's initial state, its step on a fixed batch (to trace), and the images per step. */
+function stepCase(name: string): { state: unknown; trace: () => unknown; batch: number } {
+  const c = CASES[name]!;
+  const config = caseConfig(name);
+  if (c.kind === 'uvit') {
+    const model = buildUvit(config);
+    const options = maskdmTrainOptions(config, model);
+    const state = initMaskdmState(model, random.key(config.train.seed), options);
+    const b = config.train.batch_size;
+    const side = fullSize(config).height;
+    return { state, trace: () => maskdmStepFunction(model, options)(state, { images: tensor(sines(b * side * side), [b, 1, side, side]) }), batch: b };
+  }
+  const model = buildModel(config);
+  const state = initState(model, config);
+  const b = c.batch;
+  const top = new Int32Array(b).map((_, i) => (i * 5) % (R - c.size + 1));
+  const left = new Int32Array(b).map((_, i) => (i * 3) % (R - c.size + 1));
+  return { state, trace: () => stepFunction(model, config)(state, stepBatch(sines(b * c.size * c.size), [b, 1, c.size, c.size], top, left)), batch: b };
+}
+
+/** Visible tokens of a U-ViT case, e.g. '8/64'. */
+function visibleTokens(name: string): string {
+  const config = caseConfig(name);
+  const model = buildUvit(config);
+  const m = config.train.mask!;
+  return m.ratio === 0 ? `${model.numPatches}/${model.numPatches}` : `${visibleCount({ kind: 'block', ratio: m.ratio!, blockSize: m.block_size! }, model.side)}/${model.numPatches}`;
 }
 
 async function measure(name: string, be: Backend): Promise<Row> {
-  const c = CASES[name]!;
-  const config = caseConfig(name);
-  const model = buildModel(config);
-  const state = initState(model, config);
+  const { state, trace, batch: b } = stepCase(name);
   // Initial values from the reference interpreter, so every backend starts from the same numbers.
   await realize(flatten(state as never).leaves as never, 'reference');
-  const b = c.batch;
-  const images = new Float32Array(b * c.size * c.size).map((_, i) => Math.sin(i * 0.37));
-  const top = new Int32Array(b).map((_, i) => (i * 5) % (R - c.size + 1));
-  const left = new Int32Array(b).map((_, i) => (i * 3) % (R - c.size + 1));
   let t0 = performance.now();
-  const out = stepFunction(model, config)(state, stepBatch(images, [b, 1, c.size, c.size], top, left));
+  const out = trace();
   const { program, lifted } = buildProgram(`trainStep-${name}`, flatten(out as never).leaves as never[]);
   const traceMs = performance.now() - t0;
   t0 = performance.now();
@@ -139,7 +181,7 @@ async function measure(name: string, be: Backend): Promise<Row> {
   bufs.forEach((x) => be.free(x));
   const stepMs = median(times.slice(1));
   return {
-    case: name, backend: be.name, params: parameterCount(state.params), nodes: program.nodes.length,
+    case: name, backend: be.name, params: parameterCount((state as { params: never }).params), nodes: program.nodes.length,
     kernels: kernelCount(exe), pipelines: pipelines === undefined ? undefined : new Set(pipelines).size,
     traceMs, compileMs, firstRunMs: times[0]!, firstStepMs: traceMs + compileMs + times[0]!, stepMs, imagesPerS: (1000 * b) / stepMs,
     planBytes: exe.memoryPlanBytes, peakBytes: peakBytes(be), load: load1(),
@@ -185,7 +227,7 @@ const fmt = (r: Row): string => COLUMNS.map(([, w, f], i) => (i < 2 ? f(r).padEn
 
 const cpus = os.cpus();
 console.log(`# machine: ${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; node ${process.version}`);
-console.log(`# ${configFile}; steps per case: 1 first + ${warmup} untimed + ${steps} timed (median); ${new Date().toISOString()}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(', ')}`);
+console.log(`# ${configFile}${caseNames.some((n) => CASES[n]!.kind === 'uvit') ? ` and ${uvitConfigFile}` : ''}; steps per case: 1 first + ${warmup} untimed + ${steps} timed (median); ${new Date().toISOString()}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(', ')}`);
 
 const backends: Backend[] = [];
 for (const name of backendNames) {
@@ -199,6 +241,8 @@ const python = withTorch ? torchPython() : undefined;
 if (withTorch && python === undefined) console.log('# torch skipped: python3 cannot import torch; install it with `npm run bench:setup` (Debian: apt-get install python3-torch)');
 
 console.log(COLUMNS.map(([h, w], i) => (i < 2 ? h.padEnd(w) : h.padStart(w))).join(' '));
+/** The U-ViT cases' rows, for their speed over the unmasked case. */
+const uvitRows = new Map<string, Row[]>();
 for (const name of caseNames) {
   const rows: Row[] = [];
   for (const be of backends) {
@@ -210,7 +254,7 @@ for (const name of caseNames) {
       console.log(`# ${name} on ${be.name} failed: ${(e as Error).message.split('\n')[0]}`);
     }
   }
-  const torchRow = python === undefined ? undefined : measureTorch(python, name);
+  const torchRow = python === undefined || CASES[name]!.kind === 'uvit' ? undefined : measureTorch(python, name);
   if (typeof torchRow === 'string') console.log(`# ${name}: ${torchRow}`);
   else if (torchRow !== undefined) {
     rows.push(torchRow);
@@ -220,6 +264,16 @@ for (const name of caseNames) {
   const figures = rows.map((r) => `${r.backend} ${r.imagesPerS.toFixed(1)}${peer === undefined || r === peer ? '' : ` (${(r.imagesPerS / peer.imagesPerS).toFixed(2)}x torch)`}`);
   const tessera = tesseraParams(name);
   const params = peer === undefined ? `params tessera ${tessera}` : `params tessera ${tessera} ${tessera === peer.params ? '=' : '!= (MISMATCH)'} torch ${peer.params}`;
+  if (CASES[name]!.kind === 'uvit') {
+    uvitRows.set(name, rows);
+    const unmasked = uvitRows.get('uvit0');
+    const speedup = rows.map((r) => {
+      const base = unmasked?.find((u) => u.backend === r.backend);
+      return base === undefined ? '' : `${r.backend} ${(r.imagesPerS / base.imagesPerS).toFixed(2)}x`;
+    }).filter((s) => s !== '');
+    console.log(`# ${name}: ${visibleTokens(name)} tokens visible; images/s ${figures.join(', ')}${speedup.length === 0 ? '' : `; over uvit0: ${speedup.join(', ')}`}; ${params}; load ${os.loadavg().map((l) => l.toFixed(2)).join(', ')}`);
+    continue;
+  }
   console.log(`# ${name}: images/s ${figures.join(', ')}; ${params}; load ${os.loadavg().map((l) => l.toFixed(2)).join(', ')}`);
 }
 if (torchInfo !== '') console.log(`# ${torchInfo}`);

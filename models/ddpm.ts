@@ -16,6 +16,7 @@ import {
 import { checkedDenoiser, sigmaPerSample, type Denoiser, type DenoiserExtra } from './precond.ts';
 import { perSample } from './samplers.ts';
 
+/** `linearSchedule`'s options: the number of steps and the first and last beta. */
 export interface DdpmScheduleOptions {
   /** T (1000). */
   readonly numSteps?: number;
@@ -78,6 +79,7 @@ export function vpSigmas(schedule: DdpmSchedule, timesteps: readonly number[]): 
   return [...[...timesteps].reverse().map((t) => schedule.sigmas[t]!), 0];
 }
 
+/** `ddimSample`'s options: the schedule, the steps, eta, clipping, and the noise to start from. */
 export interface DdimOptions {
   readonly schedule: DdpmSchedule;
   /** Sampling steps S (uniform skip), or explicit ascending time steps. */
@@ -175,6 +177,7 @@ export function timestepOf(schedule: DdpmSchedule, sigma: Tensor, mapping: Times
   return minimum(maximum(add(cast(i, 'float32'), frac), 0), T - 1);
 }
 
+/** `vpDenoiser`'s options: the schedule and how a noise level maps to a time step. */
 export interface VpDenoiserOptions {
   readonly schedule: DdpmSchedule;
   readonly timestep?: TimestepMapping;

@@ -20,6 +20,7 @@ import {
   random, ShapeError, fmtShape, type Tensor,
 } from '../core/index.ts';
 
+/** A MaskDM mask: its kind and its size (a ratio of the patches, a block or a crop side in patches). */
 export type MaskConfig =
   /** Random patches: floor(ratio L) of the L patches masked (the reference's RandomMaskingGenerator). */
   | { readonly kind: 'patch'; readonly ratio: number }

@@ -24,6 +24,7 @@ import {
   type BlockParams, type LayerNormParams, type PatchEmbedParams,
 } from './transformer.ts';
 
+/** A U-ViT's shape: image and patch size, channels, width, depth, heads, and U-ViT's options. */
 export interface UViTConfig {
   /** Image side (square images), a multiple of `patchSize`. */
   readonly imgSize: number;
@@ -48,6 +49,7 @@ export interface UViTConfig {
   readonly eps?: number;
 }
 
+/** A U-ViT's parameters, a pytree whose paths are the reference implementation's `state_dict` keys. */
 export type UViTParams = {
   readonly patch_embed: PatchEmbedParams;
   readonly time_embed?: { readonly '0': LinearParams; readonly '2': LinearParams };
@@ -62,6 +64,7 @@ export type UViTParams = {
   readonly final_layer?: { readonly weight: Tensor; readonly bias: Tensor };
 };
 
+/** What `apply` takes besides the images and time steps: class labels, visible patches. */
 export interface UViTApplyOptions {
   /** One-hot class labels [B, numClasses]; absent (or a zero row) gives a zero class embedding. */
   readonly labels?: Tensor;
@@ -72,6 +75,15 @@ export interface UViTApplyOptions {
 /** U-ViT-S/2 for CIFAR-10 (the paper's Table 1 and its released config: 44M parameters). */
 export const UVIT_SMALL = { embedDim: 512, depth: 13, numHeads: 8, patchSize: 2 } as const;
 
+/**
+ * A U-ViT as an `(init, apply)` pair, with its grid (`side`, `numPatches`) and extra tokens.
+ *
+ * ```ts
+ * const model = uvit({ imgSize: 32, patchSize: 4, inChannels: 1, embedDim: 64, depth: 5, numHeads: 4 });
+ * const params = model.init(random.key(0));
+ * const eps = model.apply(params, x, t, { visible: drawVisible(key, { kind: 'block', ratio: 0.9, blockSize: 2 }, b, model.side) });
+ * ```
+ */
 export function uvit(config: UViTConfig) {
   const { imgSize, patchSize: p, inChannels: c, embedDim: d, depth } = config;
   if (!Number.isInteger(imgSize / p)) throw new ShapeError(`uvit: image side ${imgSize} is not a multiple of the patch size ${p}`);
@@ -170,6 +182,7 @@ export function uvit(config: UViTConfig) {
   };
 }
 
+/** The model `uvit` returns. */
 export type UViT = ReturnType<typeof uvit>;
 
 /**

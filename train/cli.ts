@@ -30,7 +30,7 @@ Ctrl-C finishes the current step and writes a checkpoint; a second Ctrl-C exits 
     usage: 'tessera sample --run DIR [--checkpoint DIR] [--n 16] [--steps N] [--seed 0] [--out FILE.png] [--backend cpu|webgpu|reference]',
     about: `Samples a grid of n images with the EMA weights of a checkpoint (the newest of --run, or --checkpoint) with the model's
 sampler: EDM's Heun sampler (default 18 steps) for patch and edm models, the scale-by-scale Euler-Maruyama sampler
-(default 20 steps per scale) for msdiff models.`,
+(default 20 steps per scale) for msdiff models, DDIM (eta 0, default 100 steps) for maskdm models.`,
   },
   eval: {
     usage: EVAL_USAGE,

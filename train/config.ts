@@ -11,7 +11,9 @@
  * and compared when a run resumes.
  *
  * Model fields follow EDM's SongUNet arguments; defaults are EDM's DDPM++ at 32x32. Training
- * defaults follow EDM's train.py and Patch Diffusion (real_p 0.5).
+ * defaults follow EDM's train.py and Patch Diffusion (real_p 0.5). `model.kind: "maskdm"` trains
+ * MaskDM's U-ViT instead (`model.uvit`, `train.mask`); the SongUNet fields keep their defaults there
+ * and a value that differs is refused, since it would change nothing.
  */
 import { readFile } from 'node:fs/promises';
 import { totalmem } from 'node:os';
@@ -52,12 +54,38 @@ const PatchSizeMap = new t.Type<Record<string, number>, Record<string, number>, 
   t.identity,
 );
 
+/**
+ * U-ViT's settings (Bao et al. 2023; models/uvit.ts), for `model.kind: "maskdm"`; each defaults to
+ * `UVIT_DEFAULTS`. A resolved maskdm config holds every field.
+ */
+export const UViTConfig = strictStruct('uvit config', {}, {
+  /** Pixels per patch side; must divide the image side (side / patch_size patches per side). */
+  patch_size: positiveInt,
+  /** Token width D (even, a multiple of num_heads). */
+  embed_dim: positiveInt,
+  /** Blocks in all: depth // 2 in, one mid, depth // 2 out. */
+  depth: positiveInt,
+  num_heads: positiveInt,
+  mlp_ratio: finite({ min: 0, exclusiveMin: true }),
+  qkv_bias: t.boolean,
+  /** An MLP on the time token's sinusoidal embedding (U-ViT's mlp_time_embed). */
+  mlp_time_embed: t.boolean,
+  /** The head's 3 x 3 convolution on the unpatchified output. */
+  final_conv: t.boolean,
+});
+
+/** A small U-ViT for 32 x 32 images: 4-pixel patches (64 tokens), width 128, 3 + 1 + 3 blocks, 4 heads (U-ViT's MLP ratio 4, no qkv bias, final convolution). */
+export const UVIT_DEFAULTS = {
+  patch_size: 4, embed_dim: 128, depth: 7, num_heads: 4, mlp_ratio: 4, qkv_bias: false, mlp_time_embed: false, final_conv: true,
+} as const;
+
 export const ModelConfig = strictStruct('model config', {
   /**
    * 'patch': Patch Diffusion's patch-conditioned model; 'edm': the plain EDM baseline; 'msdiff':
-   * multi-scale non-uniform diffusion, one SongUNet of these settings per Haar scale.
+   * multi-scale non-uniform diffusion, one SongUNet of these settings per Haar scale; 'maskdm':
+   * MaskDM's U-ViT (`uvit`) trained with masked score matching (`train.mask`).
    */
-  kind: t.keyof({ patch: null, edm: null, msdiff: null }),
+  kind: t.keyof({ patch: null, edm: null, msdiff: null, maskdm: null }),
   model_channels: positiveInt,
   channel_mult: t.array(positiveInt),
   num_blocks: positiveInt,
@@ -80,6 +108,8 @@ export const ModelConfig = strictStruct('model config', {
   img_channels: positiveInt,
   /** MSDiff only: Haar levels L (L + 1 components and networks, the coarsest at R / 2^L); default 2. */
   haar_levels: integer(1, 8),
+  /** MaskDM only: the U-ViT; fields default to UVIT_DEFAULTS. */
+  uvit: UViTConfig,
 });
 
 export const DataConfig = strictStruct('data config', {
@@ -94,6 +124,19 @@ export const DataConfig = strictStruct('data config', {
   limit: positiveInt,
   /** 1 (grey) or 3 (RGB); image folders only, default 3. */
   channels: t.union([t.literal(1), t.literal(3)], '1 or 3'),
+});
+
+/**
+ * MaskDM's mask on the patch grid (models/masks.ts): random patches, random aligned blocks of
+ * block_size x block_size patches (default 4, MaskDM's main setting), or one visible crop of
+ * crop_size x crop_size patches. `ratio` in [0, 1) for patch and block masks.
+ */
+export const MaskSettings = strictStruct('mask config', {
+  kind: t.keyof({ patch: null, block: null, crop: null }),
+}, {
+  ratio: probability,
+  block_size: positiveInt,
+  crop_size: positiveInt,
 });
 
 export const TrainConfig = strictStruct('train config', {
@@ -125,6 +168,22 @@ export const TrainConfig = strictStruct('train config', {
   patch_sizes: t.array(positiveInt),
   /** Images per step for each patch size, relative to batch_size: 'auto' (R/s, capped at 4) or a map. */
   batch_multiplier: t.union([t.literal('auto'), PatchSizeMap], '"auto" or {patch size: multiplier}'),
+  /**
+   * The learning rate over training: "edm" (default) EDM's linear ramp-up over lr_rampup_images;
+   * "cosine" a linear warm-up over warmup_images, then cosine decay to 0 at the run's last step
+   * (MaskDM's fine-tuning).
+   */
+  lr_schedule: t.keyof({ edm: null, cosine: null }),
+  /** The cosine schedule's warm-up, in images (default 0). */
+  warmup_images: nonNegativeInt,
+  /** MaskDM only: the mask of pre-training; absent, every patch is visible (training from scratch, fine-tuning). */
+  mask: MaskSettings,
+  /**
+   * A checkpoint folder (or a run folder: its newest checkpoint) whose EMA weights start a new run
+   * (fine-tuning), loaded by name, non-strictly: names missing from it keep their initial values,
+   * names the model does not have are ignored (both listed), a shape that differs is refused.
+   */
+  init_from: t.string,
 });
 
 export const Backend = t.keyof({ cpu: null, webgpu: null, reference: null });
@@ -134,7 +193,12 @@ type DecodedConfig = t.TypeOf<typeof Config>;
 
 /** A resolved config: defaults applied, derived fields filled, cross-field rules checked. */
 export type TrainingConfig = Omit<DecodedConfig, 'model'> & {
-  readonly model: DecodedConfig['model'] & { readonly img_resolution: Resolution; readonly img_channels: number };
+  readonly model: Omit<DecodedConfig['model'], 'uvit'> & {
+    readonly img_resolution: Resolution;
+    readonly img_channels: number;
+    /** Every field, for model.kind "maskdm" (absent otherwise). */
+    readonly uvit?: Readonly<Required<t.TypeOf<typeof UViTConfig>>>;
+  };
 };
 
 const DEFAULT_STEPS = 100_000;
@@ -236,6 +300,68 @@ function fmt(x: unknown): string {
   return JSON.stringify(x);
 }
 
+/** `model.uvit` with every field, defaults where unset. */
+function uvitSettings(u: t.TypeOf<typeof UViTConfig> = {}): Readonly<Required<t.TypeOf<typeof UViTConfig>>> {
+  const d = UVIT_DEFAULTS;
+  return {
+    patch_size: u.patch_size ?? d.patch_size, embed_dim: u.embed_dim ?? d.embed_dim, depth: u.depth ?? d.depth, num_heads: u.num_heads ?? d.num_heads,
+    mlp_ratio: u.mlp_ratio ?? d.mlp_ratio, qkv_bias: u.qkv_bias ?? d.qkv_bias, mlp_time_embed: u.mlp_time_embed ?? d.mlp_time_embed, final_conv: u.final_conv ?? d.final_conv,
+  };
+}
+
+/** The SongUNet's fields, which a maskdm model does not use. */
+const SONGUNET_FIELDS = [
+  'model_channels', 'channel_mult', 'num_blocks', 'attn_resolutions', 'dropout', 'channel_mult_emb', 'channel_mult_noise',
+  'embedding_type', 'encoder_type', 'decoder_type', 'resample_filter', 'augment_dim', 'use_coords',
+] as const;
+
+/**
+ * `model.kind: "maskdm"`'s rules: square images, no class labels (the data stream has none), the
+ * U-ViT's patches, width and heads, the mask on its patch grid; `model.uvit` and `train.mask` belong
+ * to maskdm only, and SongUNet fields set to anything but their defaults are refused there.
+ */
+function maskdmProblems(c: DecodedConfig): string[] {
+  const problems: string[] = [];
+  const kind = c.model.kind;
+  if (kind !== 'maskdm') {
+    if (c.model.uvit !== undefined) problems.push(`model.uvit: only used when model.kind is "maskdm", not ${fmt(kind)}`);
+    if (c.train.mask !== undefined) problems.push(`train.mask: only used when model.kind is "maskdm", not ${fmt(kind)}`);
+    return problems;
+  }
+  for (const field of SONGUNET_FIELDS) {
+    if (fmt(c.model[field]) !== fmt(DEFAULTS.model[field])) problems.push(`model.${field}: a SongUNet setting, not used when model.kind is "maskdm" (set model.uvit instead)`);
+  }
+  if (c.model.label_dim > 0) problems.push(`model.label_dim: model.kind "maskdm" is unconditional here, got ${c.model.label_dim}`);
+  const [h, w] = typeof c.data.resolution === 'number' ? [c.data.resolution, c.data.resolution] : c.data.resolution;
+  if (h !== w) problems.push(`data.resolution: model.kind "maskdm" takes square images, got ${fmt(c.data.resolution)}`);
+  const u = uvitSettings(c.model.uvit);
+  const side = h / u.patch_size;
+  if (!Number.isInteger(side)) problems.push(`model.uvit.patch_size: ${u.patch_size} does not divide the image side ${h}`);
+  if (u.embed_dim % 2 !== 0) problems.push(`model.uvit.embed_dim: must be even (the time token starts as a sinusoidal embedding), got ${u.embed_dim}`);
+  if (u.embed_dim % u.num_heads !== 0) problems.push(`model.uvit.num_heads: ${u.embed_dim} channels (model.uvit.embed_dim) do not split into ${u.num_heads} heads`);
+  const m = c.train.mask;
+  if (m === undefined) return problems;
+  const only = (field: 'ratio' | 'block_size' | 'crop_size', kinds: string) => {
+    if (m[field] !== undefined) problems.push(`train.mask.${field}: not used by a ${fmt(m.kind)} mask (only by ${kinds})`);
+  };
+  if (m.kind === 'crop') {
+    only('ratio', '"patch" and "block" masks');
+    only('block_size', '"block" masks');
+    if (m.crop_size === undefined) problems.push('train.mask.crop_size: required for a "crop" mask (the visible crop\'s side in patches)');
+    else if (Number.isInteger(side) && m.crop_size > side) problems.push(`train.mask.crop_size: ${m.crop_size} is larger than the patch grid's side ${side}`);
+    return problems;
+  }
+  only('crop_size', '"crop" masks');
+  if (m.kind === 'patch') only('block_size', '"block" masks');
+  if (m.ratio === undefined) problems.push(`train.mask.ratio: required for a ${fmt(m.kind)} mask (the fraction of patches masked, in [0, 1))`);
+  else if (m.ratio >= 1) problems.push(`train.mask.ratio: must be below 1 (some patches must stay visible), got ${m.ratio}`);
+  const k = m.block_size ?? 4;
+  if (m.kind === 'block' && Number.isInteger(side) && side % k !== 0) {
+    problems.push(`train.mask.block_size: ${k} does not divide the patch grid's side ${side} (${h} px / model.uvit.patch_size ${u.patch_size})`);
+  }
+  return problems;
+}
+
 /** Checks rules between fields and fills derived ones. */
 function resolve(c: DecodedConfig, options: RuleOptions): Either<ConfigError, TrainingConfig> {
   const problems: string[] = [];
@@ -254,6 +380,7 @@ function resolve(c: DecodedConfig, options: RuleOptions): Either<ConfigError, Tr
     problems.push(`data.resolution: model.kind "msdiff" takes square images, got ${fmt(c.data.resolution)}`);
   }
   if (isMsdiff && c.model.label_dim > 0) problems.push(`model.label_dim: model.kind "msdiff" is unconditional here, got ${c.model.label_dim}`);
+  problems.push(...maskdmProblems(c));
   const imgChannels = c.model.img_channels ?? channels;
   if (imgChannels !== channels) problems.push(`model.img_channels: ${imgChannels} does not match the data's ${channels} channel(s)`);
   if (c.model.channel_mult.length === 0) problems.push('model.channel_mult: needs at least one level');
@@ -264,9 +391,19 @@ function resolve(c: DecodedConfig, options: RuleOptions): Either<ConfigError, Tr
   if (c.train.steps !== undefined && c.train.duration_images !== undefined) {
     problems.push('train.duration_images: set either train.steps or train.duration_images, not both');
   }
+  if (c.train.lr_schedule !== 'cosine' && c.train.warmup_images !== undefined) problems.push(`train.warmup_images: only used when train.lr_schedule is "cosine", not ${fmt(c.train.lr_schedule ?? 'edm')}`);
+  if (c.train.lr_schedule === 'cosine' && isMsdiff) problems.push('train.lr_schedule: "cosine" decays over the run\'s optimizer steps, but model.kind "msdiff" gives each scale its own; use "edm"');
+  if (c.train.init_from !== undefined && c.train.init_from.trim() === '') problems.push('train.init_from: expected a checkpoint or run folder, got ""');
   if (problems.length > 0) return left(new ConfigError(problems));
-  const train = c.train.steps === undefined && c.train.duration_images === undefined ? { ...c.train, steps: DEFAULT_STEPS } : c.train;
-  const model = { ...c.model, img_resolution: imgResolution, img_channels: imgChannels, ...(isMsdiff ? { haar_levels: c.model.haar_levels ?? 2 } : {}) };
+  const steps = c.train.steps === undefined && c.train.duration_images === undefined ? { steps: DEFAULT_STEPS } : {};
+  const mask = c.train.mask?.kind === 'block' ? { mask: { block_size: 4, ...c.train.mask } } : {};
+  const train = { ...c.train, ...steps, ...mask };
+  const { uvit, ...unet } = c.model;
+  const model = {
+    ...unet, img_resolution: imgResolution, img_channels: imgChannels,
+    ...(isMsdiff ? { haar_levels: c.model.haar_levels ?? 2 } : {}),
+    ...(c.model.kind === 'maskdm' ? { uvit: uvitSettings(uvit) } : {}),
+  };
   const resolved: TrainingConfig = { ...c, model, train };
   // Rules that need the derived fields: the UNet's levels against image and patch sizes, attention, memory.
   const architecture = architectureProblems(resolved);
@@ -285,6 +422,12 @@ export function resolveConfig(user: unknown, overrides: unknown = {}, options: R
   const decoded = Config.decode(merged);
   if (decoded._tag === 'Left') return left(new ConfigError(formatDecodeErrors(decoded.left)));
   return resolve(decoded.right, options);
+}
+
+/** The run's length in optimizer steps: train.steps, or train.duration_images in batches (rounded up). */
+export function totalSteps(config: TrainingConfig): number {
+  const t = config.train;
+  return t.steps ?? Math.ceil((t.duration_images ?? 0) / t.batch_size);
 }
 
 /** Reads a JSON config file (or none) and applies command-line overrides. */

@@ -10,6 +10,9 @@
  *  - every block's channel count can be split into GroupNorm's groups;
  *  - a rough memory estimate of training must fit in the machine's memory.
  *
+ * A maskdm model (a U-ViT) has no UNet levels: its own rules are in config.ts, and its memory
+ * estimate counts tokens.
+ *
  * Each problem is one line starting with the path of the field to change.
  */
 import type { TrainingConfig } from './config.ts';
@@ -50,6 +53,7 @@ function batchFor(c: TrainingConfig, size: number, height: number): number {
 
 /** Problems with the UNet's levels, the patch sizes, the batch multipliers and attention. */
 export function architectureProblems(c: TrainingConfig): string[] {
+  if (c.model.kind === 'maskdm') return [];
   const problems: string[] = [];
   const [height, width] = sides(c.model.img_resolution);
   const levels = c.model.channel_mult.length;
@@ -163,6 +167,9 @@ export interface MemoryEstimate {
 export function estimateTrainingMemory(c: TrainingConfig): MemoryEstimate {
   const [height, width] = sides(c.model.img_resolution);
   const m = c.model;
+  const images = c.data.limit ?? DATASET_IMAGES[c.data.name] ?? 0;
+  const dataset = images * m.img_channels * height * width;
+  if (m.kind === 'maskdm' && m.uvit !== undefined) return uvitMemory(c, m.uvit, dataset);
   const blocksPerLevel = 2 * m.num_blocks + 1;
   const channels = m.channel_mult.map((mult) => m.model_channels * mult);
   const steps = (drawsPatches(c) ? drawnSizes(c, height) : [height]).map((s) => ({ images: batchFor(c, s, height), height: s, width: patchWidth(s, height, width) }));
@@ -187,9 +194,22 @@ export function estimateTrainingMemory(c: TrainingConfig): MemoryEstimate {
   }
   const params = channels.reduce((sum, ch) => sum + blocksPerLevel * 20 * ch * ch, 0);
   const weights = params * 4 * 5;
-  const images = c.data.limit ?? DATASET_IMAGES[c.data.name] ?? 0;
-  const dataset = images * m.img_channels * height * width;
   return { total: activations + attention + weights + dataset, activations, attention, weights, dataset, worstStep };
+}
+
+/**
+ * A U-ViT's share: per block about (6 + 2 mlp_ratio) float32 token-width tensors kept for the
+ * backward pass and the heads' score matrices twice (softmax input and output), over every token
+ * (a mask only lowers it); weights about (4 + 2 mlp_ratio) D^2 per block, five copies.
+ */
+function uvitMemory(c: TrainingConfig, u: NonNullable<TrainingConfig['model']['uvit']>, dataset: number): MemoryEstimate {
+  const [height, width] = sides(c.model.img_resolution);
+  const tokens = 1 + (height / u.patch_size) * (width / u.patch_size);
+  const b = c.train.batch_size;
+  const activations = u.depth * b * tokens * u.embed_dim * (6 + 2 * u.mlp_ratio) * 4;
+  const attention = u.depth * b * u.num_heads * tokens * tokens * 4 * 2;
+  const weights = u.depth * (4 + 2 * u.mlp_ratio) * u.embed_dim * u.embed_dim * 4 * 5;
+  return { total: activations + attention + weights + dataset, activations, attention, weights, dataset, worstStep: { images: b, height, width } };
 }
 
 const gib = (bytes: number): string => `${(bytes / 2 ** 30).toFixed(bytes < 2 ** 30 ? 2 : 1)} GiB`;
@@ -200,8 +220,8 @@ export function memoryProblem(c: TrainingConfig, totalMemory: number): string | 
   if (!(e.total > totalMemory)) return undefined;
   const parts: [number, string, string][] = [
     [e.activations, 'train.batch_size', `activations ${gib(e.activations)} for ${e.worstStep.images} images of ${e.worstStep.height}x${e.worstStep.width}`],
-    [e.attention, 'model.attn_resolutions', `attention ${gib(e.attention)}`],
-    [e.weights, 'model.model_channels', `weights and optimizer state ${gib(e.weights)}`],
+    [e.attention, c.model.kind === 'maskdm' ? 'model.uvit.patch_size' : 'model.attn_resolutions', `attention ${gib(e.attention)}`],
+    [e.weights, c.model.kind === 'maskdm' ? 'model.uvit.embed_dim' : 'model.model_channels', `weights and optimizer state ${gib(e.weights)}`],
     [e.dataset, e.dataset > 0 && c.data.limit !== undefined ? 'data.limit' : 'data.resolution', `dataset ${gib(e.dataset)}`],
   ];
   const [, field] = parts.reduce((a, b) => (b[0] > a[0] ? b : a));

@@ -8,13 +8,20 @@
  * MSE over the visible pixels only (DDPM's L_simple restricted to them): masked pixels contribute
  * nothing, to the value or to the gradient. Without a mask it is DDPM's L_simple, so fine-tuning
  * (MaskDM's second stage, mask ratio 0) is the same step with `mask` absent.
+ *
+ * `maskdmMethod` puts it behind the run loop's `TrainingMethod` for `model.kind: "maskdm"` configs
+ * (`tessera train | sample | eval`); fine-tuning's non-strict start from pre-trained weights is
+ * `train.init_from` (initFrom.ts), open to every kind of model.
  */
-import { add, cast, cos, div, jit, less, minimum, mul, random, scalar, square, sub, sum, where, type BackendName, type PyTree, type Tensor } from '../core/index.ts';
+import { add, cast, div, jit, mul, random, scalar, square, sub, sum, TesseraError, type BackendName, type PyTree, type Tensor } from '../core/index.ts';
 import { valueAndGrad } from '../autodiff/index.ts';
-import { alphaBarAt, diffuse, linearSchedule, type DdpmSchedule } from '../models/ddpm.ts';
-import { drawVisible, visiblePixelMask, type MaskConfig } from '../models/masks.ts';
-import type { UViT, UViTParams } from '../models/uvit.ts';
+import { alphaBarAt, ddimSample, diffuse, linearSchedule, type DdpmSchedule } from '../models/ddpm.ts';
+import { drawVisible, maskedCount, visibleCount, visiblePixelMask, type MaskConfig } from '../models/masks.ts';
+import { uvit, uvitEps, type UViT, type UViTParams } from '../models/uvit.ts';
+import type { TrainingConfig } from './config.ts';
+import type { TrainingMethod } from './method.ts';
 import { adam, applyUpdates, chain, clipByGlobalNorm, emaUpdate, replaceNonFinite, type GradientTransformation, type Params, type Schedule } from './optim.ts';
+import { carryOptimizerState, countNonFinite, fullSize, trainOptimizer } from './step.ts';
 
 export interface MaskdmLossOptions {
   /** DDPM's schedule (default: linear betas 1e-4 .. 0.02 over 1000 steps). */
@@ -58,30 +65,19 @@ export function maskedLoss(model: UViT, params: UViTParams, images: Tensor, key:
   return div(sum(mul(err, visiblePixelMask(visible, model.side, p))), pixels);
 }
 
-/**
- * Linear warm-up then cosine decay (MaskDM's fine-tuning: e.g. lr 1e-5, 5k warm-up steps), of the
- * optimizer's step count c (steps done before this one): lr (c + 1) / warmup while c < warmup, then
- * minLr + (lr - minLr) (1 + cos(pi min(1, (c - warmup) / (total - warmup)))) / 2.
- */
-export function warmupCosine(o: { readonly lr: number; readonly warmupSteps: number; readonly totalSteps: number; readonly minLr?: number }): (count: Tensor) => Tensor {
-  const minLr = o.minLr ?? 0;
-  const decaySteps = Math.max(o.totalSteps - o.warmupSteps, 1);
-  return (count) => {
-    const warm = mul(div(add(count, 1), Math.max(o.warmupSteps, 1)), o.lr);
-    const progress = minimum(div(sub(count, o.warmupSteps), decaySteps), 1);
-    const decay = add(mul(add(cos(mul(progress, Math.PI)), 1), (o.lr - minLr) / 2), minLr);
-    return where(less(count, o.warmupSteps), warm, decay);
-  };
-}
-
 export interface MaskdmTrainOptions extends MaskdmLossOptions {
-  /** Adam's learning rate: a number (MaskDM pre-trains at 2e-4) or a schedule of the step count (`warmupCosine`). */
-  readonly lr: Schedule;
+  /** Adam's learning rate: a number (MaskDM pre-trains at 2e-4) or a schedule of the step count (optim.ts `warmupCosine`). */
+  readonly lr?: Schedule;
   /** Adam's betas (0.9, 0.999) and decoupled weight decay (0); MaskDM's reference config uses (0.99, 0.99) and 0.03. */
   readonly b1?: number;
   readonly b2?: number;
   readonly weightDecay?: number;
   readonly gradClip?: number;
+  /**
+   * The step's optimizer instead of the above, built inside the traced step from the images seen
+   * before it (the command line's runs use step.ts's `trainOptimizer`, the same as every model kind's).
+   */
+  readonly optimizer?: (imagesSeen: Tensor) => GradientTransformation<PyTree<Tensor>[]>;
   /** EMA half-life in images and EDM's ramp-up ratio (as the other training steps). */
   readonly emaHalflifeImages: number;
   readonly emaRampupRatio?: number;
@@ -110,9 +106,13 @@ export interface MaskdmMetrics {
   readonly loss: Tensor;
   /** Running count of non-finite gradient entries replaced by zero. */
   readonly replaced: Tensor;
+  /** Non-finite values in the new params, EMA and optimizer state (step.ts `countNonFinite`). */
+  readonly nonFinite: Tensor;
 }
 
-function optimizer(o: MaskdmTrainOptions): GradientTransformation<PyTree<Tensor>[]> {
+function optimizer(o: MaskdmTrainOptions, imagesSeen: Tensor): GradientTransformation<PyTree<Tensor>[]> {
+  if (o.optimizer !== undefined) return o.optimizer(imagesSeen);
+  if (o.lr === undefined) throw new TesseraError('maskdm: give a learning rate (lr) or an optimizer');
   return chain(
     replaceNonFinite(),
     ...(o.gradClip === undefined ? [] : [clipByGlobalNorm(o.gradClip)]),
@@ -128,13 +128,13 @@ function optimizer(o: MaskdmTrainOptions): GradientTransformation<PyTree<Tensor>
 export function initMaskdmState(model: UViT, key: Tensor, options: MaskdmTrainOptions, params?: UViTParams): MaskdmTrainState {
   const [kParams, kRun] = random.split(key, 2) as [Tensor, Tensor];
   const p = params ?? model.init(kParams);
-  return { params: p, ema: p, opt: optimizer(options).init(p as Params), imagesSeen: scalar(0), key: kRun };
+  return { params: p, ema: p, opt: optimizer(options, scalar(0)).init(p as Params), imagesSeen: scalar(0), key: kRun };
 }
 
 /** The pure step (before jit): loss, gradient, Adam, EMA; the key advances by one split. */
 export function maskdmStepFunction(model: UViT, options: MaskdmTrainOptions) {
-  const opt = optimizer(options);
   return (state: MaskdmTrainState, batch: MaskdmBatch): { state: MaskdmTrainState; metrics: MaskdmMetrics } => {
+    const opt = optimizer(options, state.imagesSeen);
     const [kNext, kLoss] = random.split(state.key, 2) as [Tensor, Tensor];
     const b = batch.images.shape[0]!;
     const [loss, grads] = valueAndGrad((p: UViTParams) => maskedLoss(model, p, batch.images, kLoss, options, batch.labels))(state.params);
@@ -144,7 +144,7 @@ export function maskdmStepFunction(model: UViT, options: MaskdmTrainOptions) {
     const replaced = (optState as [{ replaced: Tensor }])[0].replaced;
     return {
       state: { params, ema, opt: optState as PyTree<Tensor>, imagesSeen: add(state.imagesSeen, b), key: kNext },
-      metrics: { loss, replaced },
+      metrics: { loss, replaced, nonFinite: countNonFinite([params, ema, optState as PyTree<Tensor>]) },
     };
   };
 }
@@ -152,4 +152,71 @@ export function maskdmStepFunction(model: UViT, options: MaskdmTrainOptions) {
 /** The compiled step, the old state donated: `step(state, batch) -> { state, metrics }`. */
 export function compileMaskdmStep(model: UViT, options: MaskdmTrainOptions) {
   return jit(maskdmStepFunction(model, options), { donate: [0], backend: options.backend, name: 'maskdmTrainStep' });
+}
+
+// ---------------------------------------------------------------- the command line's maskdm runs
+
+/** The U-ViT a config describes (`model.uvit`, filled with its defaults when the config was resolved). */
+export function buildUvit(config: TrainingConfig): UViT {
+  const u = config.model.uvit;
+  if (config.model.kind !== 'maskdm' || u === undefined) throw new TesseraError(`buildUvit: a resolved model.kind "maskdm" config is needed, got ${JSON.stringify(config.model.kind)}`);
+  return uvit({
+    imgSize: fullSize(config).height, patchSize: u.patch_size, inChannels: config.model.img_channels, embedDim: u.embed_dim, depth: u.depth,
+    numHeads: u.num_heads, mlpRatio: u.mlp_ratio, qkvBias: u.qkv_bias, mlpTimeEmbed: u.mlp_time_embed, finalConv: u.final_conv,
+  });
+}
+
+/**
+ * `train.mask` as models/masks.ts takes it; undefined without a mask, or when it masks nothing
+ * (ratio 0, MaskDM's fine-tuning): the step is then the plain network's, without a gather.
+ */
+export function maskOf(config: TrainingConfig, side: number): MaskConfig | undefined {
+  const m = config.train.mask;
+  if (m === undefined) return undefined;
+  const mask: MaskConfig = m.kind === 'patch' ? { kind: 'patch', ratio: m.ratio ?? 0 }
+    : m.kind === 'block' ? { kind: 'block', ratio: m.ratio ?? 0, blockSize: m.block_size ?? 4 }
+      : { kind: 'crop', cropSize: m.crop_size ?? side };
+  return maskedCount(mask, side) === 0 ? undefined : mask;
+}
+
+/** The step's options a config describes: its mask, the run's optimizer and EMA, DDPM's linear schedule. */
+export function maskdmTrainOptions(config: TrainingConfig, model: UViT): MaskdmTrainOptions & { readonly schedule: DdpmSchedule } {
+  const t = config.train;
+  return {
+    schedule: linearSchedule(), mask: maskOf(config, model.side), emaHalflifeImages: t.ema_halflife_images, emaRampupRatio: t.ema_rampup_ratio,
+    optimizer: (seen) => trainOptimizer(config, seen),
+  };
+}
+
+/**
+ * `model.kind: "maskdm"` for the run loop (Lei et al. 2023): masked score matching on the config's
+ * U-ViT with the run's optimizer (non-finite gradients replaced, clipping, Adam with EDM's ramp-up
+ * or the cosine schedule) and EMA. Pre-training sets `train.mask`; fine-tuning is a new run without
+ * one (or ratio 0) that starts from the pre-trained weights (`train.init_from`, loaded by run.ts).
+ * Samples with DDIM (eta 0, x0 clipped to [-1, 1] as MaskDM's reference does) over DDPM's linear
+ * schedule; MaskDM samples with 250-500 DDIM steps, the default here is 100.
+ */
+export function maskdmMethod(config: TrainingConfig): TrainingMethod<UViTParams> {
+  const model = buildUvit(config);
+  const t = config.train;
+  const options = maskdmTrainOptions(config, model);
+  const { mask, schedule } = options;
+  const { height, width } = fullSize(config);
+  const p = model.config.patchSize;
+  const m = t.mask;
+  const visible = mask === undefined || m === undefined ? 'no mask'
+    : `${m.kind === 'crop' ? `${m.crop_size}x${m.crop_size}-patch crops` : `${m.kind} masks at ratio ${m.ratio}`}, ${visibleCount(mask, model.side)} of ${model.numPatches} patches visible`;
+  return {
+    description: `MaskDM's U-ViT (${model.numPatches} patches of ${p}x${p} px, ${visible})`,
+    sampler: 'ddim',
+    defaultSampleSteps: 100,
+    initState: () => initMaskdmState(model, random.key(t.seed), options),
+    compileStep(backend) {
+      const step = compileMaskdmStep(model, { ...options, backend });
+      return (state, batch) => step(state, { images: batch.images });
+    },
+    sample: (params, count, steps, key, backend) =>
+      ddimSample(uvitEps(model, params), { schedule, steps, key, shape: [count, config.model.img_channels, height, width], clipDenoised: true, backend }),
+    carryOptimizerState,
+  };
 }

@@ -5,11 +5,13 @@
  *
  *   patch, edm   EDM's preconditioned SongUNet on patches or full images (`step.ts`), Heun sampling
  *   msdiff       multi-scale non-uniform diffusion (`msdiff.ts`), scale-by-scale Euler-Maruyama
+ *   maskdm       MaskDM's U-ViT with masked score matching (`maskdm.ts`), DDIM
  */
 import { type BackendName, type PyTree, type Tensor } from '../core/index.ts';
 import { makeDenoiser } from '../models/precond.ts';
 import { heunSampler } from '../models/samplers.ts';
 import type { TrainingConfig } from './config.ts';
+import { maskdmMethod } from './maskdm.ts';
 import { msdiffMethod } from './msdiff.ts';
 import { buildModel, carryOptimizerState, compileStep, fullSize, initState, type StepBatch, type StepMetrics, type TrainState } from './step.ts';
 
@@ -43,6 +45,8 @@ export function trainingMethod(config: TrainingConfig): TrainingMethod<PyTree<Te
       return edmMethod(config) as unknown as TrainingMethod<PyTree<Tensor>>;
     case 'msdiff':
       return msdiffMethod(config) as unknown as TrainingMethod<PyTree<Tensor>>;
+    case 'maskdm':
+      return maskdmMethod(config) as unknown as TrainingMethod<PyTree<Tensor>>;
     default:
       return kind satisfies never;
   }

@@ -7,7 +7,7 @@
  * @module tessera/optim
  */
 import {
-  add, cast, div, isFinite, logicalNot, maximum, minimum, mul, pow, scalar, sqrt, sub, sum, treeLeaves, treeMap, where, zerosLike,
+  add, cast, cos, div, isFinite, less, logicalNot, maximum, minimum, mul, pow, scalar, sqrt, sub, sum, treeLeaves, treeMap, where, zerosLike,
   type PyTree, type Tensor,
 } from '../core/index.ts';
 
@@ -112,6 +112,26 @@ export function adam(o: AdamOptions): GradientTransformation<AdamState> {
  */
 export function edmLearningRate(lr: number, rampupImages: number, imagesSeen: Tensor): Tensor {
   return rampupImages > 0 ? mul(minimum(div(imagesSeen, rampupImages), 1), lr) : scalar(lr);
+}
+
+/**
+ * Linear warm-up then cosine decay (MaskDM's fine-tuning: e.g. lr 1e-5, 5k warm-up steps), a
+ * `Schedule` of the optimizer's step count c (steps done before this one): lr (c + 1) / warmup
+ * while c < warmup, then minLr + (lr - minLr) (1 + cos(pi min(1, (c - warmup) / (total - warmup)))) / 2.
+ *
+ * ```ts
+ * const opt = adam({ lr: warmupCosine({ lr: 1e-5, warmupSteps: 5000, totalSteps: 50_000 }) });
+ * ```
+ */
+export function warmupCosine(o: { readonly lr: number; readonly warmupSteps: number; readonly totalSteps: number; readonly minLr?: number }): (count: Tensor) => Tensor {
+  const minLr = o.minLr ?? 0;
+  const decaySteps = Math.max(o.totalSteps - o.warmupSteps, 1);
+  return (count) => {
+    const warm = mul(div(add(count, 1), Math.max(o.warmupSteps, 1)), o.lr);
+    const progress = minimum(div(sub(count, o.warmupSteps), decaySteps), 1);
+    const decay = add(mul(add(cos(mul(progress, Math.PI)), 1), (o.lr - minLr) / 2), minLr);
+    return where(less(count, o.warmupSteps), warm, decay);
+  };
 }
 
 /** Scales gradients so that their global L2 norm is at most `maxNorm`. */

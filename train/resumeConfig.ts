@@ -1,10 +1,11 @@
 /**
  * What a resumed run may change. A run is a sequence of segments; each segment may change the
  * fields that steer training from here on without invalidating the state already learned (the
- * learning rate, clipping, length, cadences, EMA length, the backend). Fields that define the model,
- * the data stream or the experiment (the network, the data, batch size, seed, patch schedule, noise
- * distribution) are fixed for the run's life: changing them would make the checkpoint's tensors or
- * the data position mean something else.
+ * learning rate and its schedule, clipping, length, cadences, EMA length, the backend). Fields that
+ * define the model, the data stream or the experiment (the network, the data, batch size, seed, patch
+ * schedule, noise distribution, MaskDM's mask, the weights a run started from) are fixed for the
+ * run's life: changing them would make the checkpoint's tensors or the data position mean something
+ * else.
  */
 import { CheckpointError } from './errors.ts';
 
@@ -13,6 +14,8 @@ export const RESUMABLE_FIELDS: readonly string[] = [
   'backend',
   'train.lr',
   'train.lr_rampup_images',
+  'train.lr_schedule',
+  'train.warmup_images',
   'train.grad_clip',
   'train.steps',
   'train.duration_images',

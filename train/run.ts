@@ -5,7 +5,8 @@
  *
  * Run folder: config.json (the resolved config of the latest segment), log.jsonl (one line per
  * logged step, which a resumed run truncates back to its checkpoint), history.jsonl (one line per
- * segment start and end: resumed from where, with which config changes, why it ended), lock (held
+ * segment start and end: resumed from where, with which config changes, the weights a new run took
+ * from train.init_from, why it ended), lock (held
  * while a trainer runs), samples-<step>.png, loss.svg, checkpoint-<step>/.
  */
 import { mkdir } from 'node:fs/promises';
@@ -14,13 +15,14 @@ import { join } from 'node:path';
 import { defaultBackend, getBackend, random, type Backend, type BackendName, type PyTree, type Tensor } from '../core/index.ts';
 import { writeFileAtomic, type FileWriter } from './atomicFile.ts';
 import { listCheckpoints, setAsideCheckpoint, writeCheckpointFiles, type PendingCheckpoint } from './checkpoint.ts';
-import type { TrainingConfig } from './config.ts';
+import { totalSteps, type TrainingConfig } from './config.ts';
 import { takeBatch } from './data/batches.ts';
 import type { Dataset } from './data/dataset.ts';
 import { openDataset } from './data/open.ts';
 import { TrainingError, orThrow } from './errors.ts';
 import { fold, type Observer } from './fold.ts';
 import { imageGridPng } from './images.ts';
+import { describeInitFrom, initFrom } from './initFrom.ts';
 import { cropPatches, patchChoice } from './patches.ts';
 import { lossCurveSvg } from './plot.ts';
 import { resumePoint, type ResumePoint } from './resume.ts';
@@ -31,6 +33,7 @@ import { trainingMethod, type TrainingMethod } from './method.ts';
 import { fullSize, stepBatch, type StepBatch, type StepMetrics, type TrainState } from './step.ts';
 
 export { restoreLike } from './resume.ts';
+export { totalSteps } from './config.ts';
 
 export interface TrainingBatch extends StepBatch {
   /** The step this batch is for (0-based). */
@@ -63,11 +66,6 @@ export async function* trainingBatches(ds: Dataset, config: TrainingConfig, star
     position = raw.position;
     yield { ...stepBatch(crops.patches, [choice.batchSize, ds.channels, choice.height, choice.width], crops.top, crops.left), step, position };
   }
-}
-
-export function totalSteps(config: TrainingConfig): number {
-  const t = config.train;
-  return t.steps ?? Math.ceil((t.duration_images ?? 0) / t.batch_size);
 }
 
 export interface RunOptions {
@@ -187,17 +185,21 @@ async function train(options: RunOptions, say: (message: string) => void, histor
   const backend: Backend = config.backend === undefined ? await defaultBackend() : await getBackend(config.backend);
   const method = trainingMethod(config);
   const data = orThrow(await openDataset(config.data, config.train.seed));
+  // A resumed run continues its checkpoint; only a new run reads train.init_from.
+  const init = options.resume !== true && config.train.init_from !== undefined ? await initFrom(method.initState(), config.train.init_from) : undefined;
   const start: Start = options.resume === true
     ? await resumePoint(method, config, runDir, { strict: options.strict, warn: say }).then((r) => ({ state: r.state, step: r.step, position: r.position, resumed: r }))
-    : { state: method.initState(), step: 0, position: 0 };
+    : { state: init?.state ?? method.initState(), step: 0, position: 0 };
   await writeTextAtomic(join(runDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   const changes = start.resumed?.changes ?? [];
   if (start.resumed !== undefined) {
     say(`resuming from ${start.resumed.dir} (step ${start.step})${changes.length === 0 ? '' : `, with ${changes.map(describeChange).join(', ')}`}`);
   }
+  if (init !== undefined) say(describeInitFrom(init.report));
   await appendJsonLine(historyPath, {
     event: options.resume === true ? 'resume' : 'start', step: start.step, time: new Date().toISOString(), pid: process.pid, host: hostname(),
     backend: backend.name, checkpoint: start.resumed?.dir ?? null, changes, set_aside: start.resumed?.setAside ?? [],
+    ...(init === undefined ? {} : { init_from: init.report }),
   });
 
   const logPath = join(runDir, 'log.jsonl');

@@ -8,7 +8,8 @@
  * the root marker `<root>`). Ordinary names, like every name in EDM's state_dict, contain none of
  * these and are written unchanged, so converted checkpoints load without renaming and files we write
  * read naturally in other tools. The structure is recovered from the names alone; the one thing names
- * cannot carry is an empty record or array (it has no tensors), and such subtrees are dropped.
+ * cannot carry is an empty record or array (it has no tensors): such subtrees are dropped, and an
+ * array index without names reads back as an empty record.
  */
 import '../core/jit.ts';
 import { left, right, type Either } from 'fp-ts/lib/Either.js';
@@ -165,10 +166,20 @@ export function entriesToTree(entries: Readonly<Record<string, HostTensor>>, fil
         return Object.fromEntries(out);
       }
       case 'array': {
+        // An empty subtree has no tensor to name, so an index with no names was an empty record
+        // (an optimizer chain's stateless stage, e.g. clipping); at most as many as there are
+        // elements with names, so that a hostile name like a[4000000000] cannot make a huge array.
         const out: PyTree<Tensor>[] = [];
-        for (let i = 0; i < node.children.size; i++) {
+        const length = Math.max(...node.children.keys()) + 1;
+        if (length > 2 * node.children.size) {
+          return `array ${path === '' ? ROOT : path} has ${node.children.size} elements with tensors but index [${length - 1}]: more empty elements than named ones`;
+        }
+        for (let i = 0; i < length; i++) {
           const child = node.children.get(i);
-          if (child === undefined) return `array ${path === '' ? ROOT : path} has ${node.children.size} elements but no index [${i}]`;
+          if (child === undefined) {
+            out.push({});
+            continue;
+          }
           const sub = build(child, `${path}[${i}]`);
           if (typeof sub === 'string') return sub;
           out.push(sub);
@@ -297,16 +308,40 @@ export function nameSetDifference(expected: readonly string[], actual: readonly 
  * leaf's dtype and shape. `what` (e.g. the file) starts every message.
  */
 export function restoreTree<T extends PyTree<Tensor>>(template: T, loaded: PyTree<Tensor>, what: string): Either<CheckpointError, T> {
+  const difference = nameSetDifference(tensorNames(flatten(template).def), tensorNames(flatten(loaded).def));
+  if (difference !== undefined) return left(new CheckpointError(`${what}: ${difference}`));
+  const r = restoreTreeByName(template, loaded, what);
+  return r._tag === 'Left' ? r : right(r.right.tree);
+}
+
+/** What `restoreTreeByName` found: the tree, and the names on one side only. */
+export interface PartialRestore<T> {
+  readonly tree: T;
+  /** The template's names the loaded tree lacks (their template values are kept). */
+  readonly missing: readonly string[];
+  /** The loaded tree's names the template lacks (ignored). */
+  readonly unexpected: readonly string[];
+  /** How many tensors were taken from the loaded tree. */
+  readonly loaded: number;
+}
+
+/**
+ * Rebuilds a tree shaped like `template` from the tensors of `loaded` that share its names, keeping
+ * the template's value where a name is missing and ignoring names the template lacks (PyTorch's
+ * `load_state_dict(strict=False)`, EDM's `copy_params_and_buffers(require_all=False)`). A tensor of
+ * a shared name must still have the template's dtype and shape: a Left names each that differs with
+ * both shapes.
+ */
+export function restoreTreeByName<T extends PyTree<Tensor>>(template: T, loaded: PyTree<Tensor>, what: string): Either<CheckpointError, PartialRestore<T>> {
   const t = flatten(template);
   const l = flatten(loaded);
   const names = tensorNames(t.def);
   const loadedNames = tensorNames(l.def);
-  const difference = nameSetDifference(names, loadedNames);
-  if (difference !== undefined) return left(new CheckpointError(`${what}: ${difference}`));
   const byName = new Map(loadedNames.map((n, i) => [n, l.leaves[i]!]));
   const mismatched: string[] = [];
   const leaves = t.leaves.map((leaf, i) => {
-    const got = byName.get(names[i]!)!;
+    const got = byName.get(names[i]!);
+    if (got === undefined) return leaf;
     if (got.dtype !== leaf.dtype || !shapesEqual(got.shape, leaf.shape)) {
       mismatched.push(`'${names[i]}' is ${got.dtype} ${fmtShape(got.shape)} in the checkpoint, the model expects ${leaf.dtype} ${fmtShape(leaf.shape)}`);
     }
@@ -316,5 +351,11 @@ export function restoreTree<T extends PyTree<Tensor>>(template: T, loaded: PyTre
     const shown = mismatched.slice(0, 5).join('; ');
     return left(new CheckpointError(`${what}: ${shown}${mismatched.length > 5 ? `; and ${mismatched.length - 5} more` : ''}`));
   }
-  return right(unflatten(t.def, leaves) as T);
+  const want = new Set(names);
+  return right({
+    tree: unflatten(t.def, leaves) as T,
+    missing: names.filter((n) => !byName.has(n)),
+    unexpected: loadedNames.filter((n) => !want.has(n)),
+    loaded: names.filter((n) => byName.has(n)).length,
+  });
 }

@@ -10,9 +10,9 @@ import {
 import { valueAndGrad } from '../autodiff/index.ts';
 import { patchCoordinates } from '../models/patch.ts';
 import { patchModel, type PatchModelParams } from '../models/precond.ts';
-import type { TrainingConfig } from './config.ts';
+import { totalSteps, type TrainingConfig } from './config.ts';
 import { edmLoss } from './loss.ts';
-import { adam, applyUpdates, chain, clipByGlobalNorm, edmLearningRate, emaUpdate, replaceNonFinite, type GradientTransformation, type Params } from './optim.ts';
+import { adam, applyUpdates, chain, clipByGlobalNorm, edmLearningRate, emaUpdate, replaceNonFinite, warmupCosine, type GradientTransformation, type Params } from './optim.ts';
 
 export interface TrainState<P = PatchModelParams> {
   readonly params: P;
@@ -72,13 +72,21 @@ export function fullSize(config: TrainingConfig): { height: number; width: numbe
   return typeof r === 'number' ? { height: r, width: r } : { height: r[0], width: r[1] };
 }
 
-/** The run's optimizer: non-finite gradients replaced, optional clipping, Adam with EDM's lr ramp-up over `imagesSeen`. */
+/**
+ * The run's optimizer: non-finite gradients replaced, optional clipping, Adam with the run's
+ * learning-rate schedule: EDM's ramp-up over `imagesSeen`, or (`train.lr_schedule: "cosine"`) a
+ * linear warm-up over warmup_images / batch_size steps and a cosine decay to 0 at the run's last
+ * step, of Adam's step count (MaskDM's fine-tuning).
+ */
 export function trainOptimizer(config: TrainingConfig, imagesSeen: Tensor): GradientTransformation<PyTree<Tensor>[]> {
   const t = config.train;
+  const lr = t.lr_schedule === 'cosine'
+    ? warmupCosine({ lr: t.lr, warmupSteps: Math.ceil((t.warmup_images ?? 0) / t.batch_size), totalSteps: totalSteps(config) })
+    : () => edmLearningRate(t.lr, t.lr_rampup_images, imagesSeen);
   return chain(
     replaceNonFinite(),
     ...(t.grad_clip === undefined ? [] : [clipByGlobalNorm(t.grad_clip)]),
-    adam({ lr: () => edmLearningRate(t.lr, t.lr_rampup_images, imagesSeen) }),
+    adam({ lr }),
   );
 }
 

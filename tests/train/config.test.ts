@@ -52,7 +52,7 @@ test('config: file values and CLI overrides merge over defaults, later wins', ()
 test('config: bad values are reported with their path, expected type and value', () => {
   assert.deepEqual(problems({}, ['--train.lr=fast']), ['train.lr: expected number > 0, got "fast"']);
   assert.deepEqual(problems({ model: { kind: 'unet', channel_mult: [1, 2.5] }, data: { resolution: [32, 'a'] }, train: { batch_size: 0, batch_multiplier: { x: 2 } } }), [
-    'model.kind: expected "patch" | "edm" | "msdiff", got "unet"',
+    'model.kind: expected "patch" | "edm" | "msdiff" | "maskdm", got "unet"',
     'model.channel_mult[1]: expected integer >= 1, got 2.5',
     'data.resolution[1]: expected integer in [2, 4096], got "a"',
     'train.batch_size: expected integer >= 1, got 0',

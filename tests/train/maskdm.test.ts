@@ -12,7 +12,8 @@ import { grad } from '../../autodiff/index.ts';
 import { alphaBarAt, diffuse, linearSchedule } from '../../models/ddpm.ts';
 import { visiblePixelMask, type MaskConfig } from '../../models/masks.ts';
 import { uvit, type UViTParams } from '../../models/uvit.ts';
-import { compileMaskdmStep, initMaskdmState, maskdmDraws, maskedLoss, warmupCosine, type MaskdmTrainOptions, type MaskdmTrainState } from '../../train/maskdm.ts';
+import { compileMaskdmStep, initMaskdmState, maskdmDraws, maskedLoss, type MaskdmTrainOptions, type MaskdmTrainState } from '../../train/maskdm.ts';
+import { warmupCosine } from '../../train/optim.ts';
 
 registerReferenceBackend();
 registerCpuBackend();

@@ -1,6 +1,7 @@
 /**
  * Evaluates a checkpoint: samples images with its EMA parameters (by its model's sampler: EDM's
- * Heun sampler on the full coordinate grid, or MSDiff's scale by scale), and compares their classifier features with those of the dataset's real images
+ * Heun sampler on the full coordinate grid, MSDiff's scale by scale, or DDIM for MaskDM's U-ViT),
+ * and compares their classifier features with those of the dataset's real images
  * (FD, KID, precision/recall; metrics.ts). The real reference is drawn from the whole dataset, not
  * a run's `data.limit` subset, so small-data runs are judged against the distribution, as the
  * paper's FIDs are against the full dataset statistics.
