@@ -107,6 +107,9 @@ test('resume: changeable fields are taken, logged and recorded; fixed ones are r
   // Removing the clip again carries the optimizer state the other way.
   const back = await trainRun({ runDir: dir, config: tinyConfig({ lr: 0.005, steps: 10, checkpoint_every: 2 }), gridSamples: 0, resume: true, say });
   assert.equal(back.step, 10);
+  // From the newest checkpoint, written with clipping: none was set aside as unreadable.
+  assert.ok(heard.some((h) => h.startsWith(`resuming from ${checkpointDir(dir, 9)} (step 9)`)), heard.join('\n'));
+  assert.ok(!heard.some((h) => h.includes('cannot be resumed')), heard.join('\n'));
 });
 
 test('resume: a corrupt newest checkpoint is named and set aside, and the run resumes from the newest intact one', async () => {
