@@ -19,7 +19,11 @@ export interface ShapeConstraints {
   readonly maxDim?: number;
 }
 
-/** A shape with rank in [minRank, maxRank] (default 0..3) and dimensions in [minDim, maxDim] (default 1..4). */
+/**
+ * A shape with rank in [minRank, maxRank] (default 0..3) and dimensions in [minDim, maxDim] (default 1..4).
+ * @example
+ * fc.assert(fc.property(arbShape({ minRank: 1, maxRank: 4 }), (shape) => sizeOf(shape) >= 1));
+ */
 export function arbShape({ minRank = 0, maxRank = 3, minDim = 1, maxDim = 4 }: ShapeConstraints = {}): fc.Arbitrary<number[]> {
   return fc.integer({ min: minRank, max: maxRank }).chain((rank) => fc.array(fc.integer({ min: minDim, max: maxDim }), { minLength: rank, maxLength: rank }));
 }
@@ -50,6 +54,10 @@ export interface TensorConstraints {
  * A concrete tensor. Floats come from fast-check's doubles (which favour boundary values, so ties
  * and extremes are common); the adjustments for `awayFrom` and `distinct` may leave [min, max] by up
  * to a few margins.
+ * @example
+ * await fc.assert(fc.asyncProperty(arbTensor({ shapeArb: arbShape({ maxRank: 3 }), min: -4, max: 4 }), async (x) => {
+ *   await checkGrad((t: Tensor) => sum(tanh(t)), [x]);
+ * }));
  */
 export function arbTensor(c: TensorConstraints = {}): fc.Arbitrary<Tensor> {
   const dtype = c.dtype ?? 'float32';
@@ -86,6 +94,10 @@ function adjust(values: number[], awayFrom: readonly number[], margin: number, d
 /**
  * `count` shapes that broadcast together: a common shape, from which each one drops some leading
  * axes and sets some dimensions to 1.
+ * @example
+ * fc.assert(fc.property(arbBroadcastShapes(3), ([a, b, c]) => {
+ *   broadcastShapes('check', broadcastShapes('check', a!, b!), c!);   // never throws
+ * }));
  */
 export function arbBroadcastShapes(count: number, c: ShapeConstraints = {}): fc.Arbitrary<number[][]> {
   return arbShape(c).chain((shape) => {
@@ -96,7 +108,12 @@ export function arbBroadcastShapes(count: number, c: ShapeConstraints = {}): fc.
   });
 }
 
-/** Two shapes that broadcast together, including size-1 and missing leading axes. */
+/**
+ * Two shapes that broadcast together, including size-1 and missing leading axes.
+ * @example
+ * const pairs = arbBroadcastPair({ maxRank: 3 }).chain(([a, b]) =>
+ *   fc.tuple(arbTensor({ shape: a }), arbTensor({ shape: b })));   // operands for add, mul, ...
+ */
 export function arbBroadcastPair(c: ShapeConstraints = {}): fc.Arbitrary<[number[], number[]]> {
   return arbBroadcastShapes(2, c).map(([a, b]) => [a!, b!]);
 }
@@ -123,7 +140,11 @@ export interface ConvConstraints {
   readonly maxExtra?: number;
 }
 
-/** Convolution attributes (stride, padding, dilation per axis; groups). */
+/**
+ * Convolution attributes (stride, padding, dilation per axis; groups).
+ * @example
+ * fc.assert(fc.property(arbConvAttrs({ maxStride: 2 }), (a) => a.stride[0] <= 2));
+ */
 export function arbConvAttrs(c: ConvConstraints = {}): fc.Arbitrary<ConvAttrs> {
   const pair = (lo: number, hi: number) => fc.tuple(fc.integer({ min: lo, max: hi }), fc.integer({ min: lo, max: hi }));
   return fc.record({
@@ -134,7 +155,14 @@ export function arbConvAttrs(c: ConvConstraints = {}): fc.Arbitrary<ConvAttrs> {
   });
 }
 
-/** A valid conv2d: NCHW input and OIHW weight shapes whose output is at least 1x1, with the attributes. */
+/**
+ * A valid conv2d: NCHW input and OIHW weight shapes whose output is at least 1x1, with the attributes.
+ * @example
+ * fc.assert(fc.property(arbConvCase(), ({ xShape, wShape, attrs, yShape }) => {
+ *   const y = conv2d(zeros(xShape), zeros(wShape), attrs);
+ *   return shapesEqual(y.shape, yShape);
+ * }));
+ */
 export function arbConvCase(c: ConvConstraints = {}): fc.Arbitrary<ConvCase> {
   const small = (lo: number, hi: number) => fc.integer({ min: lo, max: hi });
   const perGroup = c.maxChannelsPerGroup ?? 2;

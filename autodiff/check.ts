@@ -94,6 +94,9 @@ function unravel(flat: number, shape: readonly number[]): number[] {
  * leaves are held fixed). A non-scalar output (or a tree of outputs) is reduced with a random
  * cotangent, so the vector-Jacobian product is what is checked. Resolves with the comparisons' summary,
  * or rejects with a GradCheckError naming the worst leaf path, index, analytic and numeric values.
+ * @example
+ * const quickGelu = (x: Tensor) => mul(x, sigmoid(mul(x, 1.702)));
+ * await checkGrad((t: Tensor) => sum(quickGelu(t)), [tensor([-1, 0.5, 2])]);   // rejects if a gradient is off
  */
 export async function checkGrad(
   f: (...args: never[]) => unknown,

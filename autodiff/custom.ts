@@ -53,6 +53,13 @@ function markedCall<F extends Fn>(
  *
  * Tensors that `f` uses must be arguments: a closed-over tensor that depends on the differentiated
  * inputs is an error when differentiating (bwd could not give its cotangent).
+ * @example
+ * // A straight-through estimator: round in the forward pass, identity in the backward pass.
+ * const roundST = customVjp(
+ *   (x: Tensor) => floor(add(x, 0.5)),
+ *   (x: Tensor) => [floor(add(x, 0.5)), null] as const,
+ *   (_residuals: null, ct: Tensor) => [ct],
+ * );
  */
 export function customVjp<F extends Fn>(
   f: F,
@@ -71,6 +78,9 @@ export function customVjp<F extends Fn>(
  * needs them, trading compute for memory. Gradients are bit-identical to those of `f`: the same ops
  * run on the same values. `f` must be a pure function of its arguments (and of tensors it closes
  * over, which receive their gradients too).
+ * @example
+ * const block = (v: Tensor) => tanh(mul(v, v));
+ * const g = grad((v: Tensor) => sum(remat(block)(remat(block)(v))))(x);   // the same bits as without remat
  */
 export function remat<F extends Fn>(f: F): F {
   const wrapped = (...args: Parameters<F>): ReturnType<F> => markedCall('remat', f, args, {}, (call, output) => ({ kind: 'remat', call, output }));

@@ -258,6 +258,9 @@ type Args = readonly unknown[];
 /**
  * Evaluates `f(...primals)` and returns its outputs with a function mapping output cotangents (a tree
  * like the outputs) to input cotangents, one tree per primal, as JAX's `vjp`.
+ * @example
+ * const [y, pullback] = vjp((x: Tensor) => mul(x, x), tensor([1, 2]));
+ * const [dx] = pullback(tensor([1, 1]));              // [2, 4]
  */
 export function vjp<A extends Args, R>(f: (...args: A) => R, ...primals: A): [R, (cotangent: R) => A] {
   const wrapped = wrapArgs('vjp', primals, primals.map((_, i) => i));
@@ -306,6 +309,10 @@ export interface ValueAndGradOptions<N extends number | readonly number[] = numb
 /**
  * `valueAndGrad(f)(...args)` returns `[value, gradient]`, or `[[value, aux], gradient]` with hasAux.
  * `f` must return a scalar float tensor; the gradient has the tree structure of the selected arguments.
+ * @example
+ * const loss = (p: { w: Tensor }, x: Tensor) => mean(square(matmul(x, p.w)));
+ * const [value, g] = valueAndGrad(loss)({ w: ones([3, 1]) }, x);   // g: { w: [3, 1] }
+ * const [[v, aux], g2] = valueAndGrad((w: Tensor) => [sum(w), mean(w)] as const, { hasAux: true })(w);
  */
 export function valueAndGrad<A extends Args, R, const N extends number | readonly number[] = 0>(
   f: (...args: A) => R,
@@ -332,7 +339,12 @@ function differentiate<A extends Args, R, N extends number | readonly number[]>(
   };
 }
 
-/** `grad(f)(...args)`: the gradient of a scalar-valued `f` with respect to the arguments in `argnums` (default 0). */
+/**
+ * `grad(f)(...args)`: the gradient of a scalar-valued `f` with respect to the arguments in `argnums` (default 0).
+ * @example
+ * const dx = grad((x: Tensor) => sum(mul(x, x)))(tensor([1, 2]));   // [2, 4]
+ * const [dw, db] = grad(loss, { argnums: [0, 1] })(w, b, x);
+ */
 export function grad<A extends Args, const N extends number | readonly number[] = 0>(
   f: (...args: A) => unknown,
   options: GradOptions<N> = {},

@@ -105,6 +105,8 @@ function named<F extends (...args: never[]) => unknown>(name: string, f: F): F {
  * `jacrev(f, { argnums })(...args)`: the Jacobian of `f` by reverse mode, one pullback per output
  * entry. Outputs must be float tensors; the block of output leaf `y` and input leaf `x` has shape
  * `y.shape ++ x.shape` and `x`'s dtype.
+ * @example
+ * const J = jacrev((x: Tensor) => mul(x, x))(tensor([1, 2]));   // [2, 2]: [[2, 0], [0, 4]]
  */
 export function jacrev<A extends Args, R, const N extends number | readonly number[] = 0>(
   f: (...args: A) => R,
@@ -131,6 +133,8 @@ export function jacrev<A extends Args, R, const N extends number | readonly numb
 /**
  * `jacfwd(f, { argnums })(...args)`: the Jacobian of `f` by forward mode, one Jacobian-vector product
  * per input entry (sharing one linearisation). Same layout as `jacrev`; blocks have the output's dtype.
+ * @example
+ * const J = jacfwd((x: Tensor) => sin(x))(tensor([0, 1, 2]));   // [3, 3], cos(x) on the diagonal
  */
 export function jacfwd<A extends Args, R, const N extends number | readonly number[] = 0>(
   f: (...args: A) => R,
@@ -158,6 +162,8 @@ export function jacfwd<A extends Args, R, const N extends number | readonly numb
  * `hessian(f, { argnums })(...args)` = `jacfwd(jacrev(f))`: forward over reverse. For a scalar `f` of
  * one tensor `x` it has shape `x.shape ++ x.shape`; in general `y.shape ++ x1.shape ++ x2.shape` per
  * output leaf and pair of input leaves, nested as trees in that order.
+ * @example
+ * const H = hessian((x: Tensor) => sum(mul(x, mul(x, x))))(tensor([1, 2]));   // [[6, 0], [0, 12]]
  */
 export function hessian<A extends Args, R, const N extends number | readonly number[] = 0>(
   f: (...args: A) => R,

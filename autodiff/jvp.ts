@@ -115,6 +115,8 @@ export function pushforward<A extends Args, R>(op: string, f: (...args: A) => R,
  * same shapes and dtypes), as a tree like `f`'s outputs. Every primal leaf must be a float tensor;
  * close over anything else. Non-float outputs get zero tangents. Lazy, and composable with `grad`,
  * `jit` and itself.
+ * @example
+ * const [y, dy] = jvp((x: Tensor) => sum(mul(x, x)), [tensor([1, 2])], [tensor([1, 0])]);   // y 5, dy 2
  */
 export function jvp<A extends Args, R>(f: (...args: A) => R, primals: NoInfer<A>, tangents: NoInfer<A>): [R, R] {
   const name = `jvp(${f.name || 'f'})`;
@@ -128,6 +130,10 @@ export function jvp<A extends Args, R>(f: (...args: A) => R, primals: NoInfer<A>
  * `linearize(f, ...primals)` returns `[f(...primals), fJvp]` where `fJvp(...tangents)` is the
  * Jacobian-vector product at `primals`, as `jvp` gives it. The forward and backward graphs are built
  * once and shared by every call of `fJvp`, so many tangents cost one transposition walk each.
+ * @example
+ * const [y, fJvp] = linearize((x: Tensor) => sin(x), tensor([0, 1]));
+ * const d0 = fJvp(tensor([1, 0]));                    // [1, 0]: cos(x) times the tangent
+ * const d1 = fJvp(tensor([0, 1]));                    // [0, 0.5403]
  */
 export function linearize<A extends Args, R>(f: (...args: A) => R, ...primals: A): [R, (...tangents: A) => R] {
   const name = `linearize(${f.name || 'f'})`;

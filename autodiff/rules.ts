@@ -18,7 +18,12 @@ import type { BinaryFn, Tensor, UnaryFn } from '../core/tensor.ts';
 /** One cotangent per input of a node (`undefined`: no gradient flows to that input). */
 export type Cotangents = readonly (Tensor | undefined)[];
 
-/** The cotangents of `y`'s inputs given the cotangent `g` of `y`: one rule per primitive, used by `grad`. */
+/**
+ * The cotangents of `y`'s inputs given the cotangent `g` of `y`: one rule per primitive, used by `grad`.
+ * @example
+ * const y = mul(a, b);                                // a and b of one shape
+ * const [da, db] = vjpRule(y, onesLike(y));           // b and a: the cotangents of y.inputs
+ */
 export function vjpRule(y: Tensor, g: Tensor): Cotangents {
   const p = y.prim;
   const [a, b, c] = y.inputs as readonly Tensor[] as [Tensor, Tensor, Tensor];

@@ -176,6 +176,10 @@ function batchGraph(op: string, outputs: readonly Tensor[], placeholders: Readon
  * pytrees; nests; composes with `grad` both ways and runs under `jit`. Non-tensor leaves are passed
  * through and must have a null axis. `f` is called once, on per-example placeholders, so it must not
  * read values (`data()`) of anything that depends on a mapped argument.
+ * @example
+ * const perExample = vmap(grad(loss), { inAxes: [null, 0, 0] });   // params shared, x and y batched
+ * const g = perExample(params, xs, ys);               // each leaf gets a leading batch axis
+ * const dots = vmap((a: Tensor, b: Tensor) => sum(mul(a, b)))(xs, ys);   // [B]
  */
 export function vmap<A extends Args, R>(f: (...args: A) => R, options: VmapOptions = {}): (...args: A) => R {
   const op = `vmap(${f.name || 'f'})`;

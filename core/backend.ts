@@ -71,18 +71,30 @@ let resolvedDefault: Promise<DefaultChoice> | undefined;
 /**
  * Adds a backend under `name`, created by `factory` on first use. The highest `priority` that starts becomes the
  * default, unless `notDefaultUnstarted` says why not without starting it.
+ * @example
+ * registerBackend('mine', async () => createMyBackend(), 5);   // preferred over cpu when it starts
+ * setDefaultBackend('mine');
  */
 export function registerBackend(name: string, factory: () => Promise<Backend>, priority = 0, notDefaultUnstarted?: () => string | undefined): void {
   registry.set(name, { factory, priority, notDefaultUnstarted });
   resolvedDefault = undefined;
 }
 
-/** The names of the registered backends, e.g. `['reference', 'cpu', 'webgpu']`. */
+/**
+ * The names of the registered backends, e.g. `['reference', 'cpu', 'webgpu']`.
+ * @example
+ * registeredBackends();                               // ['reference', 'cpu', 'webgpu']
+ */
 export function registeredBackends(): string[] {
   return [...registry.keys()];
 }
 
-/** The backend of that name, created once. */
+/**
+ * The backend of that name, created once.
+ * @example
+ * const cpu = await getBackend('cpu');
+ * const y = await jit(f, { backend: cpu })(x);
+ */
 export function getBackend(name: BackendName): Promise<Backend> {
   const reg = registry.get(name);
   if (reg === undefined) {
@@ -97,7 +109,12 @@ export function getBackend(name: BackendName): Promise<Backend> {
   return inst;
 }
 
-/** Sets the default backend for evaluation and jit (overrides TESSERA_BACKEND). */
+/**
+ * Sets the default backend for evaluation and jit (overrides TESSERA_BACKEND).
+ * @example
+ * setDefaultBackend('reference');                     // float64 and plain loops, e.g. to debug
+ * setDefaultBackend(undefined);                       // back to TESSERA_BACKEND or the automatic choice
+ */
 export function setDefaultBackend(name: BackendName | undefined): void {
   if (name !== undefined && !registry.has(name)) throw new TesseraError(`setDefaultBackend: unknown backend '${name}'; registered: ${[...registry.keys()].join(', ')}`);
   defaultName = name;
@@ -119,12 +136,20 @@ export interface DefaultChoice {
  * The default backend: the one set in code, else TESSERA_BACKEND, else the highest-priority
  * registered backend that starts and does not decline (WebGPU on a real GPU, else the compiled CPU
  * backend), with a warning when a preferred backend failed to start.
+ * @example
+ * const b = await defaultBackend();
+ * console.log(b.name);                                // 'webgpu' or 'cpu'
  */
 export function defaultBackend(): Promise<Backend> {
   return defaultChoice().then((c) => c.backend);
 }
 
-/** The default backend with the reasons it was chosen (what `tessera info` prints). */
+/**
+ * The default backend with the reasons it was chosen (what `tessera info` prints).
+ * @example
+ * const { backend, reasons } = await defaultChoice();
+ * console.log(backend.name, reasons.join('; '));
+ */
 export function defaultChoice(): Promise<DefaultChoice> {
   const named = defaultName ?? envBackend();
   if (named !== undefined) {
@@ -175,7 +200,11 @@ export function defaultChoice(): Promise<DefaultChoice> {
   return resolvedDefault;
 }
 
-/** A backend from a name, a backend, or `undefined` (the default). */
+/**
+ * A backend from a name, a backend, or `undefined` (the default).
+ * @example
+ * const b = await resolveBackend(options.backend);    // a Backend, a name, or undefined for the default
+ */
 export async function resolveBackend(b: Backend | BackendName | undefined): Promise<Backend> {
   if (b === undefined) return defaultBackend();
   return typeof b === 'string' ? getBackend(b) : b;

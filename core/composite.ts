@@ -16,12 +16,21 @@ function axesOf(op: string, x: Tensor, axes: Axes): number[] {
   return axes === undefined ? x.shape.map((_, i) => i) : normalizeAxes(op, typeof axes === 'number' ? [axes] : axes, x.rank);
 }
 
-/** Elementwise `x * x`, e.g. `mean(square(sub(pred, y)))` for a squared error. */
+/**
+ * Elementwise `x * x`, e.g. `mean(square(sub(pred, y)))` for a squared error.
+ * @example
+ * const mse = mean(square(sub(pred, y)));
+ */
 export function square(x: Tensor): Tensor {
   return mul(x, x);
 }
 
-/** Mean over `axes` (all by default), e.g. `mean(x, [2, 3], true)` per channel of NCHW. */
+/**
+ * Mean over `axes` (all by default), e.g. `mean(x, [2, 3], true)` per channel of NCHW.
+ * @example
+ * mean(tensor([[1, 2], [3, 4]]), 1);                  // [1.5, 3.5]
+ * const perChannel = mean(x, [2, 3], true);           // [N, C, H, W] -> [N, C, 1, 1]
+ */
 export function mean(x: Tensor, axes?: Axes, keepdims = false): Tensor {
   const ax = axesOf('mean', x, axes);
   const n = sizeOf(ax.map((a) => x.shape[a]!));
@@ -29,14 +38,22 @@ export function mean(x: Tensor, axes?: Axes, keepdims = false): Tensor {
   return div(sum(x, ax, keepdims), n);
 }
 
-/** Population variance (divides by n), as in group and layer norm. */
+/**
+ * Population variance (divides by n), as in group and layer norm.
+ * @example
+ * variance(tensor([1, 2, 3, 4]));                     // 1.25
+ */
 export function variance(x: Tensor, axes?: Axes, keepdims = false): Tensor {
   const ax = axesOf('variance', x, axes);
   const centred = sub(x, mean(x, ax, true));
   return mean(square(centred), ax, keepdims);
 }
 
-/** Stable: shifts by the max (whose gradient contributions cancel exactly); a NaN max shifts by 0. */
+/**
+ * Stable: shifts by the max (whose gradient contributions cancel exactly); a NaN max shifts by 0.
+ * @example
+ * logsumexp(tensor([1000, 1000]));                    // 1000.6931, no overflow
+ */
 export function logsumexp(x: Tensor, axes?: Axes, keepdims = false): Tensor {
   const ax = axesOf('logsumexp', x, axes);
   const m = max(x, ax, true);
@@ -45,34 +62,58 @@ export function logsumexp(x: Tensor, axes?: Axes, keepdims = false): Tensor {
   return keepdims ? out : reshape(out, x.shape.filter((_, i) => !ax.includes(i)));
 }
 
-/** exp(x) normalised to sum 1 along `axis` (shifted by the max, so large logits do not overflow). */
+/**
+ * exp(x) normalised to sum 1 along `axis` (shifted by the max, so large logits do not overflow).
+ * @example
+ * softmax(tensor([[1, 1, 1, 1]]));                    // [[0.25, 0.25, 0.25, 0.25]]
+ */
 export function softmax(x: Tensor, axis = -1): Tensor {
   const e = exp(sub(x, max(x, axis, true)));
   return div(e, sum(e, axis, true));
 }
 
-/** log(softmax(x)) along `axis`, computed stably as x - logsumexp(x). */
+/**
+ * log(softmax(x)) along `axis`, computed stably as x - logsumexp(x).
+ * @example
+ * const nll = neg(mean(sum(mul(logSoftmax(logits), oneHot(labels, 10)), -1)));   // cross-entropy
+ */
 export function logSoftmax(x: Tensor, axis = -1): Tensor {
   return sub(x, logsumexp(x, axis, true));
 }
 
-/** Elementwise `max(x, 0)`. */
+/**
+ * Elementwise `max(x, 0)`.
+ * @example
+ * relu(tensor([-1, 2]));                              // [0, 2]
+ */
 export function relu(x: Tensor): Tensor {
   return maximum(x, 0);
 }
 
-/** SiLU (swish): x * sigmoid(x). */
+/**
+ * SiLU (swish): x * sigmoid(x).
+ * @example
+ * silu(tensor([0, 1]));                               // [0, 0.7311]
+ */
 export function silu(x: Tensor): Tensor {
   return mul(x, sigmoid(x));
 }
 
-/** GELU, tanh approximation (Hendrycks & Gimpel): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+/**
+ * GELU, tanh approximation (Hendrycks & Gimpel): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+ * @example
+ * const h = gelu(add(matmul(x, w1), b1));
+ */
 export function gelu(x: Tensor): Tensor {
   const inner = mul(add(x, mul(mul(square(x), x), 0.044715)), Math.sqrt(2 / Math.PI));
   return mul(mul(x, 0.5), add(tanh(inner), 1));
 }
 
-/** `x` limited to [lo, hi], e.g. `clip(x, -1, 1)`. */
+/**
+ * `x` limited to [lo, hi], e.g. `clip(x, -1, 1)`.
+ * @example
+ * clip(tensor([-2, 0.5, 3]), -1, 1);                  // [-1, 0.5, 1]
+ */
 export function clip(x: Tensor, lo: number, hi: number): Tensor {
   return minimum(maximum(x, lo), hi);
 }
@@ -88,6 +129,9 @@ function normalize(x: Tensor, axes: number[], eps: number): Tensor {
 /**
  * Group normalisation over NC... input (Wu & He 2018), optional per-channel affine. EDM's GroupNorm
  * uses eps 1e-5 and min(32, C / 4) groups; that choice belongs to the layer, not here.
+ * @example
+ * const x = random.normal(random.key(0), [2, 64, 8, 8]);
+ * const y = groupNorm(x, 32, 1e-5, ones([64]), zeros([64]));   // 32 groups of 2 channels
  */
 export function groupNorm(xIn: Tensor, groups: number, eps = 1e-5, weight?: Tensor, bias?: Tensor): Tensor {
   const x = expectTensor('groupNorm', xIn);
@@ -102,7 +146,12 @@ export function groupNorm(xIn: Tensor, groups: number, eps = 1e-5, weight?: Tens
   return affine('groupNorm', normed, c, [1, c, ...spatial.map(() => 1)], weight, bias);
 }
 
-/** Layer normalisation over the last axis, optional affine. */
+/**
+ * Layer normalisation over the last axis, optional affine.
+ * @example
+ * const tokens = random.normal(random.key(0), [2, 16, 64]);   // [B, L, D]
+ * const y = layerNorm(tokens, 1e-6, ones([64]), zeros([64]));
+ */
 export function layerNorm(xIn: Tensor, eps = 1e-5, weight?: Tensor, bias?: Tensor): Tensor {
   const x = expectTensor('layerNorm', xIn);
   if (x.rank < 1) throw new ShapeError('layerNorm: expects rank >= 1');
@@ -128,7 +177,12 @@ export interface AttentionOptions {
   readonly mask?: Tensor;
 }
 
-/** softmax(q k^T * scale) v over [..., L, D] tensors (Vaswani et al., eq. 1). */
+/**
+ * softmax(q k^T * scale) v over [..., L, D] tensors (Vaswani et al., eq. 1).
+ * @example
+ * const [q, k, v] = random.split(random.key(0), 3).map((r) => random.normal(r, [2, 4, 16, 32]));   // [B, heads, L, D]
+ * const out = scaledDotProductAttention(q!, k!, v!);  // [2, 4, 16, 32]
+ */
 export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions = {}): Tensor {
   for (const [name, t] of [['q', q], ['k', k], ['v', v]] as const) {
     expectTensor('scaledDotProductAttention', t, name);
@@ -142,7 +196,12 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, optio
   return matmul(softmax(logits, -1), v);
 }
 
-/** Average pooling over NCHW with a square window (no padding). */
+/**
+ * Average pooling over NCHW with a square window (no padding).
+ * @example
+ * const x = random.normal(random.key(0), [1, 3, 32, 32]);
+ * avgPool2d(x, 2);                                    // [1, 3, 16, 16]
+ */
 export function avgPool2d(x: Tensor, kernel: number, stride = kernel): Tensor {
   if (x.rank !== 4) throw new ShapeError(`avgPool2d: expects [N,C,H,W], got ${fmtShape(x.shape)}`);
   if (!isFloat(x.dtype)) throw new DTypeError(`avgPool2d: expects a float tensor, got ${x.dtype}`);
@@ -160,7 +219,12 @@ export function avgPool2d(x: Tensor, kernel: number, stride = kernel): Tensor {
   return div(acc!, kernel * kernel);
 }
 
-/** Nearest-neighbour upsampling of NCHW by an integer factor. */
+/**
+ * Nearest-neighbour upsampling of NCHW by an integer factor.
+ * @example
+ * const x = random.normal(random.key(0), [1, 3, 16, 16]);
+ * upsampleNearest2d(x, 2);                            // [1, 3, 32, 32]
+ */
 export function upsampleNearest2d(x: Tensor, factor = 2): Tensor {
   if (x.rank !== 4) throw new ShapeError(`upsampleNearest2d: expects [N,C,H,W], got ${fmtShape(x.shape)}`);
   const [n, c, h, w] = x.shape as [number, number, number, number];
@@ -168,33 +232,55 @@ export function upsampleNearest2d(x: Tensor, factor = 2): Tensor {
   return reshape(b, [n, c, h * factor, w * factor]);
 }
 
-/** int32 class indices -> one-hot floats along a new last axis. */
+/**
+ * int32 class indices -> one-hot floats along a new last axis.
+ * @example
+ * oneHot(tensor([2, 0], undefined, 'int32'), 3);      // [[0, 0, 1], [1, 0, 0]]
+ */
 export function oneHot(indices: Tensor, depth: number, dtype: Tensor['dtype'] = 'float32'): Tensor {
   if (indices.dtype !== 'int32') throw new DTypeError(`oneHot: indices must be int32, got ${indices.dtype}`);
   const shape = [...indices.shape, depth];
   return cast(equal(broadcastTo(reshape(indices, [...indices.shape, 1]), shape), iota(shape, -1)), dtype);
 }
 
-/** Sum of squares of all entries. */
+/**
+ * Sum of squares of all entries.
+ * @example
+ * sumOfSquares(tensor([3, 4]));                       // 25
+ */
 export function sumOfSquares(x: Tensor): Tensor {
   return sum(square(x));
 }
 
-/** `x` with a new axis of size 1 at `axis`, e.g. `expandDims(v, 0)` turns [n] into [1, n]. */
+/**
+ * `x` with a new axis of size 1 at `axis`, e.g. `expandDims(v, 0)` turns [n] into [1, n].
+ * @example
+ * expandDims(tensor([1, 2, 3]), -1);                  // [3] -> [3, 1]
+ */
 export function expandDims(x: Tensor, axis: number): Tensor {
   const ax = axis < 0 ? axis + x.rank + 1 : axis;
   if (ax < 0 || ax > x.rank) throw new ShapeError(`expandDims: axis ${axis} out of range for ${fmtShape(x.shape)}`);
   return reshape(x, [...x.shape.slice(0, ax), 1, ...x.shape.slice(ax)]);
 }
 
-/** `x` without its axes of size 1 (or only `axes`, which must be 1). */
+/**
+ * `x` without its axes of size 1 (or only `axes`, which must be 1).
+ * @example
+ * const x = random.normal(random.key(0), [4, 1, 8, 1]);
+ * squeeze(x);                                         // [4, 8]
+ * squeeze(x, 1);                                      // [4, 8, 1]
+ */
 export function squeeze(x: Tensor, axes?: Axes): Tensor {
   const ax = axes === undefined ? x.shape.flatMap((d, i) => (d === 1 ? [i] : [])) : axesOf('squeeze', x, axes);
   for (const a of ax) if (x.shape[a] !== 1) throw new ShapeError(`squeeze: axis ${a} of ${fmtShape(x.shape)} is not 1`);
   return reshape(x, x.shape.filter((_, i) => !ax.includes(i)));
 }
 
-/** Splits along an axis into `sizes`. */
+/**
+ * Splits along an axis into `sizes`.
+ * @example
+ * const [img, coords] = split(x, [3, 2], 1);          // [N, 5, H, W] -> [N, 3, H, W] and [N, 2, H, W]
+ */
 export function split(x: Tensor, sizes: readonly number[], axis = 0): Tensor[] {
   const ax = axesOf('split', x, axis)[0]!;
   if (sizes.reduce((a, b) => a + b, 0) !== x.shape[ax]) throw new ShapeError(`split: sizes [${sizes}] do not sum to axis ${ax} of ${fmtShape(x.shape)}`);

@@ -7,7 +7,12 @@ export const DTYPES: readonly DType[] = ['float32', 'int32', 'bool', 'float64'];
 /** A host array of values: what `Tensor.data()` resolves to (bool as 0/1 bytes). */
 export type TypedArray = Float32Array | Float64Array | Int32Array | Uint8Array;
 
-/** The host array type that stores a dtype (bool is one byte per element, 0 or 1). */
+/**
+ * The host array type that stores a dtype (bool is one byte per element, 0 or 1).
+ * @example
+ * allocate('float32', 4);                             // Float32Array(4)
+ * allocate('bool', 4);                                // Uint8Array(4)
+ */
 export function allocate(dtype: DType, size: number): TypedArray {
   switch (dtype) {
     case 'float32':
@@ -23,12 +28,22 @@ export function allocate(dtype: DType, size: number): TypedArray {
   }
 }
 
-/** Whether `dtype` is float32 or float64. */
+/**
+ * Whether `dtype` is float32 or float64.
+ * @example
+ * isFloat('float64');                                 // true
+ * isFloat('int32');                                   // false
+ */
 export function isFloat(dtype: DType): boolean {
   return dtype === 'float32' || dtype === 'float64';
 }
 
-/** Whether a host array has the storage type of `dtype`. */
+/**
+ * Whether a host array has the storage type of `dtype`.
+ * @example
+ * matchesDType(new Float32Array(4), 'float32');       // true
+ * matchesDType(new Float32Array(4), 'int32');         // false
+ */
 export function matchesDType(data: TypedArray, dtype: DType): boolean {
   switch (dtype) {
     case 'float32':
@@ -44,7 +59,12 @@ export function matchesDType(data: TypedArray, dtype: DType): boolean {
   }
 }
 
-/** Rounds a JS number to what a dtype can hold. */
+/**
+ * Rounds a JS number to what a dtype can hold.
+ * @example
+ * coerceScalar(2.7, 'int32');                         // 2
+ * coerceScalar(2.7, 'bool');                          // 1
+ */
 export function coerceScalar(value: number, dtype: DType): number {
   switch (dtype) {
     case 'float32':

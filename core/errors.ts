@@ -23,7 +23,11 @@ export class BackendError extends TesseraError {
   override readonly name = 'BackendError';
 }
 
-/** A shape as messages print it: `[2,3]`. */
+/**
+ * A shape as messages print it: `[2,3]`.
+ * @example
+ * fmtShape([2, 3]);                                   // '[2,3]'
+ */
 export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(',')}]`;
 }

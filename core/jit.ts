@@ -25,14 +25,25 @@ function deviceStorage(owner: object, backend: Backend, buffer: DeviceBuffer): S
   return { kind: 'device', buffer, release };
 }
 
-/** A concrete tensor owning `buffer` on `backend`. */
+/**
+ * A concrete tensor owning `buffer` on `backend`.
+ * @example
+ * const b = await getBackend('cpu');
+ * const t = fromDevice(b, b.upload(new Float32Array([1, 2]), [2], 'float32'), [2], 'float32');
+ */
 export function fromDevice(backend: Backend, buffer: DeviceBuffer, shape: readonly number[], dtype: Tensor['dtype']): Tensor {
   const t = new Tensor({ op: 'const' }, [], Object.freeze([...shape]), dtype);
   t.realize(deviceStorage(t, backend, buffer));
   return t;
 }
 
-/** Frees a concrete tensor's device memory now (what `using` calls). Reading it afterwards fails. */
+/**
+ * Frees a concrete tensor's device memory now (what `using` calls). Reading it afterwards fails.
+ * @example
+ * const y = await jit(f)(x);
+ * console.log(await y.data());
+ * dispose(y);                                         // or declare it with `using y = ...`
+ */
 export function dispose(t: Tensor): void {
   const s = t.storage;
   if (s?.kind === 'device') {
@@ -92,7 +103,13 @@ function compileCached(backend: Backend, program: Parameters<Backend['compile']>
   return exe;
 }
 
-/** Evaluates lazy tensors on a backend in one program; afterwards each holds its value. */
+/**
+ * Evaluates lazy tensors on a backend in one program; afterwards each holds its value.
+ * @example
+ * const [a, b] = [sum(x), mean(x)];
+ * await realize([a, b], 'cpu');                       // one program computes both
+ * console.log(await a.item(), await b.item());
+ */
 export async function realize(tensors: readonly Tensor[], backendOpt?: Backend | BackendName): Promise<void> {
   const todo = tensors.filter((t) => !t.isRealized);
   if (todo.length === 0) return;
@@ -202,6 +219,11 @@ export type Jitted<F extends (...args: never[]) => unknown> = ((...args: Paramet
  * are captured at trace time, as in JAX. Whole arguments can be made static with `staticArgnums`.
  * While tracing, tensors are placeholders: JS control flow on them (`if (x > 0)`) throws a
  * `TracedValueError`; use `where`, or make the deciding value static.
+ * @example
+ * const f = jit((x: Tensor) => sum(square(x)));
+ * const y = await f(tensor([1, 2]));                  // a concrete tensor: 5
+ * await f.compile(tensor([0, 0, 0]));                 // traces and compiles for [3] ahead of the call
+ * const step = jit((p: Params, x: Tensor) => update(p, x), { donate: [0] });   // p's buffers are reused
  */
 export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitOptions = {}): Jitted<F> {
   const name = options.name ?? (f.name || 'jit');

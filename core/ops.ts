@@ -10,7 +10,11 @@ import { COMPARISONS, Tensor, isTensor, type BinaryFn, type ConvAttrs, type Mark
 /** A tensor, or a number that takes the other operand's dtype (`add(x, 1)`). */
 export type TensorLike = Tensor | number;
 
-/** Names the argument that is not a tensor. */
+/**
+ * Names the argument that is not a tensor.
+ * @example
+ * const x = expectTensor('myOp', input, 'weight');   // throws a TreeError naming myOp's weight unless a Tensor
+ */
 export function expectTensor(op: string, x: unknown, what = 'argument'): Tensor {
   if (isTensor(x)) return x;
   const got = x === null ? 'null' : Array.isArray(x) ? 'Array' : typeof x === 'object' ? (x.constructor?.name ?? 'object') : typeof x;
@@ -35,7 +39,12 @@ function inferShape(x: Nested): number[] {
   return shape;
 }
 
-/** A concrete tensor from nested arrays, a typed array or a number. Default dtype float32. */
+/**
+ * A concrete tensor from nested arrays, a typed array or a number. Default dtype float32.
+ * @example
+ * const a = tensor([[1, 2], [3, 4]]);                 // float32 [2, 2]
+ * const b = tensor(new Int32Array([1, 2, 3, 4, 5, 6]), [2, 3], 'int32');
+ */
 export function tensor(values: Nested | TypedArray, shape?: Shape, dtype: DType = 'float32'): Tensor {
   const inferred = ArrayBuffer.isView(values) ? [values.length] : inferShape(values as Nested);
   const s = shape ?? inferred;
@@ -63,41 +72,77 @@ export function tensor(values: Nested | TypedArray, shape?: Shape, dtype: DType 
   return new Tensor({ op: 'const' }, [], Object.freeze([...s]), dtype, { kind: 'host', data });
 }
 
-/** A scalar embedded in the program (no upload). */
+/**
+ * A scalar embedded in the program (no upload).
+ * @example
+ * const half = scalar(0.5);                           // float32 [], a constant of the program
+ */
 export function scalar(value: number, dtype: DType = 'float32'): Tensor {
   if (typeof value !== 'number') throw new TreeError(`scalar: value is ${typeof value}, not a number`);
   return node({ op: 'literal', value: coerceScalar(value, dtype) }, [], [], dtype);
 }
 
-/** A tensor of `shape` filled with `value`, e.g. `full([2, 3], 0.5)`. */
+/**
+ * A tensor of `shape` filled with `value`, e.g. `full([2, 3], 0.5)`.
+ * @example
+ * full([2], 7, 'int32');                             // int32 [7, 7]
+ */
 export function full(shape: Shape, value: number, dtype: DType = 'float32'): Tensor {
   checkShape('full', shape);
   return broadcastTo(scalar(value, dtype), shape);
 }
 
-/** A tensor of zeros, e.g. `zeros([32])` for a bias. */
+/**
+ * A tensor of zeros, e.g. `zeros([32])` for a bias.
+ * @example
+ * zeros([2, 3], 'int32');                            // int32 [[0, 0, 0], [0, 0, 0]]
+ */
 export const zeros = (shape: Shape, dtype: DType = 'float32'): Tensor => full(shape, 0, dtype);
-/** A tensor of ones, e.g. `ones([4, 4])`. */
+/**
+ * A tensor of ones, e.g. `ones([4, 4])`.
+ * @example
+ * const w = ones([4, 4], 'float64');
+ */
 export const ones = (shape: Shape, dtype: DType = 'float32'): Tensor => full(shape, 1, dtype);
-/** Zeros with `x`'s shape and dtype (Adam's initial moments). */
+/**
+ * Zeros with `x`'s shape and dtype (Adam's initial moments).
+ * @example
+ * const m = zerosLike(param);                         // Adam's first moment
+ */
 export const zerosLike = (x: Tensor): Tensor => zeros(x.shape, x.dtype);
-/** Ones with `x`'s shape and dtype. */
+/**
+ * Ones with `x`'s shape and dtype.
+ * @example
+ * const scale = onesLike(x);
+ */
 export const onesLike = (x: Tensor): Tensor => ones(x.shape, x.dtype);
 
-/** The index along `axis` at every position of `shape`. */
+/**
+ * The index along `axis` at every position of `shape`.
+ * @example
+ * const cols = iota([2, 3], 1);                       // int32 [[0, 1, 2], [0, 1, 2]]
+ */
 export function iota(shape: Shape, axis = 0, dtype: DType = 'int32'): Tensor {
   checkShape('iota', shape);
   return node({ op: 'iota', axis: normalizeAxis('iota', axis, shape.length) }, [], shape, dtype);
 }
 
-/** `[0, 1, ..., n - 1]` (int32 by default), e.g. `arange(5)`. */
+/**
+ * `[0, 1, ..., n - 1]` (int32 by default), e.g. `arange(5)`.
+ * @example
+ * const idx = arange(5);                              // int32 [0, 1, 2, 3, 4]
+ */
 export const arange = (n: number, dtype: DType = 'int32'): Tensor => iota([n], 0, dtype);
 
 // ---------------------------------------------------------------- elementwise
 
 const FLOAT_ONLY: ReadonlySet<UnaryFn> = new Set(['exp', 'log', 'sin', 'cos', 'sqrt', 'rsqrt', 'tanh', 'sigmoid', 'reciprocal', 'floor', 'isFinite']);
 
-/** The elementwise primitive `fn` on `x`; the named wrappers (`exp`, `tanh`, ...) are the usual way in. */
+/**
+ * The elementwise primitive `fn` on `x`; the named wrappers (`exp`, `tanh`, ...) are the usual way in.
+ * @example
+ * const y = unary('exp', x);                          // the same node as exp(x)
+ */
 export function unary(fn: UnaryFn, xIn: Tensor): Tensor {
   const x = expectTensor(fn, xIn);
   if (fn === 'logicalNot') {
@@ -113,35 +158,95 @@ export function unary(fn: UnaryFn, xIn: Tensor): Tensor {
   return node({ op: 'unary', fn }, [x], x.shape, fn === 'isFinite' ? 'bool' : x.dtype);
 }
 
-/** Elementwise `-x`. */
+/**
+ * Elementwise `-x`.
+ * @example
+ * neg(tensor([1, -2]));                               // [-1, 2]
+ */
 export const neg = (x: Tensor) => unary('neg', x);
-/** Elementwise `e^x`. */
+/**
+ * Elementwise `e^x`.
+ * @example
+ * exp(tensor([0, 1]));                                // [1, 2.71828]
+ */
 export const exp = (x: Tensor) => unary('exp', x);
-/** Elementwise natural logarithm. */
+/**
+ * Elementwise natural logarithm.
+ * @example
+ * log(tensor([1, Math.E]));                           // [0, 1]
+ */
 export const log = (x: Tensor) => unary('log', x);
-/** Elementwise sine, e.g. `sin(mul(x, 3))` (see the README's MLP example). */
+/**
+ * Elementwise sine, e.g. `sin(mul(x, 3))` (see the README's MLP example).
+ * @example
+ * sin(tensor([0, Math.PI / 2]));                      // [0, 1]
+ */
 export const sin = (x: Tensor) => unary('sin', x);
-/** Elementwise cosine. */
+/**
+ * Elementwise cosine.
+ * @example
+ * cos(tensor([0, Math.PI]));                          // [1, -1]
+ */
 export const cos = (x: Tensor) => unary('cos', x);
-/** Elementwise square root. */
+/**
+ * Elementwise square root.
+ * @example
+ * sqrt(tensor([4, 9]));                               // [2, 3]
+ */
 export const sqrt = (x: Tensor) => unary('sqrt', x);
-/** Elementwise `1 / sqrt(x)`. */
+/**
+ * Elementwise `1 / sqrt(x)`.
+ * @example
+ * rsqrt(tensor([4, 16]));                             // [0.5, 0.25]
+ */
 export const rsqrt = (x: Tensor) => unary('rsqrt', x);
-/** Elementwise hyperbolic tangent, e.g. `tanh(add(matmul(x, w), b))`. */
+/**
+ * Elementwise hyperbolic tangent, e.g. `tanh(add(matmul(x, w), b))`.
+ * @example
+ * const h = tanh(add(matmul(x, w), b));
+ */
 export const tanh = (x: Tensor) => unary('tanh', x);
-/** Elementwise logistic function `1 / (1 + e^-x)`, stable for large |x|. */
+/**
+ * Elementwise logistic function `1 / (1 + e^-x)`, stable for large |x|.
+ * @example
+ * sigmoid(tensor([0, 100]));                          // [0.5, 1]
+ */
 export const sigmoid = (x: Tensor) => unary('sigmoid', x);
-/** Elementwise absolute value. */
+/**
+ * Elementwise absolute value.
+ * @example
+ * abs(tensor([-1.5, 2]));                             // [1.5, 2]
+ */
 export const abs = (x: Tensor) => unary('abs', x);
-/** Elementwise `1 / x`. */
+/**
+ * Elementwise `1 / x`.
+ * @example
+ * reciprocal(tensor([2, 4]));                         // [0.5, 0.25]
+ */
 export const reciprocal = (x: Tensor) => unary('reciprocal', x);
-/** Elementwise floor (its gradient is zero). */
+/**
+ * Elementwise floor (its gradient is zero).
+ * @example
+ * floor(tensor([1.7, -1.2]));                         // [1, -2]
+ */
 export const floor = (x: Tensor) => unary('floor', x);
-/** Elementwise sign: -1, 0 or 1. */
+/**
+ * Elementwise sign: -1, 0 or 1.
+ * @example
+ * sign(tensor([-3, 0, 2]));                           // [-1, 0, 1]
+ */
 export const sign = (x: Tensor) => unary('sign', x);
-/** Elementwise negation of a bool tensor. */
+/**
+ * Elementwise negation of a bool tensor.
+ * @example
+ * logicalNot(greater(x, 0));                          // x <= 0, or NaN
+ */
 export const logicalNot = (x: Tensor) => unary('logicalNot', x);
-/** Elementwise test for a finite value (bool); `where(isFinite(g), g, 0)` zeroes NaN and infinities. */
+/**
+ * Elementwise test for a finite value (bool); `where(isFinite(g), g, 0)` zeroes NaN and infinities.
+ * @example
+ * const safe = where(isFinite(g), g, 0);              // NaN and infinities become 0
+ */
 export const isFinite = (x: Tensor) => unary('isFinite', x);
 
 /** Brings two operands (numbers adopt the tensor's dtype) to one broadcast shape. */
@@ -158,6 +263,8 @@ function operands(op: string, a: TensorLike, b: TensorLike): [Tensor, Tensor] {
 
 /**
  * The elementwise binary primitive `fn`, broadcasting `a` and `b` (NumPy rules); `add`, `mul`, ... wrap it.
+ * @example
+ * const y = binary('add', x, 1);                      // the same node as add(x, 1)
  */
 export function binary(fn: BinaryFn, a: TensorLike, b: TensorLike): Tensor {
   const [x, y] = operands(fn, a, b);
@@ -168,38 +275,102 @@ export function binary(fn: BinaryFn, a: TensorLike, b: TensorLike): Tensor {
   return node({ op: 'binary', fn }, [x, y], x.shape, COMPARISONS.has(fn) ? 'bool' : x.dtype);
 }
 
-/** Elementwise `a + b` with broadcasting, e.g. `add(matmul(x, w), b)`. */
+/**
+ * Elementwise `a + b` with broadcasting, e.g. `add(matmul(x, w), b)`.
+ * @example
+ * const y = add(matmul(x, w), b);                     // b [n] broadcasts over the rows of [m, n]
+ */
 export const add = (a: TensorLike, b: TensorLike) => binary('add', a, b);
-/** Elementwise `a - b` with broadcasting. */
+/**
+ * Elementwise `a - b` with broadcasting.
+ * @example
+ * const err = sub(pred, target);
+ */
 export const sub = (a: TensorLike, b: TensorLike) => binary('sub', a, b);
-/** Elementwise `a * b` with broadcasting, e.g. `mul(g, 0.2)`. */
+/**
+ * Elementwise `a * b` with broadcasting, e.g. `mul(g, 0.2)`.
+ * @example
+ * const g2 = mul(g, 0.2);
+ */
 export const mul = (a: TensorLike, b: TensorLike) => binary('mul', a, b);
-/** Elementwise `a / b` with broadcasting. */
+/**
+ * Elementwise `a / b` with broadcasting.
+ * @example
+ * const normalized = div(x, sqrt(add(variance(x), 1e-5)));
+ */
 export const div = (a: TensorLike, b: TensorLike) => binary('div', a, b);
-/** Elementwise `a ** b` with broadcasting. */
+/**
+ * Elementwise `a ** b` with broadcasting.
+ * @example
+ * pow(tensor([2, 3]), 2);                             // [4, 9]
+ */
 export const pow = (a: TensorLike, b: TensorLike) => binary('pow', a, b);
-/** Elementwise larger of `a` and `b`. */
+/**
+ * Elementwise larger of `a` and `b`.
+ * @example
+ * maximum(tensor([1, 5]), tensor([3, 2]));            // [3, 5]
+ */
 export const maximum = (a: TensorLike, b: TensorLike) => binary('max', a, b);
-/** Elementwise smaller of `a` and `b`. */
+/**
+ * Elementwise smaller of `a` and `b`.
+ * @example
+ * minimum(x, 1);                                      // x capped at 1
+ */
 export const minimum = (a: TensorLike, b: TensorLike) => binary('min', a, b);
-/** Elementwise `a < b` (bool). */
+/**
+ * Elementwise `a < b` (bool).
+ * @example
+ * less(tensor([1, 5]), 3);                            // bool [true, false]
+ */
 export const less = (a: TensorLike, b: TensorLike) => binary('lt', a, b);
-/** Elementwise `a <= b` (bool). */
+/**
+ * Elementwise `a <= b` (bool).
+ * @example
+ * lessEqual(tensor([1, 3]), 3);                       // bool [true, true]
+ */
 export const lessEqual = (a: TensorLike, b: TensorLike) => binary('le', a, b);
-/** Elementwise `a > b` (bool), e.g. `where(greater(x, 0), x, 0)`. */
+/**
+ * Elementwise `a > b` (bool), e.g. `where(greater(x, 0), x, 0)`.
+ * @example
+ * const relu = where(greater(x, 0), x, 0);
+ */
 export const greater = (a: TensorLike, b: TensorLike) => binary('gt', a, b);
-/** Elementwise `a >= b` (bool). */
+/**
+ * Elementwise `a >= b` (bool).
+ * @example
+ * greaterEqual(tensor([1, 3]), 3);                    // bool [false, true]
+ */
 export const greaterEqual = (a: TensorLike, b: TensorLike) => binary('ge', a, b);
-/** Elementwise `a == b` (bool). */
+/**
+ * Elementwise `a == b` (bool).
+ * @example
+ * const correct = mean(cast(equal(predicted, labels), 'float32'));   // accuracy
+ */
 export const equal = (a: TensorLike, b: TensorLike) => binary('eq', a, b);
-/** Elementwise `a != b` (bool). */
+/**
+ * Elementwise `a != b` (bool).
+ * @example
+ * notEqual(tensor([1, 2]), 2);                        // bool [true, false]
+ */
 export const notEqual = (a: TensorLike, b: TensorLike) => binary('ne', a, b);
-/** Elementwise `a && b` of bool tensors. */
+/**
+ * Elementwise `a && b` of bool tensors.
+ * @example
+ * const inside = logicalAnd(greaterEqual(x, 0), less(x, 1));
+ */
 export const logicalAnd = (a: TensorLike, b: TensorLike) => binary('and', a, b);
-/** Elementwise `a || b` of bool tensors. */
+/**
+ * Elementwise `a || b` of bool tensors.
+ * @example
+ * const outside = logicalOr(less(x, 0), greaterEqual(x, 1));
+ */
 export const logicalOr = (a: TensorLike, b: TensorLike) => binary('or', a, b);
 
-/** Elementwise choice: `cond ? a : b`, broadcasting all three. */
+/**
+ * Elementwise choice: `cond ? a : b`, broadcasting all three.
+ * @example
+ * const y = where(greater(x, 0), x, mul(x, 0.1));     // leaky ReLU
+ */
 export function where(condIn: Tensor, a: TensorLike, b: TensorLike): Tensor {
   const cond = expectTensor('where', condIn, 'condition');
   if (cond.dtype !== 'bool') throw new DTypeError(`where: condition must be bool, got ${cond.dtype} ${fmtShape(cond.shape)}`);
@@ -208,7 +379,11 @@ export function where(condIn: Tensor, a: TensorLike, b: TensorLike): Tensor {
   return node({ op: 'select' }, [broadcastTo(cond, shape), broadcastTo(x, shape), broadcastTo(y, shape)], shape, x.dtype);
 }
 
-/** `x` converted to `dtype`, e.g. `cast(mask, 'float32')`. */
+/**
+ * `x` converted to `dtype`, e.g. `cast(mask, 'float32')`.
+ * @example
+ * const m = cast(greater(x, 0), 'float32');           // 1 where x > 0, else 0
+ */
 export function cast(xIn: Tensor, dtype: DType): Tensor {
   const x = expectTensor('cast', xIn);
   if (x.dtype === dtype) return x;
@@ -229,14 +404,27 @@ function reduce(fn: 'sum' | 'max', xIn: Tensor, axes: number | readonly number[]
   return keepdims ? reshape(out, x.shape.map((d, i) => (ax.includes(i) ? 1 : d))) : out;
 }
 
-/** Sum over `axes` (all by default), e.g. `sum(square(x))` or `sum(x, 1, true)`. */
+/**
+ * Sum over `axes` (all by default), e.g. `sum(square(x))` or `sum(x, 1, true)`.
+ * @example
+ * const total = sum(square(x));                       // []
+ * const rows = sum(x, 1, true);                       // [m, n] -> [m, 1]
+ */
 export const sum = (x: Tensor, axes?: number | readonly number[], keepdims = false) => reduce('sum', x, axes, keepdims);
-/** Maximum over `axes` (all by default). */
+/**
+ * Maximum over `axes` (all by default).
+ * @example
+ * const rowMax = max(x, -1, true);                    // [m, n] -> [m, 1]
+ */
 export const max = (x: Tensor, axes?: number | readonly number[], keepdims = false) => reduce('max', x, axes, keepdims);
 
 // ---------------------------------------------------------------- movement
 
-/** `x` with a new shape of the same size; one entry may be -1, e.g. `reshape(x, [B, -1])`. */
+/**
+ * `x` with a new shape of the same size; one entry may be -1, e.g. `reshape(x, [B, -1])`.
+ * @example
+ * const flat = reshape(images, [images.shape[0]!, -1]);   // [B, C, H, W] -> [B, C*H*W]
+ */
 export function reshape(xIn: Tensor, shapeIn: Shape): Tensor {
   const x = expectTensor('reshape', xIn);
   const unknown = shapeIn.filter((d) => d === -1).length;
@@ -257,6 +445,8 @@ export function reshape(xIn: Tensor, shapeIn: Shape): Tensor {
 
 /**
  * `x` with its axes reordered: axis i of the result is axis `perm[i]` of `x`, e.g. `permute(x, [0, 2, 3, 1])`.
+ * @example
+ * const nhwc = permute(x, [0, 2, 3, 1]);              // [N, C, H, W] -> [N, H, W, C]
  */
 export function permute(xIn: Tensor, perm: readonly number[]): Tensor {
   const x = expectTensor('permute', xIn);
@@ -268,7 +458,11 @@ export function permute(xIn: Tensor, perm: readonly number[]): Tensor {
   return node({ op: 'permute', perm: p }, [x], p.map((a) => x.shape[a]!), x.dtype);
 }
 
-/** Swaps the last two axes. */
+/**
+ * Swaps the last two axes.
+ * @example
+ * const wt = transpose(w);                            // [..., m, n] -> [..., n, m]
+ */
 export function transpose(x: Tensor): Tensor {
   if (x.rank < 2) throw new ShapeError(`transpose: needs rank >= 2, got ${fmtShape(x.shape)}`);
   const perm = x.shape.map((_, i) => i);
@@ -276,7 +470,11 @@ export function transpose(x: Tensor): Tensor {
   return permute(x, perm);
 }
 
-/** `x` repeated along new leading axes and along axes of size 1 to `shape` (NumPy rules). */
+/**
+ * `x` repeated along new leading axes and along axes of size 1 to `shape` (NumPy rules).
+ * @example
+ * const b = broadcastTo(tensor([1, 2, 3]), [4, 3]);   // the row repeated 4 times
+ */
 export function broadcastTo(xIn: Tensor, shape: Shape): Tensor {
   const x = expectTensor('broadcastTo', xIn);
   checkShape('broadcastTo', shape);
@@ -288,7 +486,13 @@ export function broadcastTo(xIn: Tensor, shape: Shape): Tensor {
   return node({ op: 'broadcast' }, [x], shape, x.dtype);
 }
 
-/** Python-style slice per axis: [start, end) with a positive step; missing entries take the whole axis. */
+/**
+ * Python-style slice per axis: [start, end) with a positive step; missing entries take the whole axis.
+ * @example
+ * const x = tensor([[0, 1, 2, 3], [4, 5, 6, 7]]);
+ * slice(x, [0, 1], [2, 3]);                           // [[1, 2], [5, 6]]
+ * slice(x, [1, 0], undefined, [1, 2]);                // [[4, 6]]
+ */
 export function slice(xIn: Tensor, starts: readonly number[], ends?: readonly number[], strides?: readonly number[]): Tensor {
   const x = expectTensor('slice', xIn);
   const st: number[] = [];
@@ -312,7 +516,12 @@ export function slice(xIn: Tensor, starts: readonly number[], ends?: readonly nu
   return node({ op: 'slice', starts: st, strides: sd }, [x], out, x.dtype);
 }
 
-/** Pads each axis with `lo`/`hi` elements of `value`, and `interior` between neighbours. */
+/**
+ * Pads each axis with `lo`/`hi` elements of `value`, and `interior` between neighbours.
+ * @example
+ * pad(tensor([1, 2]), [1], [2]);                      // [0, 1, 2, 0, 0]
+ * pad(tensor([1, 2]), [0], [0], 0, [1]);              // [1, 0, 2]
+ */
 export function pad(xIn: Tensor, lo: readonly number[], hi: readonly number[], value = 0, interior?: readonly number[]): Tensor {
   const x = expectTensor('pad', xIn);
   const inter = interior ?? x.shape.map(() => 0);
@@ -327,7 +536,11 @@ export function pad(xIn: Tensor, lo: readonly number[], hi: readonly number[], v
   return node({ op: 'pad', lo: [...lo], hi: [...hi], interior: [...inter], value: coerceScalar(value, x.dtype) }, [x], shape, x.dtype);
 }
 
-/** Tensors joined along `axis`; all other axes must agree, e.g. `concat([x, coords], 1)`. */
+/**
+ * Tensors joined along `axis`; all other axes must agree, e.g. `concat([x, coords], 1)`.
+ * @example
+ * const withCoords = concat([x, coords], 1);          // [N, C, H, W] and [N, 2, H, W] -> [N, C + 2, H, W]
+ */
 export function concat(xsIn: readonly Tensor[], axis = 0): Tensor {
   if (!Array.isArray(xsIn) || xsIn.length === 0) throw new ShapeError('concat: needs a non-empty array of tensors');
   const xs = xsIn.map((x, i) => expectTensor('concat', x, `element ${i}`));
@@ -344,7 +557,12 @@ export function concat(xsIn: readonly Tensor[], axis = 0): Tensor {
   return node({ op: 'concat', axis: ax }, xs, shape, first.dtype);
 }
 
-/** Tensors of one shape stacked along a new `axis`. */
+/**
+ * Tensors of one shape stacked along a new `axis`.
+ * @example
+ * stack([tensor([1, 2]), tensor([3, 4])]);            // [[1, 2], [3, 4]]
+ * stack([tensor([1, 2]), tensor([3, 4])], 1);         // [[1, 3], [2, 4]]
+ */
 export function stack(xs: readonly Tensor[], axis = 0): Tensor {
   if (xs.length === 0) throw new ShapeError('stack: needs a non-empty array of tensors');
   const rank = xs[0]!.rank + 1;
@@ -354,7 +572,12 @@ export function stack(xs: readonly Tensor[], axis = 0): Tensor {
 
 // ---------------------------------------------------------------- linear algebra
 
-/** Batched matrix product; batch dimensions broadcast (NumPy `matmul` rule for rank >= 2). */
+/**
+ * Batched matrix product; batch dimensions broadcast (NumPy `matmul` rule for rank >= 2).
+ * @example
+ * const y = matmul(random.normal(random.key(0), [8, 3]), ones([3, 5]));   // [8, 5]
+ * const batched = matmul(q, transpose(k));           // [B, L, D] x [B, D, L] -> [B, L, L]
+ */
 export function matmul(aIn: Tensor, bIn: Tensor): Tensor {
   const a = expectTensor('matmul', aIn, 'argument 0');
   const b = expectTensor('matmul', bIn, 'argument 1');
@@ -383,7 +606,12 @@ function pair(op: string, name: string, v: number | readonly [number, number] | 
   return p;
 }
 
-/** Checks a convolution's options and fills in the defaults (stride 1, padding 0, dilation 1, groups 1). */
+/**
+ * Checks a convolution's options and fills in the defaults (stride 1, padding 0, dilation 1, groups 1).
+ * @example
+ * convAttrs('myConv', { stride: 2, padding: [1, 0] });
+ * // { stride: [2, 2], padding: [1, 0], dilation: [1, 1], groups: 1 }
+ */
 export function convAttrs(op: string, o: ConvOptions = {}): ConvAttrs {
   const groups = o.groups ?? 1;
   if (!Number.isInteger(groups) || groups < 1) throw new ShapeError(`${op}: groups must be an integer >= 1, got ${groups}`);
@@ -395,7 +623,11 @@ export function convAttrs(op: string, o: ConvOptions = {}): ConvAttrs {
   };
 }
 
-/** The output size of a convolution along one spatial axis. */
+/**
+ * The output size of a convolution along one spatial axis.
+ * @example
+ * convOutSize(32, 3, 2, 1, 1);                        // 16: a 3x3 kernel, stride 2, padding 1
+ */
 export function convOutSize(inSize: number, k: number, stride: number, pad: number, dil: number): number {
   return Math.floor((inSize + 2 * pad - dil * (k - 1) - 1) / stride) + 1;
 }
@@ -413,7 +645,14 @@ function checkConv(op: string, x: Shape, w: Shape, a: ConvAttrs, dtype: DType): 
   return [n, o, oh, ow];
 }
 
-/** 2-D convolution, NCHW input and OIHW weight (PyTorch's layout), symmetric zero padding. */
+/**
+ * 2-D convolution, NCHW input and OIHW weight (PyTorch's layout), symmetric zero padding.
+ * @example
+ * const x = random.normal(random.key(0), [8, 3, 32, 32]);   // NCHW
+ * const w = random.normal(random.key(1), [16, 3, 3, 3]);    // OIHW
+ * const y = conv2d(x, w, { padding: 1 });                   // [8, 16, 32, 32]
+ * const down = conv2d(x, w, { stride: 2, padding: 1 });     // [8, 16, 16, 16]
+ */
 export function conv2d(xIn: Tensor, wIn: Tensor, options: ConvOptions = {}): Tensor {
   const x = expectTensor('conv2d', xIn, 'input');
   const w = expectTensor('conv2d', wIn, 'weight');
@@ -425,6 +664,10 @@ export function conv2d(xIn: Tensor, wIn: Tensor, options: ConvOptions = {}): Ten
 /**
  * The adjoint of conv2d in its input: maps dy [N,O,OH,OW] to [N,C,H,W] = `inputShape`. With stride > 1
  * this is the transposed ("fractionally strided") convolution used for upsampling.
+ * @example
+ * const w = random.normal(random.key(0), [16, 8, 3, 3]);
+ * const dy = random.normal(random.key(1), [2, 16, 8, 8]);
+ * const up = conv2dGradInput(dy, w, [2, 8, 16, 16], { stride: 2, padding: 1 });   // a transposed conv: [2, 8, 16, 16]
  */
 export function conv2dGradInput(dyIn: Tensor, wIn: Tensor, inputShape: Shape, options: ConvOptions = {}): Tensor {
   const dy = expectTensor('conv2dGradInput', dyIn, 'output gradient');
@@ -437,7 +680,13 @@ export function conv2dGradInput(dyIn: Tensor, wIn: Tensor, inputShape: Shape, op
   return node({ op: 'conv2dGradInput', ...a }, [dy, w], inputShape, w.dtype);
 }
 
-/** The adjoint of conv2d in its weight: maps x and dy to a gradient of shape `weightShape`. */
+/**
+ * The adjoint of conv2d in its weight: maps x and dy to a gradient of shape `weightShape`.
+ * @example
+ * const x = random.normal(random.key(0), [2, 3, 8, 8]);
+ * const dy = random.normal(random.key(1), [2, 4, 8, 8]);
+ * const dw = conv2dGradWeight(x, dy, [4, 3, 3, 3], { padding: 1 });   // what grad gives for conv2d's weight
+ */
 export function conv2dGradWeight(xIn: Tensor, dyIn: Tensor, weightShape: Shape, options: ConvOptions = {}): Tensor {
   const x = expectTensor('conv2dGradWeight', xIn, 'input');
   const dy = expectTensor('conv2dGradWeight', dyIn, 'output gradient');
@@ -449,7 +698,12 @@ export function conv2dGradWeight(xIn: Tensor, dyIn: Tensor, weightShape: Shape, 
   return node({ op: 'conv2dGradWeight', ...a }, [x, dy], weightShape, x.dtype);
 }
 
-/** Takes entries of `x` along `axis` at int32 `indices` (out-of-range indices are clamped). */
+/**
+ * Takes entries of `x` along `axis` at int32 `indices` (out-of-range indices are clamped).
+ * @example
+ * const table = tensor([[1, 1], [2, 2], [3, 3]]);
+ * gather(table, tensor([2, 0], undefined, 'int32'));  // [[3, 3], [1, 1]]
+ */
 export function gather(xIn: Tensor, indicesIn: Tensor, axis = 0): Tensor {
   const x = expectTensor('gather', xIn, 'input');
   const idx = expectTensor('gather', indicesIn, 'indices');
@@ -462,7 +716,12 @@ export function gather(xIn: Tensor, indicesIn: Tensor, axis = 0): Tensor {
 
 // ---------------------------------------------------------------- randomness
 
-/** Raw Threefry-2x32 bits (as int32) for `shape` from a key of shape [2]; see `Prim` for the counter layout. */
+/**
+ * Raw Threefry-2x32 bits (as int32) for `shape` from a key of shape [2]; see `Prim` for the counter layout.
+ * @example
+ * const bits = randomBits(random.key(0), [4]);        // int32 [4]
+ * const u = uniformFromBits(bits);                    // float32 in [0, 1)
+ */
 export function randomBits(keyIn: Tensor, shape: Shape, offset = 0): Tensor {
   const key = expectTensor('randomBits', keyIn, 'key');
   if (key.dtype !== 'int32' || !shapesEqual(key.shape, [2])) {
@@ -473,7 +732,11 @@ export function randomBits(keyIn: Tensor, shape: Shape, offset = 0): Tensor {
   return node({ op: 'randomBits', offset }, [key], shape, 'int32');
 }
 
-/** Uniform floats in [0, 1) from `randomBits`' int32 bits; `random.uniform` uses it. */
+/**
+ * Uniform floats in [0, 1) from `randomBits`' int32 bits; `random.uniform` uses it.
+ * @example
+ * const u = uniformFromBits(randomBits(random.key(0), [2, 3]));   // float32 [2, 3] in [0, 1)
+ */
 export const uniformFromBits = (bits: Tensor) => unary('uniformFromBits', bits);
 
 // ---------------------------------------------------------------- markers
@@ -481,6 +744,8 @@ export const uniformFromBits = (bits: Tensor) => unary('uniformFromBits', bits);
 /**
  * An identity node carrying `marker` (see `Marker`): the value of `inputs[0]`, with the further
  * inputs recorded as dependences. Transformations build these; `buildProgram` strips them.
+ * @example
+ * const frozen = markNode({ kind: 'stopGradient' }, [x]);   // what stopGradient(x) builds
  */
 export function markNode(marker: Marker, inputs: readonly Tensor[]): Tensor {
   const x = expectTensor(`markNode(${marker.kind})`, inputs[0], 'first input');
@@ -490,6 +755,9 @@ export function markNode(marker: Marker, inputs: readonly Tensor[]): Tensor {
 /**
  * `x` itself, through which no gradient flows: `grad` sees a constant (JAX's `lax.stop_gradient`).
  * Non-tensor leaves of a tree pass unchanged, so `stopGradient(params)` freezes a whole tree.
+ * @example
+ * const target = stopGradient(mul(ema, 0.5));         // grad treats it as a constant
+ * const frozen = stopGradient(params.encoder);        // a whole subtree
  */
 export function stopGradient<T>(x: T): T {
   if (isTensor(x)) return markNode({ kind: 'stopGradient' }, [x]) as T;

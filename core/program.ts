@@ -65,6 +65,9 @@ function primKey(p: Prim): string {
  * = position in `params`); realized tensors met on the way become further inputs. Identical nodes
  * are merged (common-subexpression elimination), so the hash is structural. Markers (see `Marker`)
  * do not reach the program: a marked node is its first input, a remat barrier a plain identity.
+ * @example
+ * const x = tensor([1, 2]);
+ * const { program, lifted } = buildProgram('f', [sum(square(x))]);   // x becomes lifted[0], an input
  */
 export function buildProgram(name: string, outputs: readonly Tensor[], params: readonly Tensor[] = []): TracedProgram {
   const nodes: ProgramNode[] = [];

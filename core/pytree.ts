@@ -23,7 +23,12 @@ function isRecord(x: unknown): x is Record<string, unknown> {
   return proto === Object.prototype || proto === null;
 }
 
-/** Leaves in a stable order, with the structure needed to rebuild the tree. */
+/**
+ * Leaves in a stable order, with the structure needed to rebuild the tree.
+ * @example
+ * const { leaves, def } = flatten({ w: tensor([1, 2]), b: tensor([0]) });   // leaves [b, w]: keys sorted
+ * const doubled = unflatten(def, leaves.map((l) => mul(l, 2)));
+ */
 export function flatten<L = Tensor>(tree: PyTree<L>): { leaves: L[]; def: TreeDef } {
   const leaves: L[] = [];
   const walk = (x: unknown): TreeDef => {
@@ -39,7 +44,12 @@ export function flatten<L = Tensor>(tree: PyTree<L>): { leaves: L[]; def: TreeDe
   return { leaves, def };
 }
 
-/** Rebuilds a tree from `flatten`'s structure and a list of leaves in its order. */
+/**
+ * Rebuilds a tree from `flatten`'s structure and a list of leaves in its order.
+ * @example
+ * const { leaves, def } = flatten(params);
+ * const zeroed = unflatten(def, leaves.map(zerosLike));
+ */
 export function unflatten<L>(def: TreeDef, leaves: readonly L[]): PyTree<L> {
   let i = 0;
   const build = (d: TreeDef): unknown => {
@@ -60,7 +70,13 @@ export function unflatten<L>(def: TreeDef, leaves: readonly L[]): PyTree<L> {
   return out as PyTree<L>;
 }
 
-/** The path of each leaf, e.g. `params.layers[0].w`, in flatten order. */
+/**
+ * The path of each leaf, e.g. `params.layers[0].w`, in flatten order.
+ * @example
+ * const { def } = flatten({ layers: [{ w: tensor([1]) }], b: tensor([0]) });
+ * leafPaths(def);                                     // ['b', 'layers[0].w']
+ * leafPaths(def, 'params');                           // ['params.b', 'params.layers[0].w']
+ */
 export function leafPaths(def: TreeDef, root = ''): string[] {
   switch (def.kind) {
     case 'leaf':
@@ -74,7 +90,11 @@ export function leafPaths(def: TreeDef, root = ''): string[] {
   }
 }
 
-/** A tree's structure as text, for messages (e.g. `{b: *, w: *}`). */
+/**
+ * A tree's structure as text, for messages (e.g. `{b: *, w: *}`).
+ * @example
+ * treeDefString(flatten({ w: tensor([1]), b: [tensor([0])] }).def);   // '{"b":[*],"w":*}'
+ */
 export function treeDefString(def: TreeDef): string {
   switch (def.kind) {
     case 'leaf':
@@ -88,7 +108,14 @@ export function treeDefString(def: TreeDef): string {
   }
 }
 
-/** Explains the first difference between two tree structures, or returns undefined if they match. */
+/**
+ * Explains the first difference between two tree structures, or returns undefined if they match.
+ * @example
+ * const a = flatten({ w: tensor([1]) }).def;
+ * const b = flatten({ w: tensor([1]), b: tensor([0]) }).def;
+ * treeMismatch(a, b);                                 // 'at <root>: keys {w} vs {b,w}'
+ * treeMismatch(a, a);                                 // undefined
+ */
 export function treeMismatch(a: TreeDef, b: TreeDef, path = ''): string | undefined {
   const here = path === '' ? '<root>' : path;
   if (a.kind !== b.kind) return `at ${here}: ${a.kind} vs ${b.kind}`;
@@ -108,7 +135,12 @@ export function treeMismatch(a: TreeDef, b: TreeDef, path = ''): string | undefi
   return undefined;
 }
 
-/** Maps `f` over the leaves of one or more trees of the same structure. */
+/**
+ * Maps `f` over the leaves of one or more trees of the same structure.
+ * @example
+ * const halved = treeMap((p: Tensor) => mul(p, 0.5), params);
+ * const next = treeMap((p: Tensor, g: Tensor) => sub(p, mul(g, 0.01)), params, grads);
+ */
 export function treeMap<L, R>(f: (leaf: L, ...rest: L[]) => R, tree: PyTree<L>, ...rest: PyTree<L>[]): PyTree<R> {
   const { leaves, def } = flatten(tree);
   const others = rest.map((r, i) => {
@@ -120,7 +152,11 @@ export function treeMap<L, R>(f: (leaf: L, ...rest: L[]) => R, tree: PyTree<L>, 
   return unflatten(def, leaves.map((l, j) => f(l, ...others.map((o) => o[j]!))));
 }
 
-/** The leaves of a tree in a stable order (records by sorted key), e.g. to sum the squares of all params. */
+/**
+ * The leaves of a tree in a stable order (records by sorted key), e.g. to sum the squares of all params.
+ * @example
+ * const norm2 = treeLeaves(params).reduce((s: Tensor, p) => add(s, sumOfSquares(p)), scalar(0));
+ */
 export function treeLeaves<L = Tensor>(tree: PyTree<L>): L[] {
   return flatten(tree).leaves;
 }

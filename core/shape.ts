@@ -3,14 +3,22 @@ import { ShapeError, fmtShape } from './errors.ts';
 /** Dimensions, outermost first: `[batch, channels, height, width]` for images. */
 export type Shape = readonly number[];
 
-/** The number of elements of a shape (1 for `[]`). */
+/**
+ * The number of elements of a shape (1 for `[]`).
+ * @example
+ * sizeOf([2, 3, 4]);                                  // 24
+ */
 export function sizeOf(shape: Shape): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
 }
 
-/** Row-major strides. */
+/**
+ * Row-major strides.
+ * @example
+ * stridesOf([2, 3, 4]);                               // [12, 4, 1]
+ */
 export function stridesOf(shape: Shape): number[] {
   const s = new Array<number>(shape.length);
   let acc = 1;
@@ -21,12 +29,21 @@ export function stridesOf(shape: Shape): number[] {
   return s;
 }
 
-/** Whether two shapes are the same. */
+/**
+ * Whether two shapes are the same.
+ * @example
+ * shapesEqual(x.shape, [2, 3]);
+ */
 export function shapesEqual(a: Shape, b: Shape): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-/** NumPy broadcasting of two shapes; throws a ShapeError that names `op`. */
+/**
+ * NumPy broadcasting of two shapes; throws a ShapeError that names `op`.
+ * @example
+ * broadcastShapes('myOp', [4, 1, 3], [5, 1]);         // [4, 5, 3]
+ * broadcastShapes('myOp', [2], [3]);                  // throws a ShapeError naming myOp
+ */
 export function broadcastShapes(op: string, a: Shape, b: Shape): number[] {
   const rank = Math.max(a.length, b.length);
   const out = new Array<number>(rank);
@@ -41,7 +58,11 @@ export function broadcastShapes(op: string, a: Shape, b: Shape): number[] {
   return out;
 }
 
-/** Normalises possibly negative axes against a rank; checks range and duplicates. */
+/**
+ * Normalises possibly negative axes against a rank; checks range and duplicates.
+ * @example
+ * normalizeAxes('myOp', [-1, 0], 4);                  // [0, 3] (sorted)
+ */
 export function normalizeAxes(op: string, axes: readonly number[], rank: number): number[] {
   const out = axes.map((a) => {
     if (!Number.isInteger(a) || a < -rank || a >= rank) {
@@ -55,12 +76,19 @@ export function normalizeAxes(op: string, axes: readonly number[], rank: number)
 
 /**
  * `axis` made non-negative for `rank` (-1 is the last); throws a ShapeError naming `op` when out of range.
+ * @example
+ * normalizeAxis('myOp', -1, 4);                       // 3
  */
 export function normalizeAxis(op: string, axis: number, rank: number): number {
   return normalizeAxes(op, [axis], rank)[0]!;
 }
 
-/** Throws a ShapeError naming `op` unless `shape` holds non-negative integers. */
+/**
+ * Throws a ShapeError naming `op` unless `shape` holds non-negative integers.
+ * @example
+ * checkShape('myOp', [2, 3]);                         // fine
+ * checkShape('myOp', [2, 1.5]);                       // throws a ShapeError naming myOp
+ */
 export function checkShape(op: string, shape: Shape): void {
   for (const d of shape) {
     if (!Number.isInteger(d) || d < 0) throw new ShapeError(`${op}: invalid shape ${fmtShape(shape)} (dimensions must be integers >= 0)`);

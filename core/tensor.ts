@@ -140,7 +140,13 @@ export const evaluation: {
 
 let nextId = 0;
 
-/** The id the next tensor built will get (ids increase with creation). */
+/**
+ * The id the next tensor built will get (ids increase with creation).
+ * @example
+ * const before = nextTensorId();
+ * const y = add(x, 1);
+ * y.id >= before;                                     // true: y was built after
+ */
 export function nextTensorId(): number {
   return nextId;
 }
@@ -264,7 +270,11 @@ export class TracedValueError extends TesseraError {
   }
 }
 
-/** Whether `x` is a Tensor (a pytree leaf that ops accept). */
+/**
+ * Whether `x` is a Tensor (a pytree leaf that ops accept).
+ * @example
+ * const tensors = treeLeaves<unknown>(tree).filter(isTensor);
+ */
 export function isTensor(x: unknown): x is Tensor {
   return x instanceof Tensor;
 }

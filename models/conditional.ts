@@ -47,7 +47,11 @@ export interface ConditionalModelConfig {
   readonly conditionLogSnrEnd?: number;
 }
 
-/** The degradation of the inverse problem: y = A x, each 2x2 block averaged ([B, C, R, R] -> [B, C, R/2, R/2]). */
+/**
+ * The degradation of the inverse problem: y = A x, each 2x2 block averaged ([B, C, R, R] -> [B, C, R/2, R/2]).
+ * @example
+ * const y = superResolutionCondition(images);        // [B, C, 32, 32] -> [B, C, 16, 16]
+ */
 export const superResolutionCondition = (x: Tensor): Tensor => avgPool2d(x, 2);
 
 /** The estimate of grad_x log p_t(x_t | y) from x_t, the network's condition input (y or y_t) and t ([B]). */
@@ -62,6 +66,7 @@ export interface ConditionalPrediction {
 /**
  * A SongUNet at R px on [x_t, upsample(condition)] (2C channels in). CDE predicts x's noise (C
  * channels out); CMDE also predicts y's, as C more channels averaged down to R / 2.
+ * Used in README, section 'Multi-scale non-uniform diffusion (MSDiff)' and in tests/models/conditional.test.ts.
  */
 export function conditionalModel(config: ConditionalModelConfig) {
   const { imgResolution: R, imgChannels: C, estimator } = config;
@@ -100,7 +105,11 @@ export function conditionalModel(config: ConditionalModelConfig) {
   };
 }
 
-/** y_t ~ p(y_t | y) under the condition's process, or y itself when it does not diffuse. */
+/**
+ * y_t ~ p(y_t | y) under the condition's process, or y itself when it does not diffuse.
+ * @example
+ * const { condition } = diffuseCondition(model.process, y, t, random.key(0));   // y itself for CDE, y_t for CMDE
+ */
 export function diffuseCondition(process: ConditionalProcess, y: Tensor, t: Tensor, key: Tensor): { condition: Tensor; noise?: Tensor } {
   if (process.y === undefined) return { condition: y };
   const noise = random.normal(key, y.shape, y.dtype);
@@ -172,6 +181,7 @@ function samplerPrograms(score: ConditionalScore, options: ConditionalSampleOpti
  * Draws x given the observed y by integrating x's reverse process from t = 1 (x ~ N(0, I)) to eps
  * with `numSteps` Euler(-Maruyama) steps, the score seeing y (CDE) or a fresh y_t ~ p(y_t | y) at each
  * step (CMDE), then denoises at eps. The compiled programs are kept per score function.
+ * Used in tests/models/conditional.test.ts and train/experiments/msdiff-conditional.ts.
  */
 export async function conditionalSample(score: ConditionalScore, options: ConditionalSampleOptions): Promise<Tensor> {
   const { process, y, numSteps } = options;

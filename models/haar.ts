@@ -46,7 +46,12 @@ function checkImage(op: string, x: Tensor): [number, number, number, number] {
   return [n, c, h, w];
 }
 
-/** One level of the orthonormal Haar transform. */
+/**
+ * One level of the orthonormal Haar transform.
+ * @example
+ * const { approx, detail } = haar2d(random.normal(random.key(0), [2, 3, 32, 32]));   // [2, 3, 16, 16], [2, 9, 16, 16]
+ * const back = inverseHaar2d({ approx, detail });     // [2, 3, 32, 32]
+ */
 export function haar2d(x: Tensor): HaarLevel {
   const [n, c, h, w] = checkImage('haar2d', x);
   const coefficients = reshape(conv2d(x, haarFilters(c, x.dtype), { stride: 2, groups: c }), [n, c, 4, h / 2, w / 2]);
@@ -56,7 +61,11 @@ export function haar2d(x: Tensor): HaarLevel {
   };
 }
 
-/** The inverse (and adjoint) of `haar2d`. */
+/**
+ * The inverse (and adjoint) of `haar2d`.
+ * @example
+ * const x = inverseHaar2d(haar2d(images));            // images again, up to rounding
+ */
 export function inverseHaar2d({ approx, detail }: HaarLevel): Tensor {
   if (approx.rank !== 4 || detail.rank !== 4) throw new ShapeError(`inverseHaar2d: expects NCHW approx and detail, got ${fmtShape(approx.shape)} and ${fmtShape(detail.shape)}`);
   const [n, c, h, w] = approx.shape as [number, number, number, number];
@@ -68,7 +77,12 @@ export function inverseHaar2d({ approx, detail }: HaarLevel): Tensor {
   return conv2dGradInput(reshape(coefficients, [n, 4 * c, h, w]), haarFilters(c, approx.dtype), [n, c, 2 * h, 2 * w], { stride: 2, groups: c });
 }
 
-/** `levels` levels of the transform (0 levels: the image is its own approximation). */
+/**
+ * `levels` levels of the transform (0 levels: the image is its own approximation).
+ * @example
+ * const parts = haarDecompose(random.normal(random.key(0), [4, 1, 32, 32]), 2);
+ * // parts.details: [4, 3, 16, 16] then [4, 3, 8, 8]; parts.approx: [4, 1, 8, 8]
+ */
 export function haarDecompose(x: Tensor, levels: number): HaarComponents {
   if (!Number.isInteger(levels) || levels < 0) throw new ShapeError(`haarDecompose: levels must be a whole number >= 0, got ${levels}`);
   const details: Tensor[] = [];
@@ -84,7 +98,11 @@ export function haarDecompose(x: Tensor, levels: number): HaarComponents {
   return { details, approx };
 }
 
-/** The inverse of `haarDecompose`. */
+/**
+ * The inverse of `haarDecompose`.
+ * @example
+ * const x = haarReconstruct(haarDecompose(images, 3));   // images again, up to rounding
+ */
 export function haarReconstruct({ details, approx }: HaarComponents): Tensor {
   return details.reduceRight((a, detail) => inverseHaar2d({ approx: a, detail }), approx);
 }

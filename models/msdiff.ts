@@ -48,14 +48,24 @@ function resolveSchedule(s: NonUniformSchedule): Schedule {
   return { n: levels + 1, eps, max: logSnrMax, min: logSnrMin };
 }
 
-/** T_j = (j + 1) / n: the time at which component j is pure noise. */
+/**
+ * T_j = (j + 1) / n: the time at which component j is pure noise.
+ * @example
+ * componentEnd({ levels: 2 }, 0);                     // 1/3: the finest details are noise first
+ * componentEnd({ levels: 2 }, 2);                     // 1: the approximation last
+ */
 export function componentEnd(schedule: NonUniformSchedule, j: number): number {
   const s = resolveSchedule(schedule);
   if (!Number.isInteger(j) || j < 0 || j >= s.n) throw new TesseraError(`msdiff: component ${j} does not exist (0..${s.n - 1})`);
   return (j + 1) / s.n;
 }
 
-/** The time interval of scale k: [k / n, (k + 1) / n], starting at eps for scale 0. */
+/**
+ * The time interval of scale k: [k / n, (k + 1) / n], starting at eps for scale 0.
+ * @example
+ * scaleInterval({ levels: 2 }, 0);                    // [1e-5, 1/3]
+ * scaleInterval({ levels: 2 }, 1);                    // [1/3, 2/3]
+ */
 export function scaleInterval(schedule: NonUniformSchedule, k: number): [number, number] {
   const s = resolveSchedule(schedule);
   if (!Number.isInteger(k) || k < 0 || k >= s.n) throw new TesseraError(`msdiff: scale ${k} does not exist (0..${s.n - 1})`);
@@ -70,44 +80,76 @@ export interface LinearLogSnr {
   readonly min: number;
 }
 
-/** lambda(t) of a `LinearLogSnr` line, e.g. `linearLogSnr({ eps: 1e-5, end: 1, max: 10, min: -10 }, t)`. */
+/**
+ * lambda(t) of a `LinearLogSnr` line, e.g. `linearLogSnr({ eps: 1e-5, end: 1, max: 10, min: -10 }, t)`.
+ * @example
+ * linearLogSnr({ eps: 1e-5, end: 1, max: 10, min: -10 }, tensor([1e-5, 0.5, 1]));   // [10, ~0, -10]
+ */
 export function linearLogSnr(l: LinearLogSnr, t: Tensor): Tensor {
   return add(mul(clip(div(sub(t, l.eps), l.end - l.eps), 0, 1), l.min - l.max), l.max);
 }
 
-/** The variance-preserving marginal of log-SNR lambda: x(t) = alpha x(0) + sigma z, alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) = 1 - alpha^2. */
+/**
+ * The variance-preserving marginal of log-SNR lambda: x(t) = alpha x(0) + sigma z, alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) = 1 - alpha^2.
+ * @example
+ * const { alpha, sigma } = vpMarginal(tensor([0]));   // log-SNR 0: alpha = sigma = sqrt(1/2)
+ * const xt = add(mul(alpha, x0), mul(sigma, noise));
+ */
 export function vpMarginal(lambda: Tensor): { alpha: Tensor; sigma: Tensor } {
   return { alpha: sqrt(sigmoid(lambda)), sigma: sqrt(sigmoid(neg(lambda))) };
 }
 
-/** |d lambda / dt| of a linear log-SNR on [eps, end]. */
+/**
+ * |d lambda / dt| of a linear log-SNR on [eps, end].
+ * @example
+ * logSnrSlope({ eps: 1e-5, end: 1, max: 10, min: -10 });   // 20.0002
+ */
 export const logSnrSlope = (l: LinearLogSnr): number => (l.max - l.min) / (l.end - l.eps);
 
 /**
  * beta(t) of the VP SDE dx = -beta x / 2 dt + sqrt(beta) dW with a linear log-SNR (for eps <= t <= end):
  * beta = -d/dt log alpha^2 = sigma^2 |d lambda / dt|.
+ * @example
+ * vpBeta({ eps: 1e-5, end: 1, max: 10, min: -10 }, tensor([0.5]));   // [10.0]: sigma^2 (1/2) times the slope (20)
  */
 export function vpBeta(l: LinearLogSnr, t: Tensor): Tensor {
   return mul(square(vpMarginal(linearLogSnr(l, t)).sigma), logSnrSlope(l));
 }
 
-/** lambda_j(t), linear from logSnrMax at eps to logSnrMin at T_j, held at logSnrMin after T_j. */
+/**
+ * lambda_j(t), linear from logSnrMax at eps to logSnrMin at T_j, held at logSnrMin after T_j.
+ * @example
+ * componentLogSnr({ levels: 2 }, 0, tensor([1e-5, 0.2, 0.5]));   // [10, -2, -10]: held at -10 after T_0 = 1/3
+ */
 export function componentLogSnr(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
   return linearLogSnr(componentSchedule(schedule, j), t);
 }
 
-/** Component j's log-SNR line: from logSnrMax at eps to logSnrMin at T_j. */
+/**
+ * Component j's log-SNR line: from logSnrMax at eps to logSnrMin at T_j.
+ * @example
+ * componentSchedule({ levels: 2 }, 0);                // { eps: 1e-5, end: 1/3, max: 10, min: -10 }
+ */
 export function componentSchedule(schedule: NonUniformSchedule, j: number): LinearLogSnr {
   const s = resolveSchedule(schedule);
   return { eps: s.eps, end: componentEnd(schedule, j), max: s.max, min: s.min };
 }
 
-/** The marginal of component j at time t (`vpMarginal` of its log-SNR). */
+/**
+ * The marginal of component j at time t (`vpMarginal` of its log-SNR).
+ * @example
+ * const { alpha, sigma } = componentMarginal({ levels: 2 }, 2, tensor([0.5]));   // both ~0.7071 at log-SNR ~0
+ * const xt = add(mul(perImage(alpha), approx), mul(perImage(sigma), noise));
+ */
 export function componentMarginal(schedule: NonUniformSchedule, j: number, t: Tensor): { alpha: Tensor; sigma: Tensor } {
   return vpMarginal(componentLogSnr(schedule, j, t));
 }
 
-/** beta_j(t) of component j's VP SDE (`vpBeta` of its log-SNR line), for eps <= t <= T_j. */
+/**
+ * beta_j(t) of component j's VP SDE (`vpBeta` of its log-SNR line), for eps <= t <= T_j.
+ * @example
+ * const beta = componentBeta({ levels: 2 }, 0, tensor([0.1, 0.2]));   // [2], for t <= T_0 = 1/3
+ */
 export function componentBeta(schedule: NonUniformSchedule, j: number, t: Tensor): Tensor {
   return vpBeta(componentSchedule(schedule, j), t);
 }
@@ -116,6 +158,9 @@ export function componentBeta(schedule: NonUniformSchedule, j: number, t: Tensor
  * g_j^2 / sigma_j^2 = beta_j / sigma_j^2 = |d lambda_j / dt|, constant in t: the weight of
  * component j's noise-prediction error under likelihood weighting (Song et al. 2021, "Maximum
  * likelihood training of score-based diffusion models", lambda(t) = g(t)^2).
+ * @example
+ * likelihoodWeight({ levels: 2 }, 0);                 // 60.0: the finest details' log-SNR falls 3 times faster
+ * likelihoodWeight({ levels: 2 }, 2);                 // 20.0
  */
 export function likelihoodWeight(schedule: NonUniformSchedule, j: number): number {
   return logSnrSlope(componentSchedule(schedule, j));
@@ -124,6 +169,9 @@ export function likelihoodWeight(schedule: NonUniformSchedule, j: number): numbe
 /**
  * Samples the forward process of components `first..first + x0.length - 1` at times t ([B]):
  * x_j(t) = alpha_j(t) x_j(0) + sigma_j(t) z_j, with z_j ~ N(0, I) drawn from `key` and returned.
+ * @example
+ * const live = componentList(haarDecompose(images, 2)).slice(1);   // scale 1: components 1 and 2
+ * const { noisy, noise } = diffuseComponents({ levels: 2 }, 1, live, t, random.key(0));   // t [B]
  */
 export function diffuseComponents(schedule: NonUniformSchedule, first: number, x0: readonly Tensor[], t: Tensor, key: Tensor): { noisy: Tensor[]; noise: Tensor[] } {
   const noise = x0.map((x, i) => random.normal(random.foldIn(key, first + i), x.shape, x.dtype));
@@ -134,20 +182,37 @@ export function diffuseComponents(schedule: NonUniformSchedule, first: number, x
   return { noisy, noise };
 }
 
-/** t as [B]: one time per sample, from a scalar, [1] or [B]. */
+/**
+ * t as [B]: one time per sample, from a scalar, [1] or [B].
+ * @example
+ * timePerSample(tensor(0.5), 3);                      // [0.5, 0.5, 0.5]
+ */
 export function timePerSample(t: Tensor, b: number): Tensor {
   if (t.size === 1) return broadcastTo(reshape(t, [1]), [b]);
   if (t.rank !== 1 || t.shape[0] !== b) throw new ShapeError(`msdiff: t must be a scalar or [${b}] (one time per sample), got ${fmtShape(t.shape)}`);
   return t;
 }
 
-/** [B] -> [B, 1, 1, 1], to scale a batch of images per sample. */
+/**
+ * [B] -> [B, 1, 1, 1], to scale a batch of images per sample.
+ * @example
+ * const xt = add(mul(perImage(alpha), x0), mul(perImage(sigma), noise));   // alpha, sigma [B]; x0 [B, C, H, W]
+ */
 export const perImage = (v: Tensor): Tensor => reshape(v, [v.shape[0]!, 1, 1, 1]);
 
-/** The components as one list, finest detail first and the approximation last. */
+/**
+ * The components as one list, finest detail first and the approximation last.
+ * @example
+ * componentList(haarDecompose(x, 2));                 // [details[0], details[1], approx]
+ */
 export const componentList = (c: { readonly details: readonly Tensor[]; readonly approx: Tensor }): Tensor[] => [...c.details, c.approx];
 
-/** The image of the live components of scale k (components k..n-1), at resolution R / 2^k. */
+/**
+ * The image of the live components of scale k (components k..n-1), at resolution R / 2^k.
+ * @example
+ * const live = componentList(haarDecompose(x, 2)).slice(1);   // scale 1's components
+ * liveImage(live);                                    // x at half its resolution, [B, C, R/2, R/2]
+ */
 export function liveImage(live: readonly Tensor[]): Tensor {
   if (live.length === 0) throw new TesseraError('msdiff: no live components');
   return haarReconstruct({ details: live.slice(0, -1), approx: live[live.length - 1]! });
@@ -179,6 +244,9 @@ export type MultiScaleScore = (scale: number, live: readonly Tensor[], t: Tensor
  * The multi-scale model: `predictNoise` is the network of scale k on its live components (inverse
  * Haar in, SongUNet, Haar out), `score` turns its prediction into each component's score
  * -eps_hat / sigma_j(t), and `scoreFunction(params)` is the `MultiScaleScore` a sampler takes.
+ * @example
+ * const model = msdiffModel({ imgResolution: 32, imgChannels: 1, schedule: { levels: 2 }, networks: { modelChannels: 8, channelMult: [1, 2, 2], numBlocks: 1 } });
+ * const score = model.scoreFunction(model.init(random.key(0)));   // for msdiffSample
  */
 export function msdiffModel(config: MsdiffModelConfig) {
   const s = resolveSchedule(config.schedule);
@@ -239,7 +307,11 @@ export interface MsdiffSampleOptions {
   readonly backend?: Backend | BackendName;
 }
 
-/** The shape of each component of a [B, C, R, R] image split over L levels, finest detail first. */
+/**
+ * The shape of each component of a [B, C, R, R] image split over L levels, finest detail first.
+ * @example
+ * componentShapes([4, 1, 32, 32], 2);                 // [[4, 3, 16, 16], [4, 3, 8, 8], [4, 1, 8, 8]]
+ */
 export function componentShapes(shape: readonly number[], levels: number): number[][] {
   const [b, c, h, w] = shape as [number, number, number, number];
   if (h % 2 ** levels !== 0 || w % 2 ** levels !== 0) throw new ShapeError(`msdiff: ${fmtShape(shape)} cannot be halved ${levels} times`);
@@ -302,6 +374,10 @@ function samplerPrograms(score: MultiScaleScore, options: MsdiffSampleOptions): 
  * detail band k - 1 joins as fresh N(0, I) noise, which is its marginal at T_{k-1}. At eps the
  * components are denoised and the Haar transform inverted. The compiled programs are kept per score
  * function: sampling again with the same function (and so the same parameters) compiles nothing.
+ * More in README, section 'Multi-scale non-uniform diffusion (MSDiff)'.
+ * @example
+ * const score = model.scoreFunction(params);         // model from msdiffModel
+ * const images = await msdiffSample(score, { schedule: { levels: 2 }, shape: [4, 1, 32, 32], key: random.key(1), numSteps: 60 });
  */
 export async function msdiffSample(score: MultiScaleScore, options: MsdiffSampleOptions): Promise<Tensor> {
   const s = resolveSchedule(options.schedule);

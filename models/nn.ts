@@ -30,6 +30,8 @@ export interface InitOptions {
  * EDM's `weight_init(shape, mode, fan_in, fan_out)`:
  * xavier_uniform sqrt(6/(fi+fo)) U(-1,1), xavier_normal sqrt(2/(fi+fo)) N(0,1),
  * kaiming_uniform sqrt(3/fi) U(-1,1), kaiming_normal sqrt(1/fi) N(0,1).
+ * @example
+ * const w = weightInit(random.key(0), [64, 32], 'kaiming_uniform', 32, 64);   // U(-sqrt(3/32), sqrt(3/32))
  */
 export function weightInit(key: Tensor, shape: readonly number[], mode: InitMode, fanIn: number, fanOut: number): Tensor {
   switch (mode) {
@@ -53,7 +55,11 @@ function scaledInit(key: Tensor, shape: readonly number[], init: InitOptions, fa
   return factor === 1 ? w : mul(w, factor);
 }
 
-/** Number of scalars in a parameter tree (shapes only: nothing is evaluated). */
+/**
+ * Number of scalars in a parameter tree (shapes only: nothing is evaluated).
+ * @example
+ * parameterCount(linear({ inFeatures: 3, outFeatures: 2 }).init(random.key(0)));   // 8: weight [2, 3] and bias [2]
+ */
 export function parameterCount(params: unknown): number {
   if (isTensor(params)) return params.size;
   if (params !== null && typeof params === 'object') return Object.values(params).reduce((n: number, p) => n + parameterCount(p), 0);
@@ -73,7 +79,13 @@ export interface LinearConfig {
   readonly init?: InitOptions;
 }
 
-/** EDM's `Linear`: y = x W^T + b with W [out, in]; fan_in = in, fan_out = out. */
+/**
+ * EDM's `Linear`: y = x W^T + b with W [out, in]; fan_in = in, fan_out = out.
+ * @example
+ * const layer = linear({ inFeatures: 3, outFeatures: 16 });
+ * const params = layer.init(random.key(0));           // { weight: [16, 3], bias: [16] }
+ * const y = layer.apply(params, random.normal(random.key(1), [8, 3]));   // [8, 16]
+ */
 export function linear(config: LinearConfig) {
   const { inFeatures, outFeatures } = config;
   const init = config.init ?? {};
@@ -115,7 +127,11 @@ export interface Conv2dConfig {
   readonly init?: InitOptions;
 }
 
-/** The 2-D resampling filter f f^T / (sum f)^2 as [1, 1, k, k], EDM's `resample_filter` buffer. */
+/**
+ * The 2-D resampling filter f f^T / (sum f)^2 as [1, 1, k, k], EDM's `resample_filter` buffer.
+ * @example
+ * resampleFilter2d([1, 1]);                           // [1, 1, 2, 2], every entry 0.25
+ */
 export function resampleFilter2d(taps: readonly number[]): Tensor {
   const s = taps.reduce((a, b) => a + b, 0);
   const k = taps.length;
@@ -148,6 +164,10 @@ function downsampleWith(x: Tensor, f: Tensor, pad: number): Tensor {
  * (depthwise filter, stride 2) followed by a `kernel` x `kernel` convolution with "same" padding.
  * With `fusedResample`, downsampling comes after the convolution, which is padded by
  * w_pad + f_pad instead. Weights are [out, in, k, k] with fan_in = in k^2, fan_out = out k^2.
+ * @example
+ * const down = conv2d({ inChannels: 3, outChannels: 16, kernel: 3, down: true });
+ * const params = down.init(random.key(0));            // { weight: [16, 3, 3, 3], bias: [16] }
+ * const y = down.apply(params, random.normal(random.key(1), [2, 3, 32, 32]));   // [2, 16, 16, 16]
  */
 export function conv2d(config: Conv2dConfig) {
   const { inChannels, outChannels, kernel } = config;
@@ -209,7 +229,12 @@ export interface GroupNormConfig {
   readonly eps?: number;
 }
 
-/** EDM's `GroupNorm`: min(32, C // 4) groups, eps 1e-5, affine initialised to (1, 0). */
+/**
+ * EDM's `GroupNorm`: min(32, C // 4) groups, eps 1e-5, affine initialised to (1, 0).
+ * @example
+ * const norm = groupNorm({ numChannels: 64 });        // 16 groups: min(32, 64 / 4)
+ * const y = norm.apply(norm.init(), random.normal(random.key(0), [2, 64, 8, 8]));
+ */
 export function groupNorm(config: GroupNormConfig) {
   const c = config.numChannels;
   const groups = Math.min(config.numGroups ?? 32, Math.floor(c / (config.minChannelsPerGroup ?? 4)));
@@ -239,6 +264,8 @@ export interface ApplyOptions {
  * Inverted dropout: in training each entry is zeroed with probability `rate` and the rest scaled by
  * 1 / (1 - rate), as torch's `dropout`; the identity when not training or the rate is 0. The mask
  * is a pure function of the key.
+ * @example
+ * const h = dropout(x, 0.1, { train: true, key: random.key(step) });   // the identity when train is false
  */
 export function dropout(x: Tensor, rate: number, options: ApplyOptions = {}): Tensor {
   if (!(rate >= 0 && rate < 1)) throw new TesseraError(`dropout: rate must be in [0, 1), got ${rate}`);
@@ -269,6 +296,10 @@ export interface AttentionConfig {
  * a 1x1 conv to 3C channels laid out [heads, C/heads, (q,k,v)] per pixel, softmax(q^T k / sqrt(C/heads))
  * over key pixels, and a 1x1 output projection. Returns the projection (the block adds the residual).
  * The parameter names (`norm2`, `qkv`, `proj`) are the block's, as in EDM's state_dict.
+ * @example
+ * const attn = selfAttention({ channels: 64, numHeads: 4 });
+ * const x = random.normal(random.key(1), [2, 64, 16, 16]);
+ * const y = add(x, attn.apply(attn.init(random.key(0)), x));   // the block adds the residual
  */
 export function selfAttention(config: AttentionConfig) {
   const { channels, numHeads } = config;
@@ -308,6 +339,9 @@ export interface PositionalEmbeddingConfig {
  * EDM's `PositionalEmbedding` (the transformer's sinusoidal embedding, Vaswani et al. 2017):
  * freqs_j = (1 / max_positions)^(j / (C/2 - endpoint)), j < C/2; output [cos(x freqs), sin(x freqs)].
  * No parameters.
+ * @example
+ * const emb = positionalEmbedding({ numChannels: 128, endpoint: true });
+ * const e = emb.apply({}, tensor([0.1, 2.5]));        // [2, 128]: cosines, then sines
  */
 export function positionalEmbedding(config: PositionalEmbeddingConfig) {
   const half = Math.floor(config.numChannels / 2);
@@ -341,6 +375,9 @@ export interface FourierEmbeddingConfig {
  * as a buffer, not a trained parameter: it stays in the params (so EDM's state_dict name
  * `map_noise.freqs` loads) behind `stopGradient`, so its gradient is zero and an optimizer started
  * from zero moments never moves it.
+ * @example
+ * const emb = fourierEmbedding({ numChannels: 128 });
+ * const e = emb.apply(emb.init(random.key(0)), tensor([0.1, 2.5]));   // [2, 128]
  */
 export function fourierEmbedding(config: FourierEmbeddingConfig) {
   const half = Math.floor(config.numChannels / 2);

@@ -20,6 +20,9 @@ export type Corner = number | readonly number[] | Tensor;
  * (arrays or tensors of length N) the result is [N, 2, h, w]. Windows may reach outside the image
  * (negative corners, larger sizes): the grid then extends linearly beyond [-1, 1], which samples a
  * larger canvas.
+ * @example
+ * const one = patchCoordinates({ height: 32, width: 32 }, 8, 8, 16);                          // [2, 16, 16]
+ * const perSample = patchCoordinates({ height: 32, width: 32 }, [0, 16], [16, 0], 16);        // [2, 2, 16, 16]
  */
 export function patchCoordinates(full: ImageSize, top: Corner, left: Corner, size: number | { readonly h: number; readonly w: number }): Tensor {
   const { height, width } = full;
@@ -40,12 +43,20 @@ export function patchCoordinates(full: ImageSize, top: Corner, left: Corner, siz
   return batched ? grid : reshape(grid, [2, h, w]);
 }
 
-/** The full-image grid [2, H, W]: what the patch model sees at full resolution (and samples on). */
+/**
+ * The full-image grid [2, H, W]: what the patch model sees at full resolution (and samples on).
+ * @example
+ * const coords = fullCoordinates({ height: 32, width: 32 });   // [2, 32, 32], values in [-1, 1]
+ */
 export function fullCoordinates(full: ImageSize): Tensor {
   return patchCoordinates(full, 0, 0, { h: full.height, w: full.width });
 }
 
-/** Broadcasts coordinates [2, h, w] or [N|1, 2, h, w] to a batch of `n`. */
+/**
+ * Broadcasts coordinates [2, h, w] or [N|1, 2, h, w] to a batch of `n`.
+ * @example
+ * const coords = batchCoordinates(fullCoordinates({ height: 32, width: 32 }), 8);   // [8, 2, 32, 32]
+ */
 export function batchCoordinates(coords: Tensor, n: number): Tensor {
   const c = coords.rank === 3 ? reshape(coords, [1, ...coords.shape]) : coords;
   if (c.rank !== 4 || c.shape[1] !== 2) throw new ShapeError(`batchCoordinates: expects [2,h,w] or [N,2,h,w], got [${coords.shape.join(',')}]`);

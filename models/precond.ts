@@ -42,6 +42,9 @@ export interface PreconditionCoefficients {
 /**
  * EDM Table 1 (eq. 7): c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2),
  * c_in = 1 / sqrt(s^2 + sd^2), c_noise = ln(s) / 4, with sd = sigma_data.
+ * @example
+ * const { cSkip, cOut, cIn, cNoise } = edmPrecondition(reshape(sigma, [-1, 1, 1, 1]));   // sigma [N], x [N, C, H, W]
+ * const denoised = add(mul(cSkip, x), mul(cOut, F(mul(cIn, x), reshape(cNoise, [-1]))));   // EDM eq. 7
  */
 export function edmPrecondition(sigma: Tensor, sigmaData = 0.5): PreconditionCoefficients {
   const sd2 = sigmaData * sigmaData;
@@ -74,7 +77,13 @@ export interface PatchModelConfig {
 /** Parameters of the preconditioned model; `model` holds the network, as in EDM's `EDMPrecond` state_dict (`model.enc...`). */
 export type PatchModelParams = { readonly model: SongUNetParams };
 
-/** The patch-conditioned score model with EDM preconditioning, as an `(init, apply)` pair. */
+/**
+ * The patch-conditioned score model with EDM preconditioning, as an `(init, apply)` pair.
+ * @example
+ * const model = patchModel({ imgResolution: 32, imgChannels: 3, network: { modelChannels: 16, channelMult: [1, 2], numBlocks: 1 } });
+ * const params = model.init(random.key(0));
+ * const D = makeDenoiser(params, model);              // see README, section 'Models, denoisers and samplers'
+ */
 export function patchModel(config: PatchModelConfig) {
   const useCoords = config.useCoords ?? true;
   const sigmaData = config.sigmaData ?? 0.5;
@@ -111,7 +120,12 @@ export function patchModel(config: PatchModelConfig) {
   };
 }
 
-/** A `Denoiser` from parameters and a model config (or a model built by `patchModel`); its output is checked like `checkedDenoiser`'s. */
+/**
+ * A `Denoiser` from parameters and a model config (or a model built by `patchModel`); its output is checked like `checkedDenoiser`'s.
+ * @example
+ * const D = makeDenoiser(model.init(random.key(0)), model);   // model from patchModel
+ * const images = await heunSampler(D, { key: random.key(1), shape: [4, 3, 32, 32] });
+ */
 export function makeDenoiser(params: PatchModelParams, model: PatchModelConfig | ReturnType<typeof patchModel>): Denoiser {
   const m = 'apply' in model ? model : patchModel(model);
   return (x, sigma, extra) => checkDenoised(m.apply(params, x, sigma, extra), x, sigma, 'makeDenoiser');
@@ -121,6 +135,8 @@ export function makeDenoiser(params: PatchModelParams, model: PatchModelConfig |
  * `out` if it has x's shape and dtype, as D(x, sigma) must; otherwise a ShapeError from `who` that
  * names both and says how sigma usually causes it: sigma is per sample ([N]), and combining it with
  * x [N, ...] without reshaping it to [N, 1, ...] broadcasts to a wrong, often huge, shape.
+ * @example
+ * const D: Denoiser = (x, sigma) => checkDenoised(myNet(x, sigma), x, sigma, 'myNet');
  */
 export function checkDenoised(out: Tensor, x: Tensor, sigma: Tensor, who: string): Tensor {
   const sameShape = shapesEqual(out.shape, x.shape);
@@ -134,12 +150,20 @@ export function checkDenoised(out: Tensor, x: Tensor, sigma: Tensor, who: string
   );
 }
 
-/** `denoiser` with every output checked by `checkDenoised` (for samplers, built in or a user's own). */
+/**
+ * `denoiser` with every output checked by `checkDenoised` (for samplers, built in or a user's own).
+ * @example
+ * const D = checkedDenoiser(myDenoiser, 'mySampler');  // a wrong output shape throws, naming mySampler and sigma's usual mistake
+ */
 export function checkedDenoiser(denoiser: Denoiser, who: string): Denoiser {
   return (x, sigma, extra) => checkDenoised(denoiser(x, sigma, extra), x, sigma, who);
 }
 
-/** sigma as [n]: a scalar, [1] or [n]. */
+/**
+ * sigma as [n]: a scalar, [1] or [n].
+ * @example
+ * sigmaPerSample(tensor(0.5), 4);                     // [0.5, 0.5, 0.5, 0.5]
+ */
 export function sigmaPerSample(sigma: Tensor, n: number): Tensor {
   if (sigma.size === n && sigma.rank <= 1) return reshape(sigma, [n]);
   if (sigma.size === 1) return broadcastTo(reshape(sigma, [1]), [n]);

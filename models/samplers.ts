@@ -24,6 +24,8 @@ export interface ScheduleOptions {
 /**
  * EDM's time steps (eq. 5): t_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho for
  * i < N, and t_N = 0. Defaults N = 18, smin = 0.002, smax = 80, rho = 7.
+ * @example
+ * edmSigmas({ numSteps: 4 });                         // [80, 9.7232, 0.46998, 0.002, 0]
  */
 export function edmSigmas(options: ScheduleOptions = {}): number[] {
   const n = options.numSteps ?? 18;
@@ -66,7 +68,11 @@ export interface SampleOptions extends ScheduleOptions {
 /** A sampler: draws x ~ p(x) by integrating from pure noise with a denoiser. */
 export type Sampler<O = object> = (denoiser: Denoiser, options: SampleOptions & O) => Promise<Tensor>;
 
-/** The noise levels of a run and the starting point x_0 = latents * t_0. */
+/**
+ * The noise levels of a run and the starting point x_0 = latents * t_0.
+ * @example
+ * const { sigmas, x } = initialState({ key: random.key(0), shape: [4, 3, 32, 32], numSteps: 8 });   // x = noise * sigmas[0]
+ */
 export function initialState(options: SampleOptions): { sigmas: readonly number[]; x: Tensor } {
   const sigmas = options.sigmas ?? edmSigmas(options);
   if (sigmas.length < 2 || sigmas[sigmas.length - 1] !== 0 || sigmas.some((t, i) => i > 0 && !(t < sigmas[i - 1]!))) {
@@ -80,10 +86,19 @@ export function initialState(options: SampleOptions): { sigmas: readonly number[
   return { sigmas, x: mul(latents, sigmas[0]!) };
 }
 
-/** A scalar tensor holding a step's noise level (a jit input, so one program serves every step). */
+/**
+ * A scalar tensor holding a step's noise level (a jit input, so one program serves every step).
+ * @example
+ * const step = jit((x: Tensor, t: Tensor, tNext: Tensor) => add(x, mul(sub(tNext, t), div(sub(x, D(x, perSample(t, x))), t))));
+ * for (let i = 0; i + 1 < sigmas.length; i++) x = await step(x, noiseLevel(sigmas[i]!), noiseLevel(sigmas[i + 1]!));   // one program for every step
+ */
 export const noiseLevel = (t: number): Tensor => tensor(t);
 
-/** The denoiser's sigma argument for a batch: one value per sample. */
+/**
+ * The denoiser's sigma argument for a batch: one value per sample.
+ * @example
+ * const denoised = D(x, perSample(noiseLevel(2.5), x));   // sigma [N] for x [N, C, H, W]
+ */
 export const perSample = (t: Tensor, x: Tensor): Tensor => broadcastTo(reshape(t, [1]), [x.shape[0]!]);
 
 /**
@@ -131,10 +146,17 @@ async function edmSample(denoiserIn: Denoiser, options: SampleOptions & ChurnOpt
 /**
  * EDM's Heun sampler (Algorithm 2; Algorithm 1 when S_churn = 0): 2N - 1 denoiser calls.
  * Defaults N = 18, sigma in [0.002, 80], rho = 7, S_churn = 0, S_min = 0, S_max = inf, S_noise = 1.
+ * @example
+ * const images = await heunSampler(D, { key: random.key(0), shape: [16, 3, 32, 32] });   // 18 steps, 35 calls of D
+ * const churned = await heunSampler(D, { key: random.key(1), shape: [16, 3, 32, 32], numSteps: 40, sChurn: 10 });
  */
 export const heunSampler: Sampler<ChurnOptions> = (denoiser, options) => edmSample(denoiser, options, 2, 'heunSampler');
 
-/** Euler steps of EDM's sampler (Algorithm 2 without the correction): N denoiser calls, with optional churn. */
+/**
+ * Euler steps of EDM's sampler (Algorithm 2 without the correction): N denoiser calls, with optional churn.
+ * @example
+ * const images = await eulerSampler(D, { key: random.key(0), shape: [16, 3, 32, 32], numSteps: 50 });
+ */
 export const eulerSampler: Sampler<ChurnOptions> = (denoiser, options) => edmSample(denoiser, options, 1, 'eulerSampler');
 
 /**
@@ -143,5 +165,7 @@ export const eulerSampler: Sampler<ChurnOptions> = (denoiser, options) => edmSam
  * Appendix C.3) shows DDIM is exactly this Euler step of the probability-flow ODE with
  * sigma(t) = t and s(t) = 1; it differs from `eulerSampler` only in having no churn. Pass DDIM's own
  * time steps through `sigmas` to reproduce it step for step.
+ * @example
+ * const images = await ddimSampler(D, { key: random.key(0), shape: [16, 3, 32, 32], numSteps: 50 });
  */
 export const ddimSampler: Sampler = (denoiser, options) => edmSample(denoiser, { ...options, sChurn: 0 }, 1, 'ddimSampler');

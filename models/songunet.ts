@@ -58,6 +58,9 @@ export type UNetBlockParams = {
  * EDM's `UNetBlock`: GroupNorm, SiLU, conv (optionally resampling), embedding injection, GroupNorm,
  * SiLU, dropout, conv, plus the (projected) skip, times `skipScale`; then optional self-attention
  * with its own residual, times `skipScale` again.
+ * @example
+ * const block = unetBlock({ inChannels: 32, outChannels: 64, embChannels: 128, down: true });
+ * const y = block.apply(block.init(random.key(0)), x, emb);   // x [N, 32, H, W], emb [N, 128] -> [N, 64, H/2, W/2]
  */
 export function unetBlock(config: UNetBlockConfig) {
   const { inChannels: cin, outChannels: cout, embChannels } = config;
@@ -260,7 +263,13 @@ function implicitMlpEntry(name: string, cin: number, cout: number, init: InitOpt
   };
 }
 
-/** EDM's SongUNet with its defaults filled in; `init` and `apply` as any layer. */
+/**
+ * EDM's SongUNet with its defaults filled in; `init` and `apply` as any layer.
+ * @example
+ * const net = songUNet({ imgResolution: 32, inChannels: 3, outChannels: 3, modelChannels: 16, channelMult: [1, 2], numBlocks: 1 });
+ * const params = net.init(random.key(0));             // EDM's state_dict names: enc['32x32_conv'], ...
+ * const y = net.apply(params, random.normal(random.key(1), [2, 3, 32, 32]), tensor([0.1, 0.5]));   // [2, 3, 32, 32]
+ */
 export function songUNet(configIn: SongUNetConfig) {
   const config: Required<SongUNetConfig> = {
     labelDim: 0, augmentDim: 0, modelChannels: 128, channelMult: [1, 2, 2, 2], channelMultEmb: 4, numBlocks: 4,

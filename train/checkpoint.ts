@@ -55,7 +55,11 @@ export interface SaveOptions {
   readonly writeFile?: FileWriter;
 }
 
-/** The folder of the checkpoint of `step` under `runDir`: `run/checkpoint-000012000`. */
+/**
+ * The folder of the checkpoint of `step` under `runDir`: `run/checkpoint-000012000`.
+ * @example
+ * checkpointDir('runs/mine', 12000);                  // 'runs/mine/checkpoint-000012000'
+ */
 export function checkpointDir(runDir: string, step: number): string {
   return join(runDir, `checkpoint-${String(step).padStart(9, '0')}`);
 }
@@ -84,7 +88,7 @@ export interface PendingCheckpoint {
 
 /**
  * Writes a checkpoint for `state.step`, then prunes to the newest `keep`. Returns its folder.
- *
+ * @example
  * ```ts
  * await saveCheckpoint('runs/mine', { step, config, prngKey: key, dataPosition: batch.position, trees: { params, ema, optimizer: state } });
  * const last = await latestCheckpoint('runs/mine');
@@ -99,6 +103,9 @@ export async function saveCheckpoint(runDir: string, state: CheckpointState, opt
  * Writes a checkpoint's tensor files but not its manifest. On a failed write (disk full, no
  * permission) the new folder and its temporary files are removed, earlier checkpoints are left as
  * they were, and the error names the folder and the bytes the checkpoint needs.
+ * @example
+ * const pending = await writeCheckpointFiles('runs/mine', { step, config, prngKey: key, dataPosition, trees: { params } });
+ * if (await lossIsFinite()) await pending.commit(); else await pending.abandon();
  */
 export async function writeCheckpointFiles(runDir: string, state: CheckpointState, options: SaveOptions = {}): Promise<PendingCheckpoint> {
   const keep = options.keep ?? 3;
@@ -218,7 +225,11 @@ export async function setAsideCheckpoint(dir: string, why: string): Promise<stri
   }
 }
 
-/** Complete checkpoints (those with a manifest), oldest first. */
+/**
+ * Complete checkpoints (those with a manifest), oldest first.
+ * @example
+ * for (const { step, dir } of await listCheckpoints('runs/mine')) console.log(step, dir);
+ */
 export async function listCheckpoints(runDir: string): Promise<{ step: number; dir: string }[]> {
   const names = await readdir(runDir).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return [] as string[];
@@ -232,7 +243,11 @@ export async function listCheckpoints(runDir: string): Promise<{ step: number; d
   return found.sort((a, b) => a.step - b.step);
 }
 
-/** The folder of the newest complete checkpoint, or undefined if there is none. */
+/**
+ * The folder of the newest complete checkpoint, or undefined if there is none.
+ * @example
+ * const last = await latestCheckpoint('runs/mine');   // undefined before the first checkpoint
+ */
 export async function latestCheckpoint(runDir: string): Promise<string | undefined> {
   return (await listCheckpoints(runDir)).at(-1)?.dir;
 }
@@ -289,6 +304,9 @@ async function missingManifest(dir: string, manifestPath: string): Promise<strin
 /**
  * Reads a checkpoint folder, verifying the manifest, each file's size and SHA-256, the
  * safetensors structure, and (optionally) the config.
+ * @example
+ * const loaded = orThrow(await loadCheckpoint('runs/mine/checkpoint-000012000', { expectedConfig: config }));
+ * const params = loaded.trees['params'];
  */
 export async function loadCheckpoint(dir: string, options: LoadOptions = {}): Promise<Either<CheckpointError, LoadedCheckpoint>> {
   const fail = (msg: string): Either<CheckpointError, LoadedCheckpoint> => left(new CheckpointError(msg));

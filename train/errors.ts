@@ -40,7 +40,11 @@ export class UsageError extends TesseraError {
   override readonly name = 'UsageError';
 }
 
-/** Unwraps a Right, or throws the Left (which is always an Error in this layer). */
+/**
+ * Unwraps a Right, or throws the Left (which is always an Error in this layer).
+ * @example
+ * const file = orThrow(decodeSafetensors(bytes, 'model.safetensors'));   // throws the SafetensorsError naming the file
+ */
 export function orThrow<E extends Error, A>(result: Either<E, A>): A {
   if (isLeft(result)) throw result.left;
   return result.right;

@@ -25,7 +25,12 @@ export function toPixel(x: number): number {
   return v < 0 || Number.isNaN(v) ? 0 : v > 255 ? 255 : v;
 }
 
-/** Encodes `images` ([N, C, H, W], C = 1 or 3) as a PNG grid. */
+/**
+ * Encodes `images` ([N, C, H, W], C = 1 or 3) as a PNG grid.
+ * @example
+ * const png = imageGridPng(await samples.data() as Float32Array, [16, 3, 32, 32], { columns: 4, scale: 2 });
+ * await writeFile('samples.png', png);
+ */
 export function imageGridPng(images: Float32Array, shape: readonly [number, number, number, number], options: GridOptions = {}): Uint8Array {
   const [n, c, h, w] = shape;
   if (n * c * h * w !== images.length || n < 1 || h < 1 || w < 1) {

@@ -21,7 +21,7 @@ export const EDM_LOSS_DEFAULTS: EdmLossOptions = { pMean: -1.2, pStd: 1.2, sigma
 /**
  * EDM's loss of a denoiser on a clean batch `y` [B, C, h, w]. `denoise(x, sigma)` gets the noisy
  * batch and sigma [B, 1, 1, 1]; `key` draws the noise levels and the noise.
- *
+ * @example
  * ```ts
  * const D = (p: PatchModelParams) => (x: Tensor, sigma: Tensor) => model.apply(p, x, reshape(sigma, [-1]));
  * const gradient = grad((p: PatchModelParams, y: Tensor, k: Tensor) => edmLoss(D(p), y, k))(params, images, key);

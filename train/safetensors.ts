@@ -62,6 +62,9 @@ const Metadata = t.record(t.string, t.string, 'metadata of strings');
  * Serialises tensors (any names except "__metadata__") and string metadata. Throws a
  * SafetensorsError naming the entry when a shape does not match its data or the data's array type
  * is not the one for its dtype: these are programming errors, not bad input files.
+ * @example
+ * const bytes = encodeSafetensors({ weight: { dtype: 'float32', shape: [2, 2], data: new Float32Array([1, 2, 3, 4]) } }, { note: 'mine' });
+ * const { tensors, metadata } = orThrow(decodeSafetensors(bytes, 'mine.safetensors'));
  */
 export function encodeSafetensors(
   entries: Readonly<Record<string, HostTensor>>,
@@ -114,6 +117,9 @@ export const MAX_HEADER_BYTES = 100_000_000;
  * Time is linear in the file's size: the header is scanned once for its nesting depth before
  * JSON.parse, and the byte offsets of tensor keys (for messages) are found in one more pass only
  * when there is something to report.
+ * @example
+ * const { tensors, metadata } = orThrow(decodeSafetensors(await readFile('model.safetensors'), 'model.safetensors'));
+ * tensors['weight'];                                  // { dtype, shape, data }
  */
 export function decodeSafetensors(bytes: Uint8Array, fileName: string): Either<SafetensorsError, Safetensors> {
   assertLittleEndianHost();

@@ -41,13 +41,22 @@ function checkInteger(what: string, v: number, min: number): void {
   if (!Number.isSafeInteger(v) || v < min) throw new DataError(`batches: ${what} must be an integer >= ${min}, got ${v}`);
 }
 
-/** The dataset index of the sample at stream `position`. */
+/**
+ * The dataset index of the sample at stream `position`.
+ * @example
+ * const i = sampleIndex(ds, 1, 1000);                 // which image the stream of seed 1 yields at position 1000
+ */
 export function sampleIndex(ds: Dataset, seed: number, position: number): number {
   checkInteger('position', position, 0);
   return epochOrder(ds, seed, Math.floor(position / ds.count))[position % ds.count]!;
 }
 
-/** The `batchSize` samples starting at stream `position`. */
+/**
+ * The `batchSize` samples starting at stream `position`.
+ * @example
+ * const batch = takeBatch(ds, { seed: 1, position: savedPosition, batchSize: 64 });   // what batches() yields there
+ * const x = tensor(batch.images, batch.shape);
+ */
 export function takeBatch(ds: Dataset, options: { readonly seed: number; readonly position: number; readonly batchSize: number }): Batch {
   const { seed, position, batchSize } = options;
   checkInteger('batchSize', batchSize, 1);
@@ -83,7 +92,7 @@ export interface BatchOptions {
 
 /**
  * An endless stream of batches; stop it by breaking out of the loop.
- *
+ * @example
  * ```ts
  * const ds = xflipDataset(await loadMnist('mnist', { resolution: 32 }));
  * for await (const batch of batches(ds, { batchSize: 64, seed: 0 })) {

@@ -40,7 +40,13 @@ export interface PixelSource {
   readonly classCount?: number;
 }
 
-/** A dataset over 8-bit pixels. */
+/**
+ * A dataset over 8-bit pixels.
+ * @example
+ * const pixels = new Uint8Array(10 * 1 * 2 * 2);     // [count, C, H, W]
+ * const ds = pixelDataset({ count: 10, channels: 1, height: 2, width: 2, pixels });
+ * ds.get(0);                                          // Float32Array [1, 2, 2], values pixel / 127.5 - 1
+ */
 export function pixelDataset(src: PixelSource): Dataset {
   const size = src.channels * src.height * src.width;
   if (src.pixels.length !== src.count * size) {
@@ -63,7 +69,11 @@ export function pixelDataset(src: PixelSource): Dataset {
   });
 }
 
-/** The images at `indices` (in that order). */
+/**
+ * The images at `indices` (in that order).
+ * @example
+ * const evens = subsetDataset(ds, [0, 2, 4, 6]);      // 4 images; evens.get(1) is ds.get(2)
+ */
 export function subsetDataset(ds: Dataset, indices: readonly number[]): Dataset {
   for (const i of indices) checkIndex(ds, i);
   const idx = Object.freeze([...indices]);
@@ -92,6 +102,8 @@ export function limitOrder(count: number, seed: number): Uint32Array {
  * A seeded subset of `limit` images, the paper's small-data regime (e.g. 5,000 images), kept in
  * ascending index order (a subset, not a reordering: batching shuffles anyway). The whole dataset
  * when `limit` is undefined or at least its count.
+ * @example
+ * const small = limitDataset(await loadMnist('mnist'), 5000, 0);   // the same 5,000 images for seed 0
  */
 export function limitDataset(ds: Dataset, limit: number | undefined, seed: number): Dataset {
   if (limit === undefined || limit >= ds.count) return ds;
@@ -103,6 +115,8 @@ export function limitDataset(ds: Dataset, limit: number | undefined, seed: numbe
 /**
  * X-flip augmentation as EDM does it: the dataset doubled, images [N, 2N) being the mirror images
  * of [0, N). Deterministic, so a data position means the same images on resume.
+ * @example
+ * const doubled = xflipDataset(ds);                   // doubled.count = 2 * ds.count; image ds.count + i mirrors image i
  */
 export function xflipDataset(ds: Dataset): Dataset {
   const n = ds.count;

@@ -42,7 +42,12 @@ function toPlanar(rgba: Uint8Array, width: number, height: number, channels: 1 |
   return out;
 }
 
-/** Decodes one image, or says why the bytes are not a readable PNG or JPEG (the caller adds the path). */
+/**
+ * Decodes one image, or says why the bytes are not a readable PNG or JPEG (the caller adds the path).
+ * @example
+ * const image = decodeImage(await readFile('cat.png'), 3);   // Right({ width, height, channels: 3, pixels }) or Left(why)
+ * if (image._tag === 'Left') throw new Error(`cat.png: ${image.left}`);
+ */
 export function decodeImage(bytes: Uint8Array, channels: 1 | 3): Either<string, DecodedImage> {
   let rgba: { width: number; height: number; data: Uint8Array };
   try {

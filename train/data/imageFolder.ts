@@ -51,7 +51,7 @@ const CONCURRENCY = 8;
 /**
  * Opens every PNG and JPEG under `root` (recursively, in sorted order) as a dataset, each image centre-cropped
  * and area-resized to `height` x `width`. A Left names the folder or file that could not be used.
- *
+ * @example
  * ```ts
  * const ds = orThrow(await openImageFolder('data/faces', { height: 64, width: 64 }));
  * ```

@@ -148,7 +148,12 @@ export interface MnistOptions {
   readonly fit?: 'pad' | 'resize';
 }
 
-/** Opens MNIST or Fashion-MNIST as 1-channel R x R images with labels 0..9. */
+/**
+ * Opens MNIST or Fashion-MNIST as 1-channel R x R images with labels 0..9.
+ * @example
+ * const mnist = await loadMnist('mnist');             // images [1, 32, 32]: the 28x28 digits centred on background
+ * const fashion = await loadMnist('fashion-mnist', { resolution: 16, fit: 'resize' });
+ */
 export async function loadMnist(name: MnistName, options: MnistOptions = {}): Promise<Dataset> {
   const r = options.resolution ?? 32;
   if (!Number.isInteger(r) || r < 1) throw new DataError(`${name}: resolution must be an integer >= 1, got ${r}`);

@@ -9,7 +9,11 @@
  * neighbour with blended seams, which is acceptable for the rare small source.
  */
 
-/** The centred window of a w x h image with the aspect ratio of W x H. */
+/**
+ * The centred window of a w x h image with the aspect ratio of W x H.
+ * @example
+ * centerCrop(40, 30, 32, 32);                         // { x: 5, y: 0, w: 30, h: 30 }: the centred square
+ */
 export function centerCrop(w: number, h: number, W: number, H: number): { x: number; y: number; w: number; h: number } {
   // Compare w/h with W/H in integers to avoid rounding surprises on exact ratios.
   if (w * H > W * h) {
@@ -42,6 +46,8 @@ function areaWeights(inSize: number, outSize: number): { index: number[]; weight
 /**
  * Crops `src` ([C, h, w], any numeric array) to the centred window with the aspect ratio of
  * W x H and resamples it by area to [C, H, W].
+ * @example
+ * const out = cropResize(image.pixels, 3, image.height, image.width, 64, 64);   // Float32Array [3, 64, 64]
  */
 export function cropResize(src: ArrayLike<number>, c: number, h: number, w: number, H: number, W: number): Float32Array {
   const crop = centerCrop(w, h, W, H);
