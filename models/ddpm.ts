@@ -34,7 +34,12 @@ export interface DdpmSchedule {
   readonly sigmas: Float64Array;
 }
 
-/** DDPM's linear schedule: beta_t = betaStart + t (betaEnd - betaStart) / (T - 1). Defaults 1e-4, 0.02, T = 1000. */
+/**
+ * DDPM's linear schedule: beta_t = betaStart + t (betaEnd - betaStart) / (T - 1). Defaults 1e-4, 0.02, T = 1000.
+ * @example
+ * const schedule = linearSchedule();                  // T = 1000, beta from 1e-4 to 0.02
+ * schedule.sigmas[999];                               // 157.4: sqrt((1 - abar) / abar) at the last step
+ */
 export function linearSchedule(options: DdpmScheduleOptions = {}): DdpmSchedule {
   const n = options.numSteps ?? 1000;
   const [b0, b1] = [options.betaStart ?? 1e-4, options.betaEnd ?? 0.02];
@@ -64,6 +69,8 @@ export type EpsModel = (x: Tensor, t: Tensor, extra?: DenoiserExtra) => Tensor;
 /**
  * DDIM's time steps for S sampling steps: the "uniform" skip, t_i = floor(i T / S), i < S,
  * ascending (the sampler walks them from the last down).
+ * @example
+ * ddimTimesteps(linearSchedule(), 5);                 // [0, 200, 400, 600, 800]
  */
 export function ddimTimesteps(schedule: DdpmSchedule, steps: number): number[] {
   if (!Number.isInteger(steps) || steps < 1 || steps > schedule.numSteps) throw new TesseraError(`ddimTimesteps: steps must be an integer in [1, ${schedule.numSteps}], got ${steps}`);
@@ -74,6 +81,9 @@ export function ddimTimesteps(schedule: DdpmSchedule, steps: number): number[] {
  * EDM-style noise levels for the same steps: sigma_{t_i} from the last step down, then 0. With a
  * `vpDenoiser`, `ddimSampler(denoiser, { sigmas: vpSigmas(...) })` takes the same steps as
  * `ddimSample` with eta 0 (EDM Sec. 3: deterministic DDIM is Euler's method on the ODE in x~).
+ * @example
+ * const s = linearSchedule();
+ * vpSigmas(s, ddimTimesteps(s, 5));                   // [25.736, 6.1735, 2.0411, 0.7236, 0.01, 0]
  */
 export function vpSigmas(schedule: DdpmSchedule, timesteps: readonly number[]): number[] {
   return [...[...timesteps].reverse().map((t) => schedule.sigmas[t]!), 0];
@@ -111,6 +121,9 @@ export function ddimSigma(alphaBarT: number, alphaBarS: number, eta: number): nu
  * after the first), x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) and
  * x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z (`ddimSigma`). One compiled program serves
  * every step (the constants enter as scalar tensors).
+ * @example
+ * const images = await ddimSample(eps, { schedule: linearSchedule(), steps: 100, key: random.key(0), shape: [16, 1, 32, 32] });
+ * const stochastic = await ddimSample(eps, { schedule: linearSchedule(), steps: 100, eta: 1, key: random.key(1), shape: [16, 1, 32, 32] });
  */
 export async function ddimSample(eps: EpsModel, options: DdimOptions): Promise<Tensor> {
   const { schedule } = options;
@@ -157,6 +170,9 @@ export type TimestepMapping = 'nearest' | 'continuous';
  * The time step of noise levels sigma [N]: 'nearest' is the discrete step whose sigma_t is nearest
  * in log sigma (the midpoints between neighbours split the line), 'continuous' interpolates t
  * linearly in log sigma between neighbouring steps (exact at every sigma_t), clamped to [0, T - 1].
+ * @example
+ * timestepOf(linearSchedule(), tensor([0.01, 1, 80]));   // [0, 258, 930]
+ * timestepOf(linearSchedule(), tensor([1]), 'continuous');   // [258.09]
  */
 export function timestepOf(schedule: DdpmSchedule, sigma: Tensor, mapping: TimestepMapping = 'nearest'): Tensor {
   const n = sigma.size;
@@ -187,6 +203,10 @@ export interface VpDenoiserOptions {
  * An epsilon network as EDM's denoiser through VP preconditioning (EDM Table 1, "VP"): c_skip = 1,
  * c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1) (= sqrt(abar)), c_noise = the time step of sigma:
  * D(x~; sigma) = x~ - sigma eps(x~ / sqrt(1 + sigma^2), t(sigma)).
+ * @example
+ * const schedule = linearSchedule();
+ * const D = vpDenoiser(eps, { schedule });            // eps: an EpsModel, e.g. uvitEps(model, params)
+ * const images = await ddimSampler(D, { key: random.key(0), shape: [16, 1, 32, 32], sigmas: vpSigmas(schedule, ddimTimesteps(schedule, 50)) });
  */
 export function vpDenoiser(eps: EpsModel, options: VpDenoiserOptions): Denoiser {
   const mapping = options.timestep ?? 'nearest';

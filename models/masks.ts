@@ -36,7 +36,12 @@ function checkRatio(ratio: number): void {
   if (!(ratio >= 0 && ratio < 1)) throw new ShapeError(`mask: ratio must be in [0, 1), got ${ratio}`);
 }
 
-/** The number of masked patches on a side x side grid: the same for every sample. */
+/**
+ * The number of masked patches on a side x side grid: the same for every sample.
+ * @example
+ * maskedCount({ kind: 'block', ratio: 0.9, blockSize: 2 }, 8);   // 56 of 64: 14 blocks of 2x2 patches
+ * maskedCount({ kind: 'patch', ratio: 0.5 }, 8);      // 32
+ */
 export function maskedCount(config: MaskConfig, side: number): number {
   if (!Number.isInteger(side) || side < 1) throw new ShapeError(`mask: grid side must be an integer >= 1, got ${side}`);
   const l = side * side;
@@ -60,7 +65,12 @@ export function maskedCount(config: MaskConfig, side: number): number {
   }
 }
 
-/** The number of visible patches per sample. */
+/**
+ * The number of visible patches per sample.
+ * @example
+ * visibleCount({ kind: 'block', ratio: 0.9, blockSize: 2 }, 8);   // 8 of 64
+ * visibleCount({ kind: 'crop', cropSize: 3 }, 8);     // 9
+ */
 export function visibleCount(config: MaskConfig, side: number): number {
   return side * side - maskedCount(config, side);
 }
@@ -106,6 +116,9 @@ function cropIndices(key: Tensor, batch: number, side: number, c: number): Tenso
 /**
  * The visible patches of a batch of masks drawn from `key`: int32 [batch, visibleCount(config, side)],
  * ascending grid indices (row-major on the side x side patch grid) per sample.
+ * @example
+ * const visible = drawVisible(random.key(0), { kind: 'block', ratio: 0.9, blockSize: 2 }, 4, model.side);   // int32 [4, 8] for side 8
+ * const eps = model.apply(params, x, t, { visible });   // model from uvit: only the visible tokens go through the blocks
  */
 export function drawVisible(key: Tensor, config: MaskConfig, batch: number, side: number): Tensor {
   const l = side * side;
@@ -130,6 +143,9 @@ export function drawVisible(key: Tensor, config: MaskConfig, batch: number, side
 /**
  * The visible patches' pixels as a float mask [B, 1, side p, side p]: 1 on every pixel of a visible
  * patch, 0 elsewhere. For the masked loss (MaskDM: visible pixels only).
+ * @example
+ * const m = visiblePixelMask(visible, 8, 4);          // [B, 1, 32, 32]: 1 on the pixels of visible patches
+ * const loss = div(sum(mul(m, square(sub(eps, noise)))), sum(m));
  */
 export function visiblePixelMask(visible: Tensor, side: number, patchSize: number): Tensor {
   if (visible.rank !== 2 || visible.dtype !== 'int32') throw new ShapeError(`visiblePixelMask: expects int32 [B, n], got ${visible.dtype} ${fmtShape(visible.shape)}`);

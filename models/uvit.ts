@@ -77,7 +77,7 @@ export const UVIT_SMALL = { embedDim: 512, depth: 13, numHeads: 8, patchSize: 2 
 
 /**
  * A U-ViT as an `(init, apply)` pair, with its grid (`side`, `numPatches`) and extra tokens.
- *
+ * @example
  * ```ts
  * const model = uvit({ imgSize: 32, patchSize: 4, inChannels: 1, embedDim: 64, depth: 5, numHeads: 4 });
  * const params = model.init(random.key(0));
@@ -188,6 +188,9 @@ export type UViT = ReturnType<typeof uvit>;
 /**
  * The network as DDPM's epsilon model (ddpm.ts), class labels from `extra.labels`: sample it with
  * `ddimSample`, or wrap it in `vpDenoiser` for EDM's samplers.
+ * @example
+ * const eps = uvitEps(model, params);                 // model from uvit
+ * const images = await ddimSample(eps, { schedule: linearSchedule(), steps: 50, key: random.key(0), shape: [16, 1, 32, 32] });
  */
 export function uvitEps(model: UViT, params: UViTParams): EpsModel {
   return (x, t, extra) => model.apply(params, x, t, { labels: extra?.labels });

@@ -40,7 +40,7 @@ const map = (f: (...xs: Tensor[]) => Tensor, ...trees: Params[]): Params => tree
 
 /**
  * Applies several transformations in order; the state is a tuple of their states.
- *
+ * @example
  * ```ts
  * const opt = chain(replaceNonFinite(), clipByGlobalNorm(1), adam({ lr: 2e-4, weightDecay: 0.01 }));
  * ```
@@ -78,6 +78,11 @@ type AdamState = { count: Tensor; mu: Params; nu: Params };
  * Adam (Kingma & Ba, Algorithm 1) with bias correction, as torch.optim.Adam which EDM uses
  * (betas 0.9/0.999, eps 1e-8 added to the corrected second moment's root). Updates are the negated
  * steps, to be added to the params.
+ * @example
+ * const opt = adam({ lr: 2e-4, weightDecay: 0.01 });  // AdamW
+ * let state = opt.init(params);
+ * const [updates, next] = opt.update(grads, state, params);
+ * params = applyUpdates(params, updates);
  */
 export function adam(o: AdamOptions): GradientTransformation<AdamState> {
   const b1 = o.b1 ?? 0.9;
@@ -109,6 +114,8 @@ export function adam(o: AdamOptions): GradientTransformation<AdamState> {
  * EDM's learning-rate ramp-up: lr * min(images_seen / rampup_images, 1). Images, not steps, because
  * Patch Diffusion's batch size changes with the patch size. Build the optimizer inside the traced
  * step with `lr: () => edmLearningRate(...)` to feed it the step's count of images.
+ * @example
+ * const opt = adam({ lr: () => edmLearningRate(1e-3, 10_000_000, imagesSeen) });   // built inside the traced step
  */
 export function edmLearningRate(lr: number, rampupImages: number, imagesSeen: Tensor): Tensor {
   return rampupImages > 0 ? mul(minimum(div(imagesSeen, rampupImages), 1), lr) : scalar(lr);
@@ -118,7 +125,7 @@ export function edmLearningRate(lr: number, rampupImages: number, imagesSeen: Te
  * Linear warm-up then cosine decay (MaskDM's fine-tuning: e.g. lr 1e-5, 5k warm-up steps), a
  * `Schedule` of the optimizer's step count c (steps done before this one): lr (c + 1) / warmup
  * while c < warmup, then minLr + (lr - minLr) (1 + cos(pi min(1, (c - warmup) / (total - warmup)))) / 2.
- *
+ * @example
  * ```ts
  * const opt = adam({ lr: warmupCosine({ lr: 1e-5, warmupSteps: 5000, totalSteps: 50_000 }) });
  * ```
@@ -134,7 +141,11 @@ export function warmupCosine(o: { readonly lr: number; readonly warmupSteps: num
   };
 }
 
-/** Scales gradients so that their global L2 norm is at most `maxNorm`. */
+/**
+ * Scales gradients so that their global L2 norm is at most `maxNorm`.
+ * @example
+ * const opt = chain(clipByGlobalNorm(1), adam({ lr: 1e-3 }));
+ */
 export function clipByGlobalNorm(maxNorm: number): GradientTransformation<Record<string, never>> {
   return {
     init: () => ({}),
@@ -149,6 +160,9 @@ export function clipByGlobalNorm(maxNorm: number): GradientTransformation<Record
 /**
  * EDM replaces non-finite gradient entries (torch.nan_to_num(nan=0, posinf=1e5, neginf=-1e5)); we
  * replace them by 0 and keep a running count of replaced entries in the state for the log.
+ * @example
+ * const opt = chain(replaceNonFinite(), adam({ lr: 1e-3 }));
+ * const [updates, next] = opt.update(grads, state, params);   // next[0]: { replaced }, the entries replaced so far
  */
 export function replaceNonFinite(): GradientTransformation<{ replaced: Tensor }> {
   return {
@@ -160,7 +174,12 @@ export function replaceNonFinite(): GradientTransformation<{ replaced: Tensor }>
   };
 }
 
-/** `params + updates`, leaf by leaf: the last step of an optimizer update (see `GradientTransformation`). */
+/**
+ * `params + updates`, leaf by leaf: the last step of an optimizer update (see `GradientTransformation`).
+ * @example
+ * const [updates, next] = opt.update(grads, state, params);
+ * const newParams = applyUpdates(params, updates);
+ */
 export function applyUpdates(params: Params, updates: Params): Params {
   return map((p, u) => add(p, u), params, updates);
 }
@@ -168,6 +187,8 @@ export function applyUpdates(params: Params, updates: Params): Params {
 /**
  * EDM's EMA of the params: half-life in images, ramped up early in training
  * (ema_nimg = min(halflife, seen * rampup_ratio); beta = 0.5^(batch / max(ema_nimg, 1e-8))).
+ * @example
+ * const ema2 = emaUpdate(ema, params, imagesSeen, 64, 500_000, 0.05);   // half-life 500k images, ramp-up 5%
  */
 export function emaUpdate(ema: Params, params: Params, imagesSeen: Tensor, batchImages: number, halflifeImages: number, rampupRatio?: number): Params {
   const halflife = rampupRatio === undefined ? scalar(halflifeImages) : minimum(mul(imagesSeen, rampupRatio), halflifeImages);

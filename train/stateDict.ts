@@ -49,7 +49,12 @@ export function tensorNames(def: TreeDef): string[] {
   return leafPaths(escapeDef(def));
 }
 
-/** Reads every leaf back to the host, keyed by its flat name. */
+/**
+ * Reads every leaf back to the host, keyed by its flat name.
+ * @example
+ * const entries = await treeToEntries({ enc: { weight: tensor([[1, 2]]) } });   // { 'enc.weight': { dtype, shape, data } }
+ * const bytes = encodeSafetensors(entries);
+ */
 export async function treeToEntries(tree: PyTree<Tensor>): Promise<Record<string, HostTensor>> {
   const { leaves, def } = flatten(tree);
   const names = tensorNames(def);
@@ -114,6 +119,8 @@ type Node =
 /**
  * Rebuilds the pytree from flat names. `fileName` is for messages: a malformed name, a name used
  * both as a tensor and as a prefix of others, or an array with missing indices is a Left.
+ * @example
+ * const tree = orThrow(entriesToTree(decoded.tensors, 'model.safetensors'));   // { enc: { weight: Tensor } }
  */
 export function entriesToTree(entries: Readonly<Record<string, HostTensor>>, fileName: string): Either<SafetensorsError, PyTree<Tensor>> {
   const fail = (msg: string): Either<SafetensorsError, PyTree<Tensor>> => left(new SafetensorsError(`${fileName}: ${msg}`));
@@ -196,7 +203,7 @@ export function entriesToTree(entries: Readonly<Record<string, HostTensor>>, fil
 
 /**
  * A pytree of tensors as a safetensors file; tensor names are the tree's paths (`enc.conv0.weight`).
- *
+ * @example
  * ```ts
  * await writeFile('params.safetensors', await treeToSafetensors(params));
  * const { tree } = orThrow(treeFromSafetensors(await readFile('params.safetensors'), 'params.safetensors'));
@@ -216,6 +223,8 @@ export interface ReadTreeOptions {
  * A safetensors file (ours, or e.g. a converted EDM state_dict) as a pytree of host tensors. Every
  * floating-point tensor must be finite unless `allowNonFinite`: a NaN stored by a diverged run
  * must stop a resume or a sample at load time, naming the tensor, not later as NaN images.
+ * @example
+ * const { tree, metadata } = orThrow(treeFromSafetensors(await readFile('params.safetensors'), 'params.safetensors'));
  */
 export function treeFromSafetensors(
   bytes: Uint8Array,
