@@ -17,7 +17,7 @@ import type { SongUNetParams } from '../models/songunet.ts';
 import type { TrainingConfig } from './config.ts';
 import type { TrainingMethod } from './method.ts';
 import { adam, applyUpdates, emaUpdate, type GradientTransformation, type Params } from './optim.ts';
-import { carryOptimizerState, countNonFinite, fullSize, trainOptimizer, type TrainState } from './step.ts';
+import { carryOptimizerState, countNonFinite, fullSize, songUNetSettings, trainOptimizer, type TrainState } from './step.ts';
 
 type MsdiffModel = ReturnType<typeof msdiffModel>;
 
@@ -175,11 +175,7 @@ export function buildMsdiffModel(config: TrainingConfig): MsdiffModel {
     imgResolution: height,
     imgChannels: m.img_channels,
     schedule: { levels: m.haar_levels ?? 2 },
-    networks: {
-      modelChannels: m.model_channels, channelMult: m.channel_mult, numBlocks: m.num_blocks, attnResolutions: m.attn_resolutions,
-      dropout: m.dropout, channelMultEmb: m.channel_mult_emb, channelMultNoise: m.channel_mult_noise, embeddingType: m.embedding_type,
-      encoderType: m.encoder_type, decoderType: m.decoder_type, resampleFilter: m.resample_filter, augmentDim: m.augment_dim,
-    },
+    networks: songUNetSettings(config),
   });
 }
 

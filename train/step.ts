@@ -57,12 +57,18 @@ export function buildModel(config: TrainingConfig) {
     useCoords: m.kind === 'patch' && m.use_coords,
     sigmaData: config.train.sigma_data,
     labelDim: m.label_dim,
-    network: {
-      modelChannels: m.model_channels, channelMult: m.channel_mult, numBlocks: m.num_blocks, attnResolutions: m.attn_resolutions,
-      dropout: m.dropout, channelMultEmb: m.channel_mult_emb, channelMultNoise: m.channel_mult_noise, embeddingType: m.embedding_type,
-      encoderType: m.encoder_type, decoderType: m.decoder_type, resampleFilter: m.resample_filter, augmentDim: m.augment_dim,
-    },
+    network: songUNetSettings(config),
   });
+}
+
+/** The SongUNet settings of a config's model section (every network of the patch, EDM and MSDiff models). */
+export function songUNetSettings(config: TrainingConfig) {
+  const m = config.model;
+  return {
+    modelChannels: m.model_channels, channelMult: m.channel_mult, numBlocks: m.num_blocks, attnResolutions: m.attn_resolutions,
+    dropout: m.dropout, channelMultEmb: m.channel_mult_emb, channelMultNoise: m.channel_mult_noise, embeddingType: m.embedding_type,
+    encoderType: m.encoder_type, decoderType: m.decoder_type, resampleFilter: m.resample_filter, augmentDim: m.augment_dim,
+  };
 }
 
 export type Model = ReturnType<typeof buildModel>;
