@@ -15,7 +15,7 @@
  */
 import { BackendError } from '../../core/errors.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
-import { A_STEP, B_STEP, F32, MR, NR, chunkOf, gemm, gemmKernels, kernelModule, packedABytes, scratchLayout, withScratch } from './gemm.ts';
+import { A_STEP, B_STEP, F32, MR, NR, chunkOf, gemm, gemmDirect, gemmKernels, kernelModule, packedABytes, scratchLayout, withScratch } from './gemm.ts';
 import type { Parallel } from './parallel.ts';
 import type { FunctionBody, Local, ModuleBuilder } from './wasm.ts';
 
@@ -236,12 +236,93 @@ function emitCol2im(mod: ModuleBuilder): void {
   }, { exported: true });
 }
 
-/** pad, im2col, im2col_t and col2im. */
+/**
+ * gw_direct(start, end, xp, dy, dw, firsts, taps, og, K, positions, images, imageBytes, groupBytes,
+ * dyImageBytes, accumulate): conv2dGradWeight reading its patches in place (readsInPlace). For
+ * units u = (group, panel of 4 output channels, panel of 4 taps), dW[o, tap] is the dot product of
+ * dY's row o with the tap's patch row over the positions of every image, positions 4 at a time:
+ * 16 accumulators of 4 lanes (lane l sums positions l mod 4, images in order), each summed across
+ * its lanes as (l0 + l1) + (l2 + l3) at the end and stored (added to dW when `accumulate` is set).
+ * Rows past og and taps past K compute on a clamped neighbour and are not stored. xp holds the
+ * images' zero-padded planes (imageBytes each, a group's first plane groupBytes on), dy
+ * [images, groups og, positions]; firsts and taps are gemmDirect's tables.
+ */
+function emitGradWeightDirect(mod: ModuleBuilder): void {
+  const params = range(15).map(() => I32);
+  mod.func('gw_direct', params, [], (f, start, end, xp, dy, dw, firsts, taps, og, kTaps, positions, images, imageBytes, groupBytes, dyImageBytes, accumulate) => {
+    const { u, gi, op, tp, img, v, fo, vo, vend, xImg, dyImg, tapPanels, oPanels } = f.locals(I32, 'u', 'gi', 'op', 'tp', 'img', 'v', 'fo', 'vo', 'vend', 'xImg', 'dyImg', 'tapPanels', 'oPanels');
+    const rowOff = range(4).map(() => f.local(I32));
+    const tapOff = range(4).map(() => f.local(I32));
+    const dyRow = range(4).map(() => f.local(I32));
+    const xTap = range(4).map(() => f.local(I32));
+    const acc = range(4).map(() => range(4).map(() => f.local('v128')));
+    const xv = range(4).map(() => f.local('v128'));
+    const dv = f.local('v128');
+    const at = f.local(I32);
+    const sum = f.local('f32');
+    f.get(kTaps).i32(3).op('i32.add').i32(2).op('i32.shr_u').set(tapPanels);
+    f.get(og).i32(3).op('i32.add').i32(2).op('i32.shr_u').set(oPanels);
+    f.get(positions).i32(F32).op('i32.mul').set(vend);
+    f.for(u, start, end, () => {
+      f.get(u).get(tapPanels).op('i32.rem_u').set(tp);
+      f.get(u).get(tapPanels).op('i32.div_u').tee(op).get(oPanels).op('i32.div_u').set(gi);
+      f.get(op).get(oPanels).op('i32.rem_u').set(op);
+      range(4).forEach((i) => {
+        // Row gi og + min(4 op + i, og - 1) of an image's dY, in bytes.
+        f.get(op).i32(4).op('i32.mul').i32(i).op('i32.add').get(og).i32(1).op('i32.sub');
+        f.get(op).i32(4).op('i32.mul').i32(i).op('i32.add').get(og).op('i32.lt_s').op('select');
+        f.get(gi).get(og).op('i32.mul').op('i32.add').get(positions).op('i32.mul').i32(F32).op('i32.mul').set(rowOff[i]!);
+        // Tap min(4 tp + i, K - 1)'s offset, from group gi's first plane.
+        f.get(tp).i32(4).op('i32.mul').i32(i).op('i32.add').get(kTaps).i32(1).op('i32.sub');
+        f.get(tp).i32(4).op('i32.mul').i32(i).op('i32.add').get(kTaps).op('i32.lt_s').op('select');
+        f.i32(F32).op('i32.mul').get(taps).op('i32.add').mem('i32.load').get(gi).get(groupBytes).op('i32.mul').op('i32.add').set(tapOff[i]!);
+      });
+      acc.flat().forEach((a) => f.f32x4([0, 0, 0, 0]).set(a));
+      f.for(img, 0, images, () => {
+        f.get(img).get(imageBytes).op('i32.mul').get(xp).op('i32.add').set(xImg);
+        f.get(img).get(dyImageBytes).op('i32.mul').get(dy).op('i32.add').set(dyImg);
+        range(4).forEach((i) => {
+          f.get(dyImg).get(rowOff[i]!).op('i32.add').set(dyRow[i]!);
+          f.get(xImg).get(tapOff[i]!).op('i32.add').set(xTap[i]!);
+        });
+        f.get(firsts).set(fo);
+        // vo: the byte offset of positions 4v .. 4v + 3 in a dY row.
+        f.for(vo, 0, vend, () => {
+          f.get(fo).mem('i32.load').set(v);
+          range(4).forEach((j) => f.get(xTap[j]!).get(v).op('i32.add').mem('v128.load').set(xv[j]!));
+          range(4).forEach((i) => {
+            f.get(dyRow[i]!).get(vo).op('i32.add').mem('v128.load').set(dv);
+            range(4).forEach((j) => f.get(acc[i]![j]!).get(dv).get(xv[j]!).op('f32x4.mul').op('f32x4.add').set(acc[i]![j]!));
+          });
+          f.get(fo).i32(F32).op('i32.add').set(fo);
+        }, 16);
+      });
+      range(4).forEach((i) =>
+        range(4).forEach((j) => {
+          // Row 4 op + i < og and tap 4 tp + j < K: dW[gi og + 4 op + i, 4 tp + j].
+          f.get(op).i32(4).op('i32.mul').i32(i).op('i32.add').get(og).op('i32.lt_s');
+          f.get(tp).i32(4).op('i32.mul').i32(j).op('i32.add').get(kTaps).op('i32.lt_s').op('i32.and').if(() => {
+            f.get(gi).get(og).op('i32.mul').get(op).i32(4).op('i32.mul').op('i32.add').i32(i).op('i32.add').get(kTaps).op('i32.mul');
+            f.get(tp).i32(4).op('i32.mul').op('i32.add').i32(j).op('i32.add').i32(F32).op('i32.mul').get(dw).op('i32.add').set(at);
+            const a = acc[i]![j]!;
+            f.get(a).lane('f32x4.extract_lane', 0).get(a).lane('f32x4.extract_lane', 1).op('f32.add');
+            f.get(a).lane('f32x4.extract_lane', 2).get(a).lane('f32x4.extract_lane', 3).op('f32.add').op('f32.add').set(sum);
+            f.get(accumulate).if(() => f.get(at).mem('f32.load').get(sum).op('f32.add').set(sum));
+            f.get(at).get(sum).mem('f32.store');
+          });
+        }),
+      );
+    });
+  }, { exported: true });
+}
+
+/** pad, im2col, im2col_t, col2im and gw_direct. */
 const convKernels = kernelModule((mod) => {
   emitPad(mod);
   emitIm2col(mod);
   emitIm2colTransposed(mod);
   emitCol2im(mod);
+  emitGradWeightDirect(mod);
 });
 
 /**
@@ -341,50 +422,143 @@ function padImages(par: Parallel, g: ConvGeometry, x: number, n0: number, count:
 }
 
 /**
- * y = conv2d(x, w): per image and group, Y = W · im2col(x), with W packed once and the patch
- * matrix written in packed-B layout, one chunk of images at a time.
+ * Whether a convolution can read its patch matrix in place (gemmDirect): every run of 4 output
+ * positions that the GEMM loads as one vector reads 4 adjacent inputs for every tap, that is, unit
+ * horizontal stride and dilation and rows of whole groups of 4.
+ */
+const readsInPlace = (g: ConvGeometry) => g.sw === 1 && g.tapX === F32 && g.ow % 4 === 0;
+
+/** The direct path's tables: a byte offset per group of 4 positions (whole panels), then one per tap. */
+const directTableBytes = (g: ConvGeometry) => (g.panels * (NR / 4) + g.taps) * F32;
+
+/**
+ * Writes gemmDirect's tables at `at`: for each group of 4 output positions (whole 16-position
+ * panels) the byte offset of its first input in a padded plane (0 past the last position, whose
+ * columns the GEMM never stores), then for each tap (c, ky, kx) its offset from there.
+ */
+function writeDirectTables(par: Parallel, g: ConvGeometry, at: number): { firsts: number; taps: number } {
+  const i32 = par.heap().i32;
+  const rowBytes = (g.w + 2 * g.pw) * F32;
+  const groups = g.panels * (NR / 4);
+  const base = at / F32;
+  for (let v = 0; v < groups; v++) {
+    const pos = 4 * v;
+    i32[base + v] = pos < g.positions ? Math.floor(pos / g.ow) * g.sh * rowBytes + (pos % g.ow) * F32 : 0;
+  }
+  let kk = base + groups;
+  for (let c = 0; c < g.cg; c++) for (let ky = 0; ky < g.kh; ky++) for (let kx = 0; kx < g.kw; kx++) i32[kk++] = c * g.planeBytes + ky * g.tapY + kx * g.tapX;
+  return { firsts: at, taps: at + groups * F32 };
+}
+
+/**
+ * y = conv2d(x, w): per image and group, Y = W · im2col(x), with W packed once; the patch matrix is
+ * read in place from the padded images where it can be (readsInPlace), else written in packed-B
+ * layout, one chunk of images at a time.
  */
 function conv2dLayout(p: ConvShapes) {
   const g = convGeometry('conv2d', p.aShape, p.bShape, p.outShape, p);
   const weightBytes = packedABytes(g.og, g.taps);
+  if (readsInPlace(g)) {
+    const chunk = chunkOf(g.n, g.c * g.planeBytes, g.groups * weightBytes + directTableBytes(g));
+    return { g, weightBytes, chunk, direct: true, scratch: [directTableBytes(g), g.groups * weightBytes, chunk * g.c * g.planeBytes] };
+  }
   const colBytes = g.groups * g.panels * g.taps * B_STEP;
   const chunk = chunkOf(g.n, g.c * g.planeBytes + colBytes, g.groups * weightBytes + tableBytes(g));
-  return { g, weightBytes, chunk, scratch: [tableBytes(g), g.groups * weightBytes, chunk * g.c * g.planeBytes, chunk * colBytes] };
+  return { g, weightBytes, chunk, direct: false, scratch: [tableBytes(g), g.groups * weightBytes, chunk * g.c * g.planeBytes, chunk * colBytes] };
 }
 
 export function conv2d(par: Parallel, p: ConvParams): void {
-  const { g, weightBytes, chunk, scratch } = conv2dLayout(p);
+  const { g, weightBytes, chunk, direct, scratch } = conv2dLayout(p);
   if (g.n === 0) return;
   withScratch(par, scratch, p.scratch, (table, wPacked, xp, cols) => {
-    writePositionTable(par, g, table);
     const panelsM = Math.ceil(g.og / MR);
     gemmKernels.launch(par, 'pack_a', g.groups * panelsM, g.o * g.taps, [p.b, wPacked, g.og, g.taps, g.taps * F32, F32, g.groups, 0, g.og * g.taps * F32, 0, weightBytes, g.taps * A_STEP]);
+    const tables = direct ? writeDirectTables(par, g, table) : (writePositionTable(par, g, table), undefined);
     for (let n0 = 0; n0 < g.n; n0 += chunk) {
       const count = Math.min(chunk, g.n - n0);
       padImages(par, g, p.a, n0, count, xp);
+      const c = p.out + n0 * g.o * g.positions * F32;
+      if (tables !== undefined) {
+        gemmDirect(par, { batch: count * g.groups, m: g.og, n: g.positions, k: g.taps, aPacked: wPacked, images: xp, imageBytes: g.cg * g.planeBytes, ...tables, c, aPeriod: g.groups, accumulate: false });
+        continue;
+      }
       const units = count * g.groups * g.panels;
-      convKernels.launch(par, 'im2col', units, units * g.taps * NR, [xp, cols, table, g.planeBytes, g.cg, g.kh, g.kw, g.tapY, g.tapX, g.panels]);
-      gemm(par, { batch: count * g.groups, m: g.og, n: g.positions, k: g.taps, aPacked: wPacked, bPacked: cols, c: p.out + n0 * g.o * g.positions * F32, aPeriod: g.groups, bPeriod: count * g.groups, accumulate: false });
+      convKernels.launch(par, 'im2col', units, units * g.taps * NR, [xp, cols!, table, g.planeBytes, g.cg, g.kh, g.kw, g.tapY, g.tapX, g.panels]);
+      gemm(par, { batch: count * g.groups, m: g.og, n: g.positions, k: g.taps, aPacked: wPacked, bPacked: cols!, c, aPeriod: g.groups, bPeriod: count * g.groups, accumulate: false });
     }
   });
 }
 
 /**
- * dx = conv2dGradInput(dy, w): per image and group, the column matrix Wᵀ · dy (taps x positions),
- * added back onto zero-padded input planes by col2im, whose interiors are dx.
+ * conv2dGradInput as a forward convolution, where the strides are 1: dx = conv2d(dy, w') with w'
+ * the kernel turned half a turn with its in and out channels swapped (w'[g cg + c, o, ky, kx] =
+ * w[g og + o, c, kh - 1 - ky, kw - 1 - kx]) and padding (k - 1) d - p each side (when that is not
+ * negative), whose patch matrix it reads in place (readsInPlace) instead of scattering columns back
+ * with col2im. Undefined where that does not apply.
+ */
+function gradInputAsConv(p: ConvShapes): ConvShapes | undefined {
+  const [n, o, oh, ow] = p.aShape as [number, number, number, number];
+  const [, cg, kh, kw] = p.bShape as [number, number, number, number];
+  const [dh, dw] = p.dilation;
+  const pad: [number, number] = [(kh - 1) * dh - p.padding[0], (kw - 1) * dw - p.padding[1]];
+  if (p.stride[0] !== 1 || p.stride[1] !== 1 || pad[0] < 0 || pad[1] < 0 || p.aShape.length !== 4) return undefined;
+  const shapes: ConvShapes = {
+    aShape: [n, o, oh, ow], bShape: [cg * p.groups, o / p.groups, kh, kw], outShape: p.outShape,
+    stride: [1, 1], padding: pad, dilation: p.dilation, groups: p.groups,
+  };
+  const g = convGeometry('conv2dGradInput', shapes.aShape, shapes.bShape, shapes.outShape, shapes);
+  return readsInPlace(g) ? shapes : undefined;
+}
+
+/**
+ * dx = conv2dGradInput(dy, w): a forward convolution of dy where the strides allow it
+ * (gradInputAsConv), else per image and group the column matrix Wᵀ · dy (taps x positions), added
+ * back onto zero-padded input planes by col2im, whose interiors are dx.
  */
 function conv2dGradInputLayout(p: ConvShapes) {
+  const asConv = gradInputAsConv(p);
+  if (asConv !== undefined) {
+    const forward = conv2dLayout(asConv);
+    const turnedBytes = p.bShape.reduce((a, b) => a * b, 1) * F32;
+    return { asConv, forward, turnedBytes, scratch: [turnedBytes, scratchLayout(forward.scratch).total] } as const;
+  }
   const g = convGeometry('conv2dGradInput', p.outShape, p.bShape, p.aShape, p);
   const weightBytes = packedABytes(g.taps, g.og);
   const dyBytes = g.groups * g.panels * g.og * B_STEP;
   const colBytes = g.groups * g.taps * g.positions * F32;
   const chunk = chunkOf(g.n, dyBytes + colBytes + g.c * g.planeBytes, g.groups * weightBytes + tableBytes(g));
-  return { g, weightBytes, chunk, scratch: [tableBytes(g), g.groups * weightBytes, chunk * dyBytes, chunk * colBytes, chunk * g.c * g.planeBytes] };
+  return { g, weightBytes, chunk, scratch: [tableBytes(g), g.groups * weightBytes, chunk * dyBytes, chunk * colBytes, chunk * g.c * g.planeBytes] } as const;
+}
+
+/** Writes w' of gradInputAsConv (w [groups og, cg, kh, kw] at `w`) to `at`: [groups cg, og, kh, kw]. */
+function turnKernel(par: Parallel, wShape: readonly number[], groups: number, w: number, at: number): void {
+  const [o, cg, kh, kw] = wShape as [number, number, number, number];
+  const og = o / groups;
+  const f32 = par.heap().f32;
+  const src = w / F32;
+  let d = at / F32;
+  for (let gi = 0; gi < groups; gi++) {
+    for (let c = 0; c < cg; c++) {
+      for (let oi = 0; oi < og; oi++) {
+        const from = src + (((gi * og + oi) * cg + c) * kh) * kw;
+        for (let ky = 0; ky < kh; ky++) for (let kx = 0; kx < kw; kx++) f32[d++] = f32[from + (kh - 1 - ky) * kw + (kw - 1 - kx)]!;
+      }
+    }
+  }
 }
 
 export function conv2dGradInput(par: Parallel, p: ConvParams): void {
-  const { g, weightBytes, chunk, scratch } = conv2dGradInputLayout(p);
-  if (g.n === 0) return;
+  const layout = conv2dGradInputLayout(p);
+  if (p.aShape[0] === 0) return;
+  if ('asConv' in layout) {
+    const shapes: ConvShapes = layout.asConv!;
+    withScratch(par, layout.scratch, p.scratch, (turned, rest) => {
+      turnKernel(par, p.bShape, p.groups, p.b, turned);
+      conv2d(par, { ...shapes, a: p.a, b: turned, out: p.out, scratch: rest });
+    });
+    return;
+  }
+  const { g, weightBytes, chunk, scratch } = layout;
   withScratch(par, scratch, p.scratch, (table, wPacked, dyPacked, cols, dxp) => {
     writePositionTable(par, g, table);
     // A = Wᵀ (taps x og): element (tap, o) of group g is w[g og + o, tap].
@@ -410,36 +584,48 @@ function conv2dGradWeightLayout(p: ConvShapes) {
   const g = convGeometry('conv2dGradWeight', p.aShape, p.outShape, p.bShape, p);
   const tapPanels = Math.ceil(g.taps / NR);
   const panelsM = Math.ceil(g.og / MR);
+  if (readsInPlace(g)) {
+    const chunk = chunkOf(g.n, g.c * g.planeBytes, directTableBytes(g));
+    return { g, tapPanels, panelsM, chunk, direct: true, scratch: [directTableBytes(g), chunk * g.c * g.planeBytes] };
+  }
   const colBytes = g.groups * tapPanels * g.positions * B_STEP;
   const dyBytes = g.groups * panelsM * g.positions * A_STEP;
   const chunk = chunkOf(g.n, g.c * g.planeBytes + colBytes + dyBytes, tableBytes(g));
-  return { g, tapPanels, panelsM, chunk, scratch: [tableBytes(g), chunk * g.c * g.planeBytes, chunk * colBytes, chunk * dyBytes] };
+  return { g, tapPanels, panelsM, chunk, direct: false, scratch: [tableBytes(g), chunk * g.c * g.planeBytes, chunk * colBytes, chunk * dyBytes] };
 }
 
 export function conv2dGradWeight(par: Parallel, p: ConvParams): void {
-  const { g, tapPanels, panelsM, chunk, scratch } = conv2dGradWeightLayout(p);
+  const { g, tapPanels, panelsM, chunk, direct, scratch } = conv2dGradWeightLayout(p);
   // No images: a contraction of depth 0, which stores zeros.
   if (g.n === 0) return gemm(par, { batch: g.groups, m: g.og, n: g.taps, k: 0, aPacked: 0, bPacked: 0, c: p.out, aPeriod: 1, bPeriod: 1, accumulate: false });
   withScratch(par, scratch, p.scratch, (table, xp, cols, dyPacked) => {
-    writePositionTable(par, g, table);
+    const tables = direct ? writeDirectTables(par, g, table) : (writePositionTable(par, g, table), undefined);
     for (let n0 = 0; n0 < g.n; n0 += chunk) {
       const count = Math.min(chunk, g.n - n0);
-      const depth = count * g.positions;
       padImages(par, g, p.a, n0, count, xp);
-      const units = count * g.groups * tapPanels;
-      convKernels.launch(par, 'im2col_t', units, units * NR * g.positions, [xp, cols, table, g.planeBytes, g.cg, g.kh, g.kw, g.tapY, g.tapX, g.positions, g.groups, depth]);
-      // A = dY of group g (og x depth): image i fills steps [i positions, (i + 1) positions) of each panel.
       const dy = p.b + n0 * g.o * g.positions * F32;
+      if (tables !== undefined) {
+        const units = g.groups * Math.ceil(g.og / 4) * Math.ceil(g.taps / 4);
+        convKernels.launch(par, 'gw_direct', units, g.o * g.taps * count * g.positions, [
+          xp, dy, p.out, tables.firsts, tables.taps, g.og, g.taps, g.positions, count, g.c * g.planeBytes, g.cg * g.planeBytes, g.o * g.positions * F32, n0 > 0 ? 1 : 0,
+        ]);
+        continue;
+      }
+      const depth = count * g.positions;
+      const units = count * g.groups * tapPanels;
+      convKernels.launch(par, 'im2col_t', units, units * NR * g.positions, [xp, cols!, table, g.planeBytes, g.cg, g.kh, g.kw, g.tapY, g.tapX, g.positions, g.groups, depth]);
+      // A = dY of group g (og x depth): image i fills steps [i positions, (i + 1) positions) of each panel.
       const panelBytes = depth * A_STEP;
-      const dyArgs = [dy, dyPacked, g.og, g.positions, g.positions * F32, F32, g.groups, g.o * g.positions * F32, g.og * g.positions * F32, g.positions * A_STEP, panelsM * panelBytes, panelBytes];
+      const dyArgs = [dy, dyPacked!, g.og, g.positions, g.positions * F32, F32, g.groups, g.o * g.positions * F32, g.og * g.positions * F32, g.positions * A_STEP, panelsM * panelBytes, panelBytes];
       gemmKernels.launch(par, 'pack_a', count * g.groups * panelsM, count * g.o * g.positions, dyArgs);
-      gemm(par, { batch: g.groups, m: g.og, n: g.taps, k: depth, aPacked: dyPacked, bPacked: cols, c: p.out, aPeriod: g.groups, bPeriod: g.groups, accumulate: n0 > 0 });
+      gemm(par, { batch: g.groups, m: g.og, n: g.taps, k: depth, aPacked: dyPacked!, bPacked: cols!, c: p.out, aPeriod: g.groups, bPeriod: g.groups, accumulate: n0 > 0 });
     }
   });
 }
 
 /** Bytes of scratch a convolution of these sizes needs (0 when it has no images). */
 export function convScratchBytes(kind: 'conv2d' | 'conv2dGradInput' | 'conv2dGradWeight', p: ConvShapes): number {
+  if (p.aShape[0] === 0) return 0;
   const layout = kind === 'conv2d' ? conv2dLayout(p) : kind === 'conv2dGradInput' ? conv2dGradInputLayout(p) : conv2dGradWeightLayout(p);
-  return layout.g.n === 0 ? 0 : scratchLayout(layout.scratch).total;
+  return scratchLayout(layout.scratch).total;
 }

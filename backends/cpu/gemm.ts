@@ -75,19 +75,34 @@ function forEachTileVector(
 }
 
 /**
+ * Where a micro-kernel reads B: `packed` panels ([k][16], 64 bytes per step of k), or `direct`:
+ * straight from zero-padded images, as a convolution's implicit patch matrix. There, step kk of k
+ * (a tap: channel, ky, kx) is one byte offset from a table, and the 16 columns (output positions)
+ * are four runs of 4 adjacent floats starting at four base addresses, so each step loads its four
+ * vectors at base + offset: no patch matrix is written.
+ */
+type BSource = 'packed' | 'direct';
+
+/**
  * micro_<access>(a, b, c, kc, ldc, rows, cols, accumulate): C[0:rows, 0:cols] (+)= A_panel[0:kc] ·
  * B_panel[0:kc] for packed panels at byte offsets a and b. Three variants of one kernel, because a
  * branch before or after the loop costs the loop a fifth of its speed (V8 then keeps fewer
  * accumulators in registers): `store` (a whole tile, C = A·B), `accumulate` (a whole tile,
  * C += A·B), and `edge` (any tile, masked to rows x cols, adding to C when `accumulate` is set).
+ * The `direct` kernels, micro_direct_<access>(a, taps, b0, b1, b2, b3, c, kc, ldc, rows, cols,
+ * accumulate), read step kk of B at b0..b3 + taps[kk] instead (see BSource).
  */
-function emitMicroKernel(mod: ModuleBuilder, access: TileAccess): FunctionRef {
-  return mod.func(`micro_${access}`, [I32, I32, I32, I32, I32, I32, I32, I32], [], (f, a, b, c, kc, ldc, rows, cols, accumulate) => {
+function emitMicroKernel(mod: ModuleBuilder, access: TileAccess, source: BSource): FunctionRef {
+  const direct = source === 'direct';
+  const params = range(direct ? 12 : 8).map(() => I32);
+  return mod.func(direct ? `micro_direct_${access}` : `micro_${access}`, params, [], (f, ...p) => {
+    const [a, b, bases, [c, kc, ldc, rows, cols, accumulate]] = direct ? [p[0]!, p[1]!, p.slice(2, 6), p.slice(6)] : [p[0]!, p[1]!, [], p.slice(2)];
     const acc = range(MR).map(() => range(NR / 4).map(() => f.local('v128')));
     const bv = range(NR / 4).map(() => f.local('v128'));
     const av = f.local('v128');
     const bEnd = f.local(I32);
-    const tile = { c, ldc, rows, cols, row: f.local(I32) };
+    const off = f.local(I32);
+    const tile = { c: c!, ldc: ldc!, rows: rows!, cols: cols!, row: f.local(I32) };
     const edge = access === 'edge';
     const load = () =>
       forEachTileVector(
@@ -98,18 +113,24 @@ function emitMicroKernel(mod: ModuleBuilder, access: TileAccess): FunctionRef {
         (i, j, l, offset) => f.get(tile.row).get(acc[i]![j]!).memLane('v128.load32_lane', l, offset).set(acc[i]![j]!),
       );
     if (access === 'accumulate') load();
-    if (access === 'edge') f.get(accumulate).if(load);
-    f.get(b).get(kc).i32(B_STEP).op('i32.mul').op('i32.add').set(bEnd);
+    if (access === 'edge') f.get(accumulate!).if(load);
+    // b walks the packed panel (64 bytes a step) or the tap table (4 bytes a step).
+    f.get(b).get(kc!).i32(direct ? F32 : B_STEP).op('i32.mul').op('i32.add').set(bEnd);
     f.block((done) => {
-      f.get(kc).op('i32.eqz').brIf(done);
+      f.get(kc!).op('i32.eqz').brIf(done);
       f.loop((step) => {
-        range(NR / 4).forEach((j) => f.get(b).mem('v128.load', 16 * j).set(bv[j]!));
+        if (direct) {
+          f.get(b).mem('i32.load').set(off);
+          range(NR / 4).forEach((j) => f.get(bases[j]!).get(off).op('i32.add').mem('v128.load').set(bv[j]!));
+        } else {
+          range(NR / 4).forEach((j) => f.get(b).mem('v128.load', 16 * j).set(bv[j]!));
+        }
         for (const i of range(MR)) {
           f.get(a).mem('v128.load32_splat', F32 * i).set(av);
           for (const j of range(NR / 4)) f.get(acc[i]![j]!).get(av).get(bv[j]!).op('f32x4.mul').op('f32x4.add').set(acc[i]![j]!);
         }
         f.get(a).i32(A_STEP).op('i32.add').set(a);
-        f.get(b).i32(B_STEP).op('i32.add').tee(b).get(bEnd).op('i32.ne').brIf(step);
+        f.get(b).i32(direct ? F32 : B_STEP).op('i32.add').tee(b).get(bEnd).op('i32.ne').brIf(step);
       });
     });
     forEachTileVector(
@@ -126,46 +147,64 @@ function emitMicroKernel(mod: ModuleBuilder, access: TileAccess): FunctionRef {
  * gemm(start, end, aPacked, bPacked, c, m, n, k, aPeriod, bPeriod, blocksM, accumulate): for units
  * u in [start, end) = (t, column panel, block of row panels), C[t] (+)= A[t mod aPeriod] · B[t mod bPeriod]
  * with C contiguous [batch, m, n]. Each unit makes passes of KC steps of k over its column panel.
+ *
+ * gemm_direct(start, end, aPacked, images, c, m, n, k, aPeriod, imageBytes, blocksM, accumulate,
+ * firsts, taps): the same with B read in place (BSource `direct`): batch entry t's B is the padded
+ * image(s) at images + t imageBytes; column group g (4 adjacent positions) starts firsts[g] bytes
+ * into it, and step kk of k is taps[kk] bytes further.
  */
-function emitGemm(mod: ModuleBuilder, micro: Record<TileAccess, FunctionRef>): void {
-  const params = [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32];
-  mod.func('gemm', params, [], (f, start, end, ap, bp, c, m, n, k, aPeriod, bPeriod, blocksM, accumulate) => {
+function emitGemm(mod: ModuleBuilder, micro: Record<TileAccess, FunctionRef>, source: BSource): void {
+  const direct = source === 'direct';
+  const params = range(direct ? 14 : 12).map(() => I32);
+  mod.func(direct ? 'gemm_direct' : 'gemm', params, [], (f, start, end, ap, bp, c, m, n, k, aPeriod, bPeriod, blocksM, accumulate, firsts, taps) => {
     const { u, t, jp, ip, ipStart, ipEnd, rows, cols, k0, kc, more } = f.locals(I32, 'u', 't', 'jp', 'ip', 'ipStart', 'ipEnd', 'rows', 'cols', 'k0', 'kc', 'more');
     const { panelsM, panelsN, perBlock, aT, bT, cT, aTile, bTile, cTile, ldc } = f.locals(I32, 'panelsM', 'panelsN', 'perBlock', 'aT', 'bT', 'cT', 'aTile', 'bTile', 'cTile', 'ldc');
-    f.get(m).i32(MR - 1).op('i32.add').i32(2).op('i32.shr_u').set(panelsM);
-    f.get(n).i32(NR - 1).op('i32.add').i32(4).op('i32.shr_u').set(panelsN);
-    f.get(panelsM).get(blocksM).op('i32.add').i32(1).op('i32.sub').get(blocksM).op('i32.div_u').set(perBlock);
-    f.get(n).i32(F32).op('i32.mul').set(ldc);
-    f.for(u, start, end, () => {
-      f.get(u).get(blocksM).op('i32.rem_u').get(perBlock).op('i32.mul').tee(ipStart).get(perBlock).op('i32.add').set(ipEnd);
+    const bases = range(NR / 4).map(() => f.local(I32));
+    f.get(m!).i32(MR - 1).op('i32.add').i32(2).op('i32.shr_u').set(panelsM);
+    f.get(n!).i32(NR - 1).op('i32.add').i32(4).op('i32.shr_u').set(panelsN);
+    f.get(panelsM).get(blocksM!).op('i32.add').i32(1).op('i32.sub').get(blocksM!).op('i32.div_u').set(perBlock);
+    f.get(n!).i32(F32).op('i32.mul').set(ldc);
+    f.for(u, start!, end!, () => {
+      f.get(u).get(blocksM!).op('i32.rem_u').get(perBlock).op('i32.mul').tee(ipStart).get(perBlock).op('i32.add').set(ipEnd);
       min(f, ipEnd, panelsM).set(ipEnd);
-      f.get(u).get(blocksM).op('i32.div_u').tee(t).get(panelsN).op('i32.rem_u').set(jp);
+      f.get(u).get(blocksM!).op('i32.div_u').tee(t).get(panelsN).op('i32.rem_u').set(jp);
       f.get(t).get(panelsN).op('i32.div_u').set(t);
       // Batch entry t's packed A is panelsM panels of k steps, its packed B panelsN panels.
-      f.get(ap).get(t).get(aPeriod).op('i32.rem_u').get(panelsM).op('i32.mul').get(k).op('i32.mul').i32(A_STEP).op('i32.mul').op('i32.add').set(aT);
-      f.get(bp).get(t).get(bPeriod).op('i32.rem_u').get(panelsN).op('i32.mul').get(jp).op('i32.add').get(k).op('i32.mul').i32(B_STEP).op('i32.mul').op('i32.add').set(bT);
-      f.get(t).get(m).op('i32.mul').get(n).op('i32.mul').get(jp).i32(NR).op('i32.mul').op('i32.add').i32(F32).op('i32.mul').get(c).op('i32.add').set(cT);
-      f.get(n).get(jp).i32(NR).op('i32.mul').op('i32.sub').set(cols);
+      f.get(ap!).get(t).get(aPeriod!).op('i32.rem_u').get(panelsM).op('i32.mul').get(k!).op('i32.mul').i32(A_STEP).op('i32.mul').op('i32.add').set(aT);
+      if (direct) {
+        // B in place: the image(s) of entry t (bPeriod is their size in bytes), four column groups.
+        f.get(bp!).get(t).get(bPeriod!).op('i32.mul').op('i32.add').set(bT);
+        bases.forEach((base, g) => f.get(jp).i32(NR).op('i32.mul').i32(4 * g).op('i32.add').get(firsts!).op('i32.add').mem('i32.load').get(bT).op('i32.add').set(base));
+      } else {
+        f.get(bp!).get(t).get(bPeriod!).op('i32.rem_u').get(panelsN).op('i32.mul').get(jp).op('i32.add').get(k!).op('i32.mul').i32(B_STEP).op('i32.mul').op('i32.add').set(bT);
+      }
+      f.get(t).get(m!).op('i32.mul').get(n!).op('i32.mul').get(jp).i32(NR).op('i32.mul').op('i32.add').i32(F32).op('i32.mul').get(c!).op('i32.add').set(cT);
+      f.get(n!).get(jp).i32(NR).op('i32.mul').op('i32.sub').set(cols);
       min(f, cols, NR).set(cols);
       f.i32(0).set(k0);
       // At least one pass, so that k = 0 stores zeros.
       f.loop((pass) => {
-        f.get(k).get(k0).op('i32.sub').set(kc);
+        f.get(k!).get(k0).op('i32.sub').set(kc);
         min(f, kc, KC).set(kc);
         f.for(ip, ipStart, ipEnd, () => {
-          f.get(ip).get(k).op('i32.mul').get(k0).op('i32.add').i32(A_STEP).op('i32.mul').get(aT).op('i32.add').set(aTile);
-          f.get(k0).i32(B_STEP).op('i32.mul').get(bT).op('i32.add').set(bTile);
+          f.get(ip).get(k!).op('i32.mul').get(k0).op('i32.add').i32(A_STEP).op('i32.mul').get(aT).op('i32.add').set(aTile);
+          if (direct) f.get(k0).i32(F32).op('i32.mul').get(taps!).op('i32.add').set(bTile);
+          else f.get(k0).i32(B_STEP).op('i32.mul').get(bT).op('i32.add').set(bTile);
           f.get(ip).i32(MR).op('i32.mul').get(ldc).op('i32.mul').get(cT).op('i32.add').set(cTile);
-          f.get(m).get(ip).i32(MR).op('i32.mul').op('i32.sub').set(rows);
+          f.get(m!).get(ip).i32(MR).op('i32.mul').op('i32.sub').set(rows);
           min(f, rows, MR).set(rows);
-          f.get(accumulate).get(k0).op('i32.or').set(more);
-          const call = (kernel: FunctionRef) => f.get(aTile).get(bTile).get(cTile).get(kc).get(ldc).get(rows).get(cols).get(more).call(kernel);
+          f.get(accumulate!).get(k0).op('i32.or').set(more);
+          const call = (kernel: FunctionRef) => {
+            f.get(aTile).get(bTile);
+            if (direct) bases.forEach((base) => f.get(base));
+            f.get(cTile).get(kc).get(ldc).get(rows).get(cols).get(more).call(kernel);
+          };
           f.get(rows).i32(MR).op('i32.eq').get(cols).i32(NR).op('i32.eq').op('i32.and').if(
             () => f.get(more).if(() => call(micro.accumulate), () => call(micro.store)),
             () => call(micro.edge),
           );
         });
-        f.get(k0).i32(KC).op('i32.add').tee(k0).get(k).op('i32.lt_s').brIf(pass);
+        f.get(k0).i32(KC).op('i32.add').tee(k0).get(k!).op('i32.lt_s').brIf(pass);
       });
     });
   }, { exported: true });
@@ -287,7 +326,9 @@ export function kernelModule(emit: (mod: ModuleBuilder) => void): KernelModule {
 
 /** gemm, pack_a and pack_b. */
 export const gemmKernels = kernelModule((mod) => {
-  emitGemm(mod, { store: emitMicroKernel(mod, 'store'), accumulate: emitMicroKernel(mod, 'accumulate'), edge: emitMicroKernel(mod, 'edge') });
+  for (const source of ['packed', 'direct'] as const) {
+    emitGemm(mod, { store: emitMicroKernel(mod, 'store', source), accumulate: emitMicroKernel(mod, 'accumulate', source), edge: emitMicroKernel(mod, 'edge', source) }, source);
+  }
   emitPackA(mod);
   emitPackB(mod);
 });
@@ -335,6 +376,17 @@ export function gemm(par: Parallel, g: { batch: number; m: number; n: number; k:
   const blocks = rowBlocks(par, g.batch, g.m, g.n);
   const units = g.batch * Math.ceil(g.n / NR) * blocks;
   gemmKernels.launch(par, 'gemm', units, g.batch * g.m * g.n * g.k, [g.aPacked, g.bPacked, g.c, g.m, g.n, g.k, g.aPeriod, g.bPeriod, blocks, g.accumulate ? 1 : 0]);
+}
+
+/**
+ * C[t] (+)= A[t mod aPeriod] · B_t for t < batch, B_t read in place from the zero-padded images at
+ * images + t imageBytes: column group g starts firsts[g] bytes in, step kk of k is taps[kk] bytes
+ * further (BSource `direct`); firsts has one entry per 4 columns, whole 16-column panels.
+ */
+export function gemmDirect(par: Parallel, g: { batch: number; m: number; n: number; k: number; aPacked: number; images: number; imageBytes: number; firsts: number; taps: number; c: number; aPeriod: number; accumulate: boolean }): void {
+  const blocks = rowBlocks(par, g.batch, g.m, g.n);
+  const units = g.batch * Math.ceil(g.n / NR) * blocks;
+  gemmKernels.launch(par, 'gemm_direct', units, g.batch * g.m * g.n * g.k, [g.aPacked, g.images, g.c, g.m, g.n, g.k, g.aPeriod, g.imageBytes, blocks, g.accumulate ? 1 : 0, g.firsts, g.taps]);
 }
 
 /** Bytes of packed A (panels of 4 rows) and packed B (panels of 16 columns) of one m x k or k x n operand. */

@@ -2,7 +2,7 @@
  * The text form of a fused kernel for the WebAssembly compiler (simd.ts): the `WASM` dialect in
  * which the shared expression generator (kernel/emitter.ts) spells a kernel, and its parser. The
  * dialect is a small typed statement language: `const`, typed `let`, assignment, `if`/`else`,
- * `for (i in a .. b)`, infix integer index arithmetic, and `@op(...)` calls for everything typed
+ * `for (i in a .. b)` (and `for (i in a .. b by n)`, see simd.ts), infix integer index arithmetic, and `@op(...)` calls for everything typed
  * (loads, stores, unaries, binaries, casts, random bits). Constants carry their exact bits
  * (`$f3e800000`, `$i-1`). `TESSERA_DEBUG=wasm` prints kernels in it.
  */
@@ -63,7 +63,8 @@ export type Stmt =
   | { readonly k: 'let'; readonly name: string; readonly type: string; readonly e: Expr }
   | { readonly k: 'set'; readonly name: string; readonly e: Expr }
   | { readonly k: 'if'; readonly cond: Expr; readonly then: readonly Stmt[]; readonly else?: readonly Stmt[] }
-  | { readonly k: 'for'; readonly v: string; readonly from: Expr; readonly to: Expr; readonly body: readonly Stmt[] }
+  /** `for (v in from .. to)`; with `by n`, v steps by n and stands for the four indices v .. v + 3 (simd.ts). */
+  | { readonly k: 'for'; readonly v: string; readonly from: Expr; readonly to: Expr; readonly by?: number; readonly body: readonly Stmt[] }
   | { readonly k: 'do'; readonly e: Expr };
 
 const TOKEN = /\s*(\$f[0-9a-f]+|\$i-?\d+|@[A-Za-z0-9_.]+|[A-Za-z_][A-Za-z0-9_]*|\d+|\.\.|&&|<=|>=|==|!=|[-+*/%<>=(),;{}:])/y;
@@ -168,8 +169,13 @@ export function parseKernel(src: string): Stmt[] {
         const from = expr(0);
         take('..');
         const to = expr(0);
+        let by: number | undefined;
+        if (peek() === 'by') {
+          take('by');
+          by = Number(take());
+        }
         take(')');
-        return { k: 'for', v, from, to, body: block() };
+        return by === undefined ? { k: 'for', v, from, to, body: block() } : { k: 'for', v, from, to, by, body: block() };
       }
       default: {
         if (tok.startsWith('@')) {

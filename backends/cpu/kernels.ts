@@ -202,7 +202,30 @@ interface Skeleton {
   accResult(fn: 'sum' | 'max', dtype: DType): string;
   /** A loop header: `i` over [0, size). */
   loop(i: string, size: number): string;
+  /** A loop header: `i` over [from, to). */
+  loopRange(i: string, from: number, to: number): string;
+  /** Declares the partial sums of an unrolled float reduction (f64 zeros). */
+  lanesInit(em: Emitter): void;
+  /** A loop header: `i` over [0, count) in steps of SUM_LANES (count is a multiple of it). */
+  lanesLoop(i: string, count: number): string;
+  /** Adds the SUM_LANES float32 elements from flat index `at` on to the partial sums. */
+  lanesStep(em: Emitter, at: string, value: (index: string) => string): void;
+  /** acc = (the partial sums, merged in one fixed order) + acc, in f64. */
+  lanesMerge(): string;
 }
+
+/**
+ * Partial sums of an unrolled float reduction. A float sum over a contiguous run is bound by its one
+ * f64 accumulator (an add per element, each waiting on the last); here element r of the innermost
+ * run goes to partial sum r mod 8 (the run's tail past its last multiple of 8 to the main
+ * accumulator), which WebAssembly keeps as two vectors of four f64 lanes fed by f32x4 loads. The
+ * partial sums merge in one fixed order, (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + acc,
+ * so results stay independent of the partition and identical in JavaScript and WebAssembly. They
+ * may differ from the reference's one sequential f64 sum in the last bit of the float32 result
+ * (where the double sums round differently, rarely).
+ */
+const SUM_LANES = 8;
+const range8 = [0, 1, 2, 3, 4, 5, 6, 7];
 
 const JS_SKELETON: Skeleton = {
   dialect: JS,
@@ -212,6 +235,11 @@ const JS_SKELETON: Skeleton = {
   accStep: (fn, dtype, v) => (fn === 'max' ? `if (${v} > acc || ${v} !== ${v}) acc = ${v};` : dtype === 'float32' ? `acc += ${v};` : `acc = (acc + ${v}) | 0;`),
   accResult: (fn, dtype) => (dtype === 'float32' ? 'Math.fround(acc)' : 'acc'),
   loop: (i, size) => `for (let ${i} = 0; ${i} < ${size}; ${i}++)`,
+  loopRange: (i, from, to) => `for (let ${i} = ${from}; ${i} < ${to}; ${i}++)`,
+  lanesInit: (em) => em.line(`let ${range8.map((l) => `acc${l} = 0`).join(', ')};`),
+  lanesLoop: (i, count) => `for (let ${i} = 0; ${i} < ${count}; ${i} += ${SUM_LANES})`,
+  lanesStep: (em, at, value) => range8.forEach((l) => em.line(`acc${l} += ${value(em.index(l === 0 ? at : `${at} + ${l}`))};`)),
+  lanesMerge: () => 'acc = (((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7))) + acc;',
 };
 
 const WASM_SKELETON: Skeleton = {
@@ -222,6 +250,16 @@ const WASM_SKELETON: Skeleton = {
   accStep: (fn, dtype, v) => `acc = @acc.${fn}.${dtype}(acc, ${v});`,
   accResult: (fn, dtype) => (fn === 'sum' && dtype === 'float32' ? '@fround(acc)' : 'acc'),
   loop: (i, size) => `for (${i} in 0 .. ${size})`,
+  loopRange: (i, from, to) => `for (${i} in ${from} .. ${to})`,
+  // Partial sums 0-3 and 4-7 as two accumulators of four f64 lanes; `by` binds the loop variable
+  // to four consecutive indices (simd.ts), so each step is two f32x4 loads.
+  lanesInit: (em) => ['accA', 'accB'].forEach((a) => em.line(`let ${a}:f64x4 = $f0;`)),
+  lanesLoop: (i, count) => `for (${i} in 0 .. ${count} by ${SUM_LANES})`,
+  lanesStep: (em, at, value) => {
+    em.line(`accA = @acc.sum.float32(accA, ${value(at)});`);
+    em.line(`accB = @acc.sum.float32(accB, ${value(em.index(`${at} + 4`))});`);
+  },
+  lanesMerge: () => 'acc = @acc.add.f64(@acc.add.f64(@acc.lanes.f64(accA), @acc.lanes.f64(accB)), acc);',
 };
 
 /**
@@ -229,7 +267,7 @@ const WASM_SKELETON: Skeleton = {
  * index `gi` (elementwise) or `o` (a reduction and its epilogue), the buffers it reads, and the nodes
  * the generator found recomputed at too many indices.
  */
-function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skeleton) {
+function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skeleton, unrollSums = true) {
   const nodes = program.nodes;
   const { reads, name } = readBindings(plan.materialized, k.root, 'b');
   const em = new Emitter(nodes, name, sk.dialect);
@@ -251,12 +289,25 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
     total = sizeOf(h.shape);
     const base = em.index(runOffset(em, 'o', kept));
     em.line(sk.accInit(fn, h.dtype));
+    const innermost = reduced[reduced.length - 1];
+    const unrolled = unrollSums && fn === 'sum' && h.dtype === 'float32' && innermost !== undefined && innermost.inStride === 1 && innermost.size >= 2 * SUM_LANES;
+    if (unrolled) sk.lanesInit(em);
     // One loop per reduced run, outermost first: the reference's row-major order, without a
-    // division per element.
+    // division per element (a float sum's innermost run over SUM_LANES partial sums).
     const accumulate = (level: number, at: string): void => {
       const run = reduced[level];
       if (run === undefined) {
         em.line(sk.accStep(fn, h.dtype, em.value(input, at)));
+        return;
+      }
+      if (unrolled && level === reduced.length - 1) {
+        const whole = run.size - (run.size % SUM_LANES);
+        em.block(sk.lanesLoop(`r${level}`, whole), () => sk.lanesStep(em, em.index(`${at} + r${level}`), (i) => em.value(input, i)));
+        if (run.size % SUM_LANES !== 0) {
+          em.block(sk.loopRange(`s${level}`, whole, run.size), () => {
+            em.line(sk.accStep(fn, h.dtype, em.value(input, em.index(`${at} + s${level}`))));
+          });
+        }
         return;
       }
       em.block(sk.loop(`r${level}`, run.size), () => {
@@ -264,6 +315,7 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
       });
     };
     accumulate(0, base);
+    if (unrolled) em.line(sk.lanesMerge());
     em.define(k.heavy, 'o', sk.accResult(fn, h.dtype));
     em.line(sk.store(root.dtype, 'o', em.value(k.root, 'o')));
   }
@@ -273,6 +325,9 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
 /** The JavaScript kernel for an elementwise or reduction root, with the nodes it found overused. */
 function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step; overused: ReadonlySet<number> } {
   const body = kernelBody(program, plan, k, JS_SKELETON);
+  // Which nodes are recomputed at too many indices is judged on the kernel as written, before a
+  // float sum is unrolled (the unrolled loop reads its input at more indices, not more often).
+  const { overused } = kernelBody(program, plan, k, JS_SKELETON, false);
   const loop = `for (let ${body.index} = start; ${body.index} < end; ${body.index}++) {\n${body.code}\n}`;
   const source = [
     helpersFor(body.code),
@@ -284,7 +339,7 @@ function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step
   const label = `${program.name}/${body.reduce ? 'reduce' : 'elementwise'}${k.root}`;
   const cost = Math.max(1, body.rowSize) * Math.max(1, body.code.split('\n').length);
   const wasm = wasmText(program, plan, k);
-  return { step: { kind: 'js', label, source, wasm, total: body.total, cost, reads: body.reads, writes: k.root }, overused: body.overused };
+  return { step: { kind: 'js', label, source, wasm, total: body.total, cost, reads: body.reads, writes: k.root }, overused };
 }
 
 /** The same kernel in the WebAssembly dialect (compiled by simd.ts), or undefined where it cannot be written. */

@@ -99,9 +99,11 @@ class Codegen {
         this.env.set(s.name, this.expr(s.e));
         return;
       case 'let': {
-        const t: Lane = s.type === 'f64' ? 'f64' : laneOf(s.type);
-        const l = f.local(this.vector ? 'v128' : t);
-        const v = { l, t, hi: this.vector && t === 'f64' ? f.local('v128') : undefined };
+        // f64x4: four f64 lanes in any form (the partial sums of an inner vector loop).
+        const wide = s.type === 'f64x4' || (this.vector && s.type === 'f64');
+        const t: Lane = s.type === 'f64' || s.type === 'f64x4' ? 'f64' : laneOf(s.type);
+        const l = f.local(this.vector || wide ? 'v128' : t);
+        const v = { l, t, hi: wide ? f.local('v128') : undefined };
         this.vars.set(s.name, v);
         this.assign(v, this.expr(s.e));
         return;
@@ -131,8 +133,17 @@ class Codegen {
         const to = this.expr(s.to);
         if (from.r !== 'u' || to.r !== 'u') throw new NotUniform('a loop bound that differs between lanes');
         const i = f.local('i32');
-        this.env.set(s.v, { r: 'u', t: 'i32', l: i, m4: false });
         const bound = to.c !== undefined ? to.c : to.l!;
+        if (s.by !== undefined) {
+          // An inner vector loop: i steps by `by` and stands for the four indices i .. i + 3. In a
+          // kernel already vectorized over its outputs the lanes are taken.
+          if (this.vector) throw new NotUniform('an inner vector loop in a kernel vectorized over its outputs');
+          if (from.c === undefined || s.by % 4 !== 0) throw new Error('simd: an inner vector loop starts at a constant and steps by a multiple of 4');
+          this.env.set(s.v, { r: 'c', l: i, al: from.c % 4 === 0 });
+          f.for(i, from.c, bound, () => this.stmts(s.body), s.by);
+          return;
+        }
+        this.env.set(s.v, { r: 'u', t: 'i32', l: i, m4: false });
         f.for(i, from.c !== undefined ? from.c : from.l!, bound, () => this.stmts(s.body));
         return;
       }
@@ -383,6 +394,8 @@ class Codegen {
       case 'random':
         return this.random(this.expr(args[0]!), this.expr(args[1]!), this.expr(args[2]!), this.expr(args[3]!));
       case 'acc':
+        if (rest[0] === 'add') return this.addF64(this.expr(args[0]!), this.expr(args[1]!));
+        if (rest[0] === 'lanes') return this.sumLanes(this.expr(args[0]!));
         return this.accumulate(rest[0]!, rest[1]!, this.expr(args[0]!), this.expr(args[1]!));
       case 'fround': {
         const x = this.expr(args[0]!);
@@ -806,6 +819,33 @@ class Codegen {
     throw new Unsupported(`${fn} reduction of ${dtype}`);
   }
 
+  /** The f64 sum of two partial sums (`@acc.add.f64`): scalars, or four f64 lanes each. */
+  private addF64(a: Val, b: Val): Val {
+    const f = this.f;
+    if (a.r === 'w' && b.r === 'w') {
+      const lo = this.toLocal('v128', () => f.get(a.lo).get(b.lo).op('f64x2.add'));
+      const hi = this.toLocal('v128', () => f.get(a.hi).get(b.hi).op('f64x2.add'));
+      return { r: 'w', lo, hi };
+    }
+    if (a.r !== 'u' || b.r !== 'u' || a.t !== 'f64' || b.t !== 'f64') throw new Error('simd: @acc.add.f64 takes two f64 sums');
+    return this.uniform('f64', () => {
+      this.push(a);
+      this.push(b);
+      f.op('f64.add');
+    });
+  }
+
+  /** The scalar f64 sum of four f64 lanes (`@acc.lanes.f64`): (l0 + l1) + (l2 + l3). */
+  private sumLanes(w: Val): Val {
+    const f = this.f;
+    if (w.r !== 'w' || this.vector) throw new Error('simd: @acc.lanes.f64 takes four f64 lanes, outside a kernel vectorized over its outputs');
+    return this.uniform('f64', () => {
+      f.get(w.lo).lane('f64x2.extract_lane', 0).get(w.lo).lane('f64x2.extract_lane', 1).op('f64.add');
+      f.get(w.hi).lane('f64x2.extract_lane', 0).get(w.hi).lane('f64x2.extract_lane', 1).op('f64.add');
+      f.op('f64.add');
+    });
+  }
+
   /** Reduction steps (scalar form only): float sums in f64, int sums wrap, max keeps NaN. */
   private accumulate(fn: string, dtype: string, acc: Val, v: Val): Val {
     const f = this.f;
@@ -919,7 +959,13 @@ export function compileKernel(kernel: KernelText): { readonly module: WebAssembl
       if (!(e instanceof NotUniform) && !(e instanceof Unsupported)) throw e;
     }
   }
-  bytes ??= build(false);
+  try {
+    bytes ??= build(false);
+  } catch (e) {
+    // Only an inner vector loop makes the scalar form branch per lane: JavaScript takes the kernel.
+    if (e instanceof NotUniform) throw new Unsupported(e.message);
+    throw e;
+  }
   try {
     return { module: new WebAssembly.Module(bytes), vectorized };
   } catch (e) {

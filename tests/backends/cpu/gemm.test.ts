@@ -345,6 +345,51 @@ for (const op of CONV_OPS) {
   });
 }
 
+/**
+ * Convolutions whose patch matrix the GEMM reads in place from the padded images (unit horizontal
+ * stride and dilation, output rows of a multiple of 4 positions), and gradients of the input that
+ * run as such a convolution (unit strides, padding at most (k - 1) d): the random cases above
+ * rarely are.
+ */
+const inPlaceCase: fc.Arbitrary<ConvCase> = fc
+  .record({
+    n: fc.integer({ min: 0, max: 3 }),
+    groups: fc.integer({ min: 1, max: 3 }),
+    cg: fc.integer({ min: 1, max: 5 }),
+    og: fc.integer({ min: 1, max: 9 }),
+    kh: fc.integer({ min: 1, max: 3 }),
+    kw: fc.integer({ min: 1, max: 3 }),
+    h: fc.integer({ min: 1, max: 9 }),
+    quads: fc.integer({ min: 1, max: 5 }),
+    sh: fc.constantFrom(1, 1, 2),
+    dh: fc.constantFrom(1, 1, 2),
+    padding: fc.tuple(fc.integer({ min: 0, max: 2 }), fc.integer({ min: 0, max: 2 })),
+    seed: fc.integer({ min: 0, max: 2 ** 31 - 1 }),
+  })
+  .map((r) => ({
+    // ow = w + 2 pw - (kw - 1) = 4 quads.
+    x: [r.n, r.groups * r.cg, r.h, Math.max(1, 4 * r.quads - 2 * r.padding[1] + r.kw - 1)] as [number, number, number, number],
+    w: [r.groups * r.og, r.cg, r.kh, r.kw] as [number, number, number, number],
+    attrs: { stride: [r.sh, 1] as [number, number], padding: r.padding, dilation: [r.dh, 1] as [number, number], groups: r.groups },
+    seed: r.seed,
+  }))
+  .filter((c) => yShape(c)[2] >= 1 && yShape(c)[3] % 4 === 0);
+
+for (const op of CONV_OPS) {
+  test(`${op} reading its patches in place matches the reference and is bit-identical however it is split`, () => {
+    fc.assert(
+      fc.property(inPlaceCase, fc.integer({ min: 0, max: 2 ** 31 - 1 }), fc.integer({ min: 1, max: 8 }), (c, splitSeed, threads) => {
+        checkConv(testParallel(), op, c);
+        const [a, b] = convOperands(op, c);
+        const whole = runConv(testParallel(), op, c, a, b);
+        const split = runConv(testParallel({ threads, split: randomSplit(splitSeed) }), op, c, a, b);
+        assertSameBits(split, whole, `${op} ${JSON.stringify(c)} split ${splitSeed} threads ${threads}`);
+      }),
+      { numRuns: 2 * RUNS },
+    );
+  });
+}
+
 test('the demo network\'s convolutions (3x3, 16 channels, 16x16 and 4x4 images) match the reference', () => {
   const par = testParallel({ threads: 2 });
   const same: ConvAttrs = { stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 };
