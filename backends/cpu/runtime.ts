@@ -4,12 +4,18 @@
  * (`worker.js`) that run registered kernels together with the calling thread.
  *
  * The protocol, over a small SharedArrayBuffer (`control`) of i32 slots followed by f64 arguments:
- *  - the caller writes a job (kernel, entry, one range per thread, arguments), resets `done`, and
- *    publishes a new `job` word with `Atomics.store` + `Atomics.notify`; it then runs range 0 itself
- *    and waits until `done` counts every other thread that had a range;
- *  - the `job` word is `sequence << 10 | parts`, so that a worker with no range learns it from the
- *    same atomic load that tells it a job exists, never from slots the caller may already be
- *    rewriting for the next job;
+ *  - the caller writes a job (kernel, entry, one range per thread, arguments), resets `done` and
+ *    the `claim` word, and publishes a new `job` word with `Atomics.store` + `Atomics.notify`;
+ *  - then every thread, the caller included, claims ranges one at a time by a compare-and-swap on
+ *    `claim` (`sequence << 10 | next range`) and runs them, until none is left; the caller then
+ *    waits until `done` counts every range. Which thread runs a range changes nothing in its
+ *    result (the partition is fixed and every range runs the same code), but a worker still asleep
+ *    or descheduled (a VM's idle vCPU can take a millisecond to wake) no longer holds the run up:
+ *    the others take its range;
+ *  - the `job` word is `sequence << 10 | parts`, and a claim carries the same sequence, so a worker
+ *    that wakes late for a finished job claims nothing, never a range of the next job with the old
+ *    job's count; a range it did claim cannot be overwritten, since the next job is published only
+ *    once `done` counts it;
  *  - a worker that fails posts its message on its port and bumps `failed` before it bumps `done`,
  *    so a failure never leaves the caller waiting;
  *  - kernels are registered by posting them on one MessagePort per worker; a worker drains its
@@ -48,8 +54,8 @@ const PROBE_AFTER = 128;
 /** How long the first parallel run waits for the workers to boot before giving up. */
 const BOOT_TIMEOUT_MS = 30000;
 
-/** Slots of the control block's i32 part; `ranges` holds [start, end) for thread t at `ranges + 2t`. */
-const SLOT = { job: 0, done: 1, ready: 2, failed: 3, stop: 4, kernel: 5, entry: 6, argCount: 7, ranges: 8 } as const;
+/** Slots of the control block's i32 part; `ranges` holds [start, end) of range r at `ranges + 2r`. */
+const SLOT = { job: 0, done: 1, ready: 2, failed: 3, stop: 4, kernel: 5, entry: 6, argCount: 7, claim: 8, ranges: 9 } as const;
 
 /**
  * The fixed partition of `[0, total)` over `threads`: contiguous ranges in thread order, each a
@@ -65,6 +71,19 @@ export function partition(total: number, grain: number, threads: number): Array<
     const end = Math.min(total, start + (base + (t < extra ? 1 : 0)) * grain);
     return [start, end] as const;
   });
+}
+
+/**
+ * Claims the next range of job `sequence` (of `parts` ranges): its index, or -1 when every range is
+ * taken or the job is no longer the current one. worker.js holds the same function.
+ */
+function claimRange(ctl: Int32Array, sequence: number, parts: number): number {
+  for (;;) {
+    const word = Atomics.load(ctl, SLOT.claim);
+    const next = word & ((1 << PARTS_BITS) - 1);
+    if (word >>> PARTS_BITS !== sequence || next >= parts) return -1;
+    if (Atomics.compareExchange(ctl, SLOT.claim, word, word + 1) === word) return next;
+  }
 }
 
 /** Block sizes: 64-byte steps up to 4 KiB, then 1/8 of the enclosing power of two (<= 12.5% waste). */
@@ -291,16 +310,27 @@ export class CpuRuntime implements Parallel {
     if (total === 0) return;
 
     const ranges = this.threads === 1 || total < serialBelow ? [[0, total] as const] : partition(total, grain, this.threads).filter(([s, e]) => s < e);
-    const parallel = ranges.length > 1;
-    if (parallel) this.publish(id, entryIndex, ranges, args);
-    const failures: string[] = [];
-    try {
-      this.invokeHere(kernel, entryIndex, 0, ranges[0]![1], args);
-    } catch (error) {
-      failures.push(`thread 0 over [0, ${ranges[0]![1]}): ${message(error)}`);
+    if (ranges.length === 1) {
+      try {
+        this.invokeHere(kernel, entryIndex, 0, total, args);
+      } catch (error) {
+        throw new BackendError(`cpu kernel ${id} '${entry}' failed on thread 0 over [0, ${total}): ${message(error)}`);
+      }
+      return;
     }
-    // Collected even when range 0 failed: the next run rewrites the slots the workers read.
-    if (parallel) failures.push(...this.collect(ranges.length - 1));
+    this.publish(id, entryIndex, ranges, args);
+    const failures: string[] = [];
+    for (let r = claimRange(this.control, this.sequence, ranges.length); r >= 0; r = claimRange(this.control, this.sequence, ranges.length)) {
+      const [start, end] = ranges[r]!;
+      try {
+        this.invokeHere(kernel, entryIndex, start, end, args);
+      } catch (error) {
+        failures.push(`thread 0 over [${start}, ${end}): ${message(error)}`);
+      }
+      Atomics.add(this.control, SLOT.done, 1);
+    }
+    // Collected even when a range here failed: the next run rewrites the slots the workers read.
+    failures.push(...this.collect(ranges.length));
     if (failures.length > 0) throw new BackendError(`cpu kernel ${id} '${entry}' failed on ${failures.join('; ')}`);
   }
 
@@ -368,6 +398,7 @@ export class CpuRuntime implements Parallel {
     });
     this.sequence = (this.sequence + 1) & ((1 << (31 - PARTS_BITS)) - 1);
     Atomics.store(ctl, SLOT.done, 0);
+    Atomics.store(ctl, SLOT.claim, this.sequence << PARTS_BITS);
     Atomics.store(ctl, SLOT.job, (this.sequence << PARTS_BITS) | ranges.length);
     Atomics.notify(ctl, SLOT.job);
   }
@@ -386,14 +417,14 @@ export class CpuRuntime implements Parallel {
     this.booted = true;
   }
 
-  /** Waits until `workers` workers are done; returns their failures as `thread t over [s, e): message`. */
-  private collect(workers: number): string[] {
+  /** Waits until `parts` ranges are done; returns the workers' failures as `thread t over [s, e): message`. */
+  private collect(parts: number): string[] {
     const ctl = this.control;
     const deadline = performance.now() + this.spin.micros / 1000;
     let done = Atomics.load(ctl, SLOT.done);
-    for (let i = 1; done !== workers && (i % 256 !== 0 || performance.now() < deadline); i++) done = Atomics.load(ctl, SLOT.done);
-    this.spin.record(done === workers);
-    for (; done !== workers; done = Atomics.load(ctl, SLOT.done)) Atomics.wait(ctl, SLOT.done, done);
+    for (let i = 1; done !== parts && (i % 256 !== 0 || performance.now() < deadline); i++) done = Atomics.load(ctl, SLOT.done);
+    this.spin.record(done === parts);
+    for (; done !== parts; done = Atomics.load(ctl, SLOT.done)) Atomics.wait(ctl, SLOT.done, done);
     if (Atomics.load(ctl, SLOT.failed) === 0) return [];
     Atomics.store(ctl, SLOT.failed, 0);
     const { receiveMessageOnPort } = nodeOnly('cpu runtime worker threads').workerThreads;

@@ -1,5 +1,6 @@
 /**
- * A worker thread of the CPU runtime: waits for a job, runs its range of it, counts itself done.
+ * A worker thread of the CPU runtime: waits for a job, claims and runs its ranges while any is left,
+ * counting each done.
  * `runtime.ts` documents the protocol and hands over its layout in workerData, so the two files
  * cannot disagree about slots. Plain JavaScript, so that it loads with no loader at all.
  */
@@ -7,7 +8,7 @@ import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { MATH_IMPORTS } from './math.js';
 
 const { memory, control, port, thread, spinMicros, probeAfter, slot, argsOffset, maxArgs, partsBits } = workerData;
-const ctl = new Int32Array(control, 0, slot.ranges + 2 * (thread + 1));
+const ctl = new Int32Array(control, 0, argsOffset / 4);
 const argv = new Float64Array(control, argsOffset, maxArgs);
 const partsMask = (1 << partsBits) - 1;
 
@@ -113,17 +114,30 @@ function nextJob(seen) {
 Atomics.add(ctl, slot.ready, 1);
 Atomics.notify(ctl, slot.ready);
 // Starting from 0 rather than the current word: a job published before this worker booted still runs.
+/** runtime.ts's `claimRange`: the next range of job `sequence`, or -1 when none is left or the job is over. */
+function claimRange(sequence, parts) {
+  for (;;) {
+    const word = Atomics.load(ctl, slot.claim);
+    const next = word & partsMask;
+    if (word >>> partsBits !== sequence || next >= parts) return -1;
+    if (Atomics.compareExchange(ctl, slot.claim, word, word + 1) === word) return next;
+  }
+}
+
 for (let seen = nextJob(0); Atomics.load(ctl, slot.stop) === 0; seen = nextJob(seen)) {
   const parts = seen & partsMask;
-  if (thread >= parts) continue;
-  const start = ctl[slot.ranges + 2 * thread];
-  const end = ctl[slot.ranges + 2 * thread + 1];
-  try {
-    runJob(start, end);
-  } catch (error) {
-    port.postMessage({ thread, start, end, error: describe(error) });
-    Atomics.add(ctl, slot.failed, 1);
+  const sequence = seen >>> partsBits;
+  for (let r = claimRange(sequence, parts); r >= 0; r = claimRange(sequence, parts)) {
+    const start = ctl[slot.ranges + 2 * r];
+    const end = ctl[slot.ranges + 2 * r + 1];
+    try {
+      runJob(start, end);
+    } catch (error) {
+      port.postMessage({ thread, start, end, error: describe(error) });
+      Atomics.add(ctl, slot.failed, 1);
+    }
+    // The last range done wakes the caller (it may be asleep in Atomics.wait).
+    if (Atomics.add(ctl, slot.done, 1) === parts - 1) Atomics.notify(ctl, slot.done);
   }
-  if (Atomics.add(ctl, slot.done, 1) === parts - 2) Atomics.notify(ctl, slot.done);
 }
 port.close();
