@@ -4,14 +4,21 @@
  * input planes by col2im (the adjoint of im2col), and conv2dGradWeight is dY · im2col(x)ᵀ
  * contracted over the positions of every image.
  *
- * The patch matrix is written straight in packed B's layout, from a zero-padded copy of x, so the
- * gather needs no bounds checks; its columns are output positions, the wide side of the GEMM's
- * tile. A table gives each group of 4 output positions its input offsets, and a group whose inputs
- * are adjacent moves as one vector. These kernels (pad, im2col, im2col_t, col2im) are a module of
- * their own; packing and the contraction run gemm.ts's. Every kernel keeps a fixed order per
- * element, so results are bit-identical for any partition. Scratch (padded images, patch matrices,
- * packed operands) stays within gemm.ts's budget (chunkOf) by processing the images in chunks (at
- * least one image per chunk).
+ * Where the horizontal stride and dilation are 1 and output rows are whole groups of 4 positions
+ * (readsInPlace: every 3x3 or 1x1 convolution of the UNets at 4x4 and up), no patch matrix is
+ * written: conv2d's GEMM reads B straight from the zero-padded images through a table of tap
+ * offsets (gemmDirect); conv2dGradInput, when its strides are 1, is that same forward convolution
+ * of dY with the kernel turned half a turn (gradInputAsConv); conv2dGradWeight is dot products of
+ * dY's rows with the patch rows, read in place (gw_direct).
+ *
+ * Elsewhere the patch matrix is written straight in packed B's layout, from a zero-padded copy of
+ * x, so the gather needs no bounds checks; its columns are output positions, the wide side of the
+ * GEMM's tile. A table gives each group of 4 output positions its input offsets, and a group whose
+ * inputs are adjacent moves as one vector. These kernels (pad, im2col, im2col_t, col2im, gw_direct)
+ * are a module of their own; packing and the contraction run gemm.ts's. Every kernel keeps a fixed
+ * order per element, so results are bit-identical for any partition. Scratch (padded images, patch
+ * matrices, packed operands) stays within gemm.ts's budget (chunkOf) by processing the images in
+ * chunks (at least one image per chunk).
  */
 import { BackendError } from '../../core/errors.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
@@ -577,8 +584,9 @@ export function conv2dGradInput(par: Parallel, p: ConvParams): void {
 
 /**
  * dw = conv2dGradWeight(x, dy): per group, dW = dY · im2col(x)ᵀ contracted over the positions of
- * every image, with dY packed as A and the transposed patch matrix as B; each chunk of images
- * after the first adds onto dw, so every element is still summed in one fixed order.
+ * every image: dot products over patches read in place (gw_direct) where readsInPlace, else with dY
+ * packed as A and the transposed patch matrix as B. Each chunk of images after the first adds onto
+ * dw, so every element is still summed in one fixed order.
  */
 function conv2dGradWeightLayout(p: ConvShapes) {
   const g = convGeometry('conv2dGradWeight', p.aShape, p.outShape, p.bShape, p);

@@ -415,6 +415,20 @@ test('convolutions of batches larger than the scratch budget run in chunks and f
   }
 });
 
+test('convolutions that read their patches in place also run in chunks when the padded images exceed the budget', () => {
+  // One 2048 x 4096 channel per image: 33.6 MB padded, so each image is a chunk of its own, and
+  // conv2dGradWeight's second chunk adds onto the first's sums.
+  const c: ConvCase = { x: [2, 1, 2048, 4096], w: [1, 1, 3, 3], attrs: { stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 }, seed: 6 };
+  for (const op of ['conv2d', 'conv2dGradWeight'] as const) {
+    const par = testParallel({ threads: 2 });
+    const [a, b] = convOperands(op, c);
+    const got = runConv(par, op, c, a, b);
+    assertClose(got.subarray(1, -1), referenceConv(op, c, a, b), referenceConv(op, c, abs(a), abs(b)), `chunked in place ${op}`);
+    const held = (a.length + b.length + got.length) * 4;
+    assert.ok(par.peak() - held <= SCRATCH_LIMIT, `${op}: peak scratch ${par.peak() - held}`);
+  }
+});
+
 test('on worker threads (the CPU runtime, 2 threads) results are the single-thread ones bit for bit', () => {
   const rt = createRuntime({ threads: 2 });
   try {
