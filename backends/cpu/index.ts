@@ -30,6 +30,13 @@ const DTYPES: ReadonlySet<DType> = new Set(['float32', 'int32', 'bool']);
 const SERIAL_WORK = 1 << 15;
 /** Outputs per grain of a WebAssembly fused kernel: a multiple of its 4 lanes, 64 bytes of f32. */
 const WASM_GRAIN = 16;
+/**
+ * The grain of a kernel whose every output costs at least COSTLY_OUTPUT (a reduction over long
+ * rows): 4 outputs, so that a reduction to a few outputs (8 to 24 channels) still splits over the
+ * threads; two threads writing one cache line then matters little against the rows they read.
+ */
+const COSTLY_GRAIN = 4;
+const COSTLY_OUTPUT = 1024;
 
 /** A tensor in the shared memory: `offset` is in bytes, `size` in elements. */
 export class CpuBuffer implements DeviceBuffer {
@@ -268,7 +275,8 @@ export class CpuBackend implements Backend {
         const serialBelow = Math.ceil(SERIAL_WORK / step.cost);
         if (wasm) {
           // Byte offsets; ranges start at multiples of 4, as the vector loop needs.
-          rt.run(kernel, 'k', step.total, [...step.reads, step.writes].map(at), { grain: WASM_GRAIN, serialBelow: Math.max(serialBelow, 2 * WASM_GRAIN) });
+          const grain = step.cost >= COSTLY_OUTPUT ? COSTLY_GRAIN : WASM_GRAIN;
+          rt.run(kernel, 'k', step.total, [...step.reads, step.writes].map(at), { grain, serialBelow: Math.max(serialBelow, 2 * grain) });
           return;
         }
         const args = [...step.reads, step.writes].map((n) => at(n) / elementBytes(nodes[n]!.dtype));
