@@ -47,22 +47,24 @@ function min(f: FunctionBody, x: Local | number, y: Local | number): FunctionBod
 type TileAccess = 'store' | 'accumulate' | 'edge';
 
 /**
- * Visits the vectors of a 4 x 16 tile of C at `c` (rows `ldc` bytes apart): all of them, or for
- * an edge tile only rows below `rows` and lanes below `cols`, lane by lane at the right edge.
+ * Visits the vectors of a 4 x 16 tile of C at `c` (rows `ldc` bytes apart) in the 4-column groups
+ * `columns`: all of them, or for an edge tile only rows below `rows` and lanes below `cols`, lane
+ * by lane at the right edge.
  */
 function forEachTileVector(
   f: FunctionBody,
   t: { c: Local; ldc: Local; row: Local; rows: Local; cols: Local },
   edge: boolean,
+  columns: readonly number[],
   vector: (i: number, j: number, offset: number) => void,
   lane: (i: number, j: number, l: number, offset: number) => void,
 ): void {
   f.get(t.c).set(t.row);
   for (const i of range(MR)) {
-    if (!edge) range(NR / 4).forEach((j) => vector(i, j, 16 * j));
+    if (!edge) columns.forEach((j) => vector(i, j, 16 * j));
     else {
       f.get(t.rows).i32(i).op('i32.gt_s').if(() => {
-        for (const j of range(NR / 4)) {
+        for (const j of columns) {
           f.get(t.cols).i32(4 * j + 4).op('i32.ge_s').if(
             () => vector(i, j, 16 * j),
             () => range(4).forEach((l) => f.get(t.cols).i32(4 * j + l).op('i32.gt_s').if(() => lane(i, j, l, 16 * j + 4 * l))),
@@ -104,42 +106,53 @@ function emitMicroKernel(mod: ModuleBuilder, access: TileAccess, source: BSource
     const off = f.local(I32);
     const tile = { c: c!, ldc: ldc!, rows: rows!, cols: cols!, row: f.local(I32) };
     const edge = access === 'edge';
-    const load = () =>
+    const aPos = f.local(I32);
+    const bPos = f.local(I32);
+    // The tile in two halves of 4 x 8, one pass over k each: a half's 8 accumulators, 2 vectors of
+    // B, the splat of A and a product fit the 16 vector registers, where the whole tile's 16
+    // accumulators did not (V8 spilled them to memory on every step). A is read twice, from L1.
+    for (const half of [[0, 1], [2, 3]] as const) {
+      const load = () =>
+        forEachTileVector(
+          f,
+          tile,
+          edge,
+          half,
+          (i, j, offset) => f.get(tile.row).mem('v128.load', offset).set(acc[i]![j]!),
+          (i, j, l, offset) => f.get(tile.row).get(acc[i]![j]!).memLane('v128.load32_lane', l, offset).set(acc[i]![j]!),
+        );
+      if (access === 'accumulate') load();
+      if (access === 'edge') f.get(accumulate!).if(load);
+      f.get(a).set(aPos);
+      f.get(b).set(bPos);
+      // bPos walks the packed panel (64 bytes a step) or the tap table (4 bytes a step).
+      f.get(b).get(kc!).i32(direct ? F32 : B_STEP).op('i32.mul').op('i32.add').set(bEnd);
+      f.block((done) => {
+        f.get(kc!).op('i32.eqz').brIf(done);
+        f.loop((step) => {
+          if (direct) {
+            f.get(bPos).mem('i32.load').set(off);
+            half.forEach((j) => f.get(bases[j]!).get(off).op('i32.add').mem('v128.load').set(bv[j]!));
+          } else {
+            half.forEach((j) => f.get(bPos).mem('v128.load', 16 * j).set(bv[j]!));
+          }
+          for (const i of range(MR)) {
+            f.get(aPos).mem('v128.load32_splat', F32 * i).set(av);
+            for (const j of half) f.get(acc[i]![j]!).get(av).get(bv[j]!).op('f32x4.mul').op('f32x4.add').set(acc[i]![j]!);
+          }
+          f.get(aPos).i32(A_STEP).op('i32.add').set(aPos);
+          f.get(bPos).i32(direct ? F32 : B_STEP).op('i32.add').tee(bPos).get(bEnd).op('i32.ne').brIf(step);
+        });
+      });
       forEachTileVector(
         f,
         tile,
         edge,
-        (i, j, offset) => f.get(tile.row).mem('v128.load', offset).set(acc[i]![j]!),
-        (i, j, l, offset) => f.get(tile.row).get(acc[i]![j]!).memLane('v128.load32_lane', l, offset).set(acc[i]![j]!),
+        half,
+        (i, j, offset) => f.get(tile.row).get(acc[i]![j]!).mem('v128.store', offset),
+        (i, j, l, offset) => f.get(tile.row).get(acc[i]![j]!).memLane('v128.store32_lane', l, offset),
       );
-    if (access === 'accumulate') load();
-    if (access === 'edge') f.get(accumulate!).if(load);
-    // b walks the packed panel (64 bytes a step) or the tap table (4 bytes a step).
-    f.get(b).get(kc!).i32(direct ? F32 : B_STEP).op('i32.mul').op('i32.add').set(bEnd);
-    f.block((done) => {
-      f.get(kc!).op('i32.eqz').brIf(done);
-      f.loop((step) => {
-        if (direct) {
-          f.get(b).mem('i32.load').set(off);
-          range(NR / 4).forEach((j) => f.get(bases[j]!).get(off).op('i32.add').mem('v128.load').set(bv[j]!));
-        } else {
-          range(NR / 4).forEach((j) => f.get(b).mem('v128.load', 16 * j).set(bv[j]!));
-        }
-        for (const i of range(MR)) {
-          f.get(a).mem('v128.load32_splat', F32 * i).set(av);
-          for (const j of range(NR / 4)) f.get(acc[i]![j]!).get(av).get(bv[j]!).op('f32x4.mul').op('f32x4.add').set(acc[i]![j]!);
-        }
-        f.get(a).i32(A_STEP).op('i32.add').set(a);
-        f.get(b).i32(direct ? F32 : B_STEP).op('i32.add').tee(b).get(bEnd).op('i32.ne').brIf(step);
-      });
-    });
-    forEachTileVector(
-      f,
-      tile,
-      edge,
-      (i, j, offset) => f.get(tile.row).get(acc[i]![j]!).mem('v128.store', offset),
-      (i, j, l, offset) => f.get(tile.row).get(acc[i]![j]!).memLane('v128.store32_lane', l, offset),
-    );
+    }
   }, { exported: false });
 }
 
