@@ -248,8 +248,9 @@ function emitCol2im(mod: ModuleBuilder): void {
  * dyImageBytes, accumulate): conv2dGradWeight reading its patches in place (readsInPlace). For
  * units u = (group, panel of 4 output channels, panel of 4 taps), dW[o, tap] is the dot product of
  * dY's row o with the tap's patch row over the positions of every image, positions 4 at a time:
- * 16 accumulators of 4 lanes (lane l sums positions l mod 4, images in order), each summed across
- * its lanes as (l0 + l1) + (l2 + l3) at the end and stored (added to dW when `accumulate` is set).
+ * an accumulator of 4 lanes per (o, tap) (lane l sums positions l mod 4, images in order), summed
+ * across its lanes as (l0 + l1) + (l2 + l3) at the end and stored (added to dW when `accumulate` is
+ * set); the 4 x 4 tile runs as two passes of 4 x 2.
  * Rows past og and taps past K compute on a clamped neighbour and are not stored. xp holds the
  * images' zero-padded planes (imageBytes each, a group's first plane groupBytes on), dy
  * [images, groups og, positions]; firsts and taps are gemmDirect's tables.
@@ -284,41 +285,43 @@ function emitGradWeightDirect(mod: ModuleBuilder): void {
         f.get(tp).i32(4).op('i32.mul').i32(i).op('i32.add').get(kTaps).op('i32.lt_s').op('select');
         f.i32(F32).op('i32.mul').get(taps).op('i32.add').mem('i32.load').get(gi).get(groupBytes).op('i32.mul').op('i32.add').set(tapOff[i]!);
       });
-      acc.flat().forEach((a) => f.f32x4([0, 0, 0, 0]).set(a));
-      f.for(img, 0, images, () => {
-        f.get(img).get(imageBytes).op('i32.mul').get(xp).op('i32.add').set(xImg);
-        f.get(img).get(dyImageBytes).op('i32.mul').get(dy).op('i32.add').set(dyImg);
-        range(4).forEach((i) => {
-          f.get(dyImg).get(rowOff[i]!).op('i32.add').set(dyRow[i]!);
-          f.get(xImg).get(tapOff[i]!).op('i32.add').set(xTap[i]!);
+      // Two passes of 4 rows x 2 taps, stored after each: 8 accumulators, 2 patch vectors, a dY
+      // vector and a product fit the 16 vector registers (all 16 accumulators at once spilled).
+      for (const half of [[0, 1], [2, 3]] as const) {
+        range(4).forEach((i) => half.forEach((j) => f.f32x4([0, 0, 0, 0]).set(acc[i]![j]!)));
+        f.for(img, 0, images, () => {
+          f.get(img).get(imageBytes).op('i32.mul').get(xp).op('i32.add').set(xImg);
+          f.get(img).get(dyImageBytes).op('i32.mul').get(dy).op('i32.add').set(dyImg);
+          range(4).forEach((i) => f.get(dyImg).get(rowOff[i]!).op('i32.add').set(dyRow[i]!));
+          half.forEach((j) => f.get(xImg).get(tapOff[j]!).op('i32.add').set(xTap[j]!));
+          f.get(firsts).set(fo);
+          // vo: the byte offset of positions 4v .. 4v + 3 in a dY row.
+          f.for(vo, 0, vend, () => {
+            f.get(fo).mem('i32.load').set(v);
+            half.forEach((j) => f.get(xTap[j]!).get(v).op('i32.add').mem('v128.load').set(xv[j]!));
+            range(4).forEach((i) => {
+              f.get(dyRow[i]!).get(vo).op('i32.add').mem('v128.load').set(dv);
+              half.forEach((j) => f.get(acc[i]![j]!).get(dv).get(xv[j]!).op('f32x4.mul').op('f32x4.add').set(acc[i]![j]!));
+            });
+            f.get(fo).i32(F32).op('i32.add').set(fo);
+          }, 16);
         });
-        f.get(firsts).set(fo);
-        // vo: the byte offset of positions 4v .. 4v + 3 in a dY row.
-        f.for(vo, 0, vend, () => {
-          f.get(fo).mem('i32.load').set(v);
-          range(4).forEach((j) => f.get(xTap[j]!).get(v).op('i32.add').mem('v128.load').set(xv[j]!));
-          range(4).forEach((i) => {
-            f.get(dyRow[i]!).get(vo).op('i32.add').mem('v128.load').set(dv);
-            range(4).forEach((j) => f.get(acc[i]![j]!).get(dv).get(xv[j]!).op('f32x4.mul').op('f32x4.add').set(acc[i]![j]!));
-          });
-          f.get(fo).i32(F32).op('i32.add').set(fo);
-        }, 16);
-      });
-      range(4).forEach((i) =>
-        range(4).forEach((j) => {
-          // Row 4 op + i < og and tap 4 tp + j < K: dW[gi og + 4 op + i, 4 tp + j].
-          f.get(op).i32(4).op('i32.mul').i32(i).op('i32.add').get(og).op('i32.lt_s');
-          f.get(tp).i32(4).op('i32.mul').i32(j).op('i32.add').get(kTaps).op('i32.lt_s').op('i32.and').if(() => {
-            f.get(gi).get(og).op('i32.mul').get(op).i32(4).op('i32.mul').op('i32.add').i32(i).op('i32.add').get(kTaps).op('i32.mul');
-            f.get(tp).i32(4).op('i32.mul').op('i32.add').i32(j).op('i32.add').i32(F32).op('i32.mul').get(dw).op('i32.add').set(at);
-            const a = acc[i]![j]!;
-            f.get(a).lane('f32x4.extract_lane', 0).get(a).lane('f32x4.extract_lane', 1).op('f32.add');
-            f.get(a).lane('f32x4.extract_lane', 2).get(a).lane('f32x4.extract_lane', 3).op('f32.add').op('f32.add').set(sum);
-            f.get(accumulate).if(() => f.get(at).mem('f32.load').get(sum).op('f32.add').set(sum));
-            f.get(at).get(sum).mem('f32.store');
-          });
-        }),
-      );
+        range(4).forEach((i) =>
+          half.forEach((j) => {
+            // Row 4 op + i < og and tap 4 tp + j < K: dW[gi og + 4 op + i, 4 tp + j].
+            f.get(op).i32(4).op('i32.mul').i32(i).op('i32.add').get(og).op('i32.lt_s');
+            f.get(tp).i32(4).op('i32.mul').i32(j).op('i32.add').get(kTaps).op('i32.lt_s').op('i32.and').if(() => {
+              f.get(gi).get(og).op('i32.mul').get(op).i32(4).op('i32.mul').op('i32.add').i32(i).op('i32.add').get(kTaps).op('i32.mul');
+              f.get(tp).i32(4).op('i32.mul').op('i32.add').i32(j).op('i32.add').i32(F32).op('i32.mul').get(dw).op('i32.add').set(at);
+              const a = acc[i]![j]!;
+              f.get(a).lane('f32x4.extract_lane', 0).get(a).lane('f32x4.extract_lane', 1).op('f32.add');
+              f.get(a).lane('f32x4.extract_lane', 2).get(a).lane('f32x4.extract_lane', 3).op('f32.add').op('f32.add').set(sum);
+              f.get(accumulate).if(() => f.get(at).mem('f32.load').get(sum).op('f32.add').set(sum));
+              f.get(at).get(sum).mem('f32.store');
+            });
+          }),
+        );
+      }
     });
   }, { exported: true });
 }
