@@ -82,6 +82,12 @@ export interface RunOptions {
   readonly stopAfter?: number;
   /** Stop after the first step that ends past this many seconds of training (equal-time comparisons). */
   readonly stopAfterSeconds?: number;
+  /**
+   * Training seconds, counted over the run's resumes as log.jsonl's `seconds` are, at which to also
+   * write (and log) a checkpoint: at the first step that ends past each. An equal-time comparison
+   * evaluates these afterwards, so a run is measured at fixed points of its budget without stopping.
+   */
+  readonly checkpointAtSeconds?: readonly number[];
   /** When aborted, the run finishes its current step, writes a checkpoint and returns (Ctrl-C). */
   readonly signal?: AbortSignal;
   /** Write progress to stderr: one line updated in place on a terminal, else a plain line every 30 s and at the end. */
@@ -217,6 +223,9 @@ async function train(options: RunOptions, say: (message: string) => void, histor
   let windowStart = began;
   let lastPlainProgress = -Infinity;
   let lastPosition = start.position;
+  // The checkpointAtSeconds still ahead, and the step that crossed one (checkpointed by `checkpoint`).
+  const marks = (options.checkpointAtSeconds ?? []).filter((m) => m > offset).sort((a, b) => a - b);
+  let markedStep = -1;
   // Checkpoints known good, oldest first; the one whose manifest waits for the next step's loss.
   const good: { step: number; dir: string }[] = [...(start.resumed?.older ?? [])];
   let pending: PendingCheckpoint | undefined;
@@ -251,13 +260,18 @@ async function train(options: RunOptions, say: (message: string) => void, histor
     await commit();
     const nonFinite = await metrics.nonFinite.item();
     if (nonFinite !== 0) await diverged(step, `${nonFinite} values of the new parameters and optimizer state are not finite`, step - 1);
-    if (step % t.log_every === 0 || last) {
-      const now = performance.now();
+    const now = performance.now();
+    const seconds = offset + (now - began) / 1000;
+    if (marks.length > 0 && seconds >= marks[0]!) {
+      while (marks.length > 0 && seconds >= marks[0]!) marks.shift();
+      markedStep = step;
+    }
+    if (step % t.log_every === 0 || last || step === markedStep) {
       const line: LogLine = {
         step, loss, images_seen: await imagesSeen(state),
         patch: `${batch.images.shape[2]}x${batch.images.shape[3]}`,
         images_per_s: (windowImages * 1000) / Math.max(now - windowStart, 1e-3),
-        seconds: offset + (now - began) / 1000,
+        seconds,
         replaced: await metrics.replaced.item(),
       };
       windowImages = 0;
@@ -279,7 +293,7 @@ async function train(options: RunOptions, say: (message: string) => void, histor
     }
   };
   const checkpoint: Obs = async ({ step, state, last }) => {
-    if (step % t.checkpoint_every !== 0 && !last) return;
+    if (step % t.checkpoint_every !== 0 && !last && step !== markedStep) return;
     pending = await writeCheckpointFiles(runDir, {
       step, config, prngKey: state.key, dataPosition: { position: lastPosition },
       trees: { params: state.params, ema: state.ema, optimizer: state.opt, counters: { imagesSeen: state.imagesSeen } },

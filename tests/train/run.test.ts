@@ -52,6 +52,19 @@ test('training 2N steps equals training N, stopping, resuming and training N mor
   assert.deepEqual(resumed.log.map((l) => l.loss), straight.log.map((l) => l.loss));
 });
 
+test('checkpointAtSeconds writes and logs a checkpoint at the first step past each mark, counted over resumes', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-marks-'));
+  const config = tiny({ checkpoint_every: 1000, log_every: 1000 });
+  // Marks at a nanosecond (crossed by step 1) and far ahead (never): checkpoints at steps 1 and 3 (the last).
+  const first = await trainRun({ runDir: dir, config, gridSamples: 0, stopAfter: 3, checkpointAtSeconds: [1e6, 1e-9] });
+  assert.deepEqual(first.log.map((l) => l.step), [1, 3]);
+  assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('checkpoint-')).sort(), ['checkpoint-000000001', 'checkpoint-000000003']);
+  // Resumed, a mark the run has passed is not written again; one just past the resumed seconds is.
+  const resumed = await trainRun({ runDir: dir, config, gridSamples: 0, resume: true, stopAfter: 2, checkpointAtSeconds: [1e-9, first.log.at(-1)!.seconds + 1e-9] });
+  assert.deepEqual(resumed.log.map((l) => l.step), [1, 3, 4, 5]);
+  assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('checkpoint-')).sort(), ['checkpoint-000000001', 'checkpoint-000000003', 'checkpoint-000000004', 'checkpoint-000000005']);
+});
+
 test('a non-finite loss stops the run with a clear message and the last good checkpoint intact', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tessera-nan-'));
   await trainRun({ runDir: dir, config: tiny({ steps: 3 }), gridSamples: 0 });

@@ -29,6 +29,8 @@ export interface EvalOptions {
   readonly seed?: number;
   /** Images sampled per sampler call (bounds memory); default 100. */
   readonly batch?: number;
+  /** Bootstrap replicates for FD's standard error (metrics.ts `fdBootstrapStderr`); none by default. */
+  readonly fdBootstrap?: number;
 }
 
 export interface EvalResult extends SampleMetrics {
@@ -96,7 +98,7 @@ export async function evaluateCheckpoint(dir: string, options: EvalOptions, refe
   const images = await sampleImages(config, ema, options.samples, steps, seed + 1, options.batch);
   const sampleSeconds = (performance.now() - began) / 1000;
   const generated = featureSet(await imageFeatures(ref.classifier, images), FEATURE_DIM);
-  const metrics = sampleMetrics(ref.features, generated, { kid: { subsets: 100, subsetSize: Math.min(1000, options.samples), seed } });
+  const metrics = sampleMetrics(ref.features, generated, { kid: { subsets: 100, subsetSize: Math.min(1000, options.samples), seed }, fdBootstrap: options.fdBootstrap });
   return {
     reference: ref,
     result: {

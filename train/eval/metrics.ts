@@ -4,10 +4,12 @@
  *
  * - FD, the Fréchet distance between Gaussians fitted to two feature sets (FID's formula, Heusel
  *   et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
- *   Equilibrium", eq. 6): ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}).
+ *   Equilibrium", eq. 6): ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}); optionally with a
+ *   bootstrap standard error (both sets resampled with replacement).
  * - KID (Binkowski et al. 2018, "Demystifying MMD GANs", Sec. 4 / eq. 4): the unbiased estimate of
- *   MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
- *   Unlike FD it is unbiased, so small sample counts compare fairly.
+ *   MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets,
+ *   with the jackknife standard error of the whole-set estimate. Unlike FD it is unbiased, so small
+ *   sample counts compare fairly.
  * - Precision and recall of Kynkäänniemi et al. 2019 ("Improved Precision and Recall Metric for
  *   Assessing Generative Models", Sec. 2): each set's manifold is the union of balls around its
  *   points reaching their k-th nearest neighbour; precision is the fraction of generated points
@@ -15,7 +17,7 @@
  *   one (coverage).
  */
 import { TesseraError } from '../../core/errors.ts';
-import { mixSeed, permutation } from '../data/prng.ts';
+import { below, mixSeed, permutation, splitmix32 } from '../data/prng.ts';
 import { gaussianStats, trace, traceSqrtProduct, type GaussianStats } from './linalg.ts';
 
 /** Rows of features: `count` x `dim`, row-major. */
@@ -89,6 +91,14 @@ export interface Kid {
   readonly stderr: number;
   readonly subsets: number;
   readonly subsetSize: number;
+  /**
+   * The jackknife standard error of the whole-set estimate (the unbiased MMD^2 over every row of
+   * both sets, which `mean` is when the subset size is both counts): the two-sample delete-one
+   * jackknife, the variances from leaving out each row of `a` and each row of `b` added (Arvesen
+   * 1969). Unlike `stderr` it measures how far the estimate would move with other samples; it errs
+   * on the large side, most when the two distributions coincide (a degenerate U-statistic).
+   */
+  readonly jackknife: number;
 }
 
 /**
@@ -125,7 +135,68 @@ export function kernelInceptionDistance(a: FeatureSet, b: FeatureSet, options: K
   }
   const mean = values.reduce((s, v) => s + v, 0) / subsets;
   const std = subsets > 1 ? Math.sqrt(values.reduce((s, v) => s + (v - mean) ** 2, 0) / (subsets - 1)) : 0;
-  return { mean, std, stderr: std / Math.sqrt(subsets), subsets, subsetSize: m };
+  return { mean, std, stderr: std / Math.sqrt(subsets), subsets, subsetSize: m, jackknife: kidJackknife(kaa, kbb, kab, a.count, b.count) };
+}
+
+/**
+ * The delete-one jackknife standard error of the whole-set KID, from its kernel matrices. With
+ * within-set sums S_aa = sum_{i != j} k(a_i, a_j) (and S_bb), the cross sum S_ab, and row l's
+ * shares r_l = sum_{j != l} k(a_l, a_j) and c_l = sum_j k(a_l, b_j), leaving out a_l gives
+ *   (S_aa - 2 r_l) / ((n-1)(n-2)) + S_bb / (m(m-1)) - 2 (S_ab - c_l) / ((n-1) m),
+ * so every leave-one-out value costs O(1) once the row sums are known.
+ */
+function kidJackknife(kaa: Float64Array, kbb: Float64Array, kab: Float64Array, n: number, m: number): number {
+  if (n < 3 || m < 3) return NaN;
+  const within = (k: Float64Array, size: number) => {
+    const rows = new Float64Array(size);
+    for (let i = 0; i < size; i++) for (let j = 0; j < size; j++) if (i !== j) rows[i]! += k[i * size + j]!;
+    return { rows, total: rows.reduce((s, r) => s + r, 0) };
+  };
+  const aa = within(kaa, n);
+  const bb = within(kbb, m);
+  const crossA = new Float64Array(n);
+  const crossB = new Float64Array(m);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < m; j++) {
+      crossA[i]! += kab[i * m + j]!;
+      crossB[j]! += kab[i * m + j]!;
+    }
+  }
+  const sab = crossA.reduce((s, r) => s + r, 0);
+  const variance = (values: Float64Array) => {
+    const mean = values.reduce((s, v) => s + v, 0) / values.length;
+    return ((values.length - 1) / values.length) * values.reduce((s, v) => s + (v - mean) ** 2, 0);
+  };
+  const leaveA = aa.rows.map((r, l) => (aa.total - 2 * r) / ((n - 1) * (n - 2)) + bb.total / (m * (m - 1)) - (2 * (sab - crossA[l]!)) / ((n - 1) * m));
+  const leaveB = bb.rows.map((r, l) => aa.total / (n * (n - 1)) + (bb.total - 2 * r) / ((m - 1) * (m - 2)) - (2 * (sab - crossB[l]!)) / (n * (m - 1)));
+  return Math.sqrt(variance(leaveA) + variance(leaveB));
+}
+
+/**
+ * The bootstrap standard error of FD: the standard deviation of FD over `replicates` pairs of sets
+ * drawn with replacement from `a` and from `b` (seeded). Both sets are resampled, so the error
+ * covers the reference set's noise as well as the generated set's. Each replicate repeats the
+ * duplicates it draws, which biases its FD upwards (FD's bias grows as the effective count falls);
+ * the spread, not the level, is what is used.
+ */
+export function fdBootstrapStderr(a: FeatureSet, b: FeatureSet, options: { replicates: number; seed?: number }): number {
+  const d = sameDim('fdBootstrapStderr', a, b);
+  if (!(Number.isInteger(options.replicates) && options.replicates >= 2)) throw new TesseraError(`fdBootstrapStderr: replicates must be an integer >= 2, got ${options.replicates}`);
+  const resample = (set: FeatureSet, next: () => number) => {
+    const out = new Float64Array(set.count * d);
+    for (let i = 0; i < set.count; i++) {
+      const row = below(next, set.count);
+      for (let k = 0; k < d; k++) out[i * d + k] = set.data[row * d + k]!;
+    }
+    return featureSet(out, d);
+  };
+  const values: number[] = [];
+  for (let r = 0; r < options.replicates; r++) {
+    const next = splitmix32(mixSeed(options.seed ?? 0, r, 0xb007));
+    values.push(frechetDistance(resample(a, next), resample(b, next)));
+  }
+  const mean = values.reduce((s, v) => s + v, 0) / values.length;
+  return Math.sqrt(values.reduce((s, v) => s + (v - mean) ** 2, 0) / (values.length - 1));
 }
 
 /** Squared Euclidean distances between rows of a and rows of b. */
@@ -191,6 +262,8 @@ export function precisionRecall(real: FeatureSet, generated: FeatureSet, k = 3):
 /** All three, as an evaluation reports them. */
 export interface SampleMetrics {
   readonly fd: number;
+  /** FD's bootstrap standard error (`fdBootstrapStderr`), when asked for. */
+  readonly fdStderr?: number;
   readonly kid: Kid;
   readonly precision: number;
   readonly recall: number;
@@ -199,10 +272,11 @@ export interface SampleMetrics {
   readonly generated: number;
 }
 
-export function sampleMetrics(real: FeatureSet, generated: FeatureSet, options: { kid?: KidOptions; k?: number } = {}): SampleMetrics {
+export function sampleMetrics(real: FeatureSet, generated: FeatureSet, options: { kid?: KidOptions; k?: number; fdBootstrap?: number } = {}): SampleMetrics {
   const pr = precisionRecall(real, generated, options.k);
   return {
     fd: frechetDistance(real, generated),
+    ...(options.fdBootstrap === undefined ? {} : { fdStderr: fdBootstrapStderr(real, generated, { replicates: options.fdBootstrap, seed: options.kid?.seed }) }),
     kid: kernelInceptionDistance(real, generated, options.kid),
     precision: pr.precision,
     recall: pr.recall,

