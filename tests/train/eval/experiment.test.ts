@@ -97,7 +97,9 @@ test('patch-vs-edm --tiny trains, evaluates and reports; run again it trains not
     assert.ok(extended.points.at(-1)!.seconds >= 4);
     assert.deepEqual(currentEvals(extended, settings).slice(0, 2), currentEvals(first.records.get('mnist-edm')!, settings));
     assert.equal(extended.sessions.length, 2);
-    assert.equal(extended.sessions[1]!.from_seconds, first.records.get('mnist-edm')!.points.at(-1)!.seconds);
+    // Resumed where the first session stopped (its last checkpoint, at or past the last evaluation point).
+    assert.equal(extended.sessions[1]!.from_seconds, extended.sessions[0]!.to_seconds);
+    assert.ok(extended.sessions[1]!.from_seconds >= first.records.get('mnist-edm')!.points.at(-1)!.seconds);
     const history = (await readFile(join(out, 'mnist-edm', 'history.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { event: string });
     assert.deepEqual(history.map((h) => h.event), ['start', 'end', 'resume', 'end']);
   } finally {
