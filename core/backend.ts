@@ -17,6 +17,8 @@ export interface Executable {
    * it before the first run.
    */
   readonly ready?: Promise<void>;
+  /** While `ready` is pending: how many of the executable's new pieces of code (WebGPU pipelines) are built, of how many. */
+  readonly progress?: () => { readonly done: number; readonly total: number };
 }
 
 /**

@@ -9,4 +9,4 @@ export * as random from './random.ts';
 export * from './pytree.ts';
 export { buildProgram, type Program, type ProgramNode, type ProgramInput, type TracedProgram } from './program.ts';
 export * from './backend.ts';
-export { jit, realize, dispose, fromDevice, type JitOptions, type Jitted } from './jit.ts';
+export { jit, realize, dispose, fromDevice, onCompileProgress, type JitOptions, type Jitted, type CompileProgress } from './jit.ts';

@@ -93,6 +93,62 @@ async function bufferFor(t: Tensor, backend: Backend): Promise<DeviceBuffer> {
 
 const compiled = new Map<string, Executable>();
 
+/** What a compile-progress listener hears: the program, its pieces built so far of all, and the seconds waited. */
+export interface CompileProgress {
+  readonly program: string;
+  readonly done: number;
+  readonly total: number;
+  readonly seconds: number;
+  /** The executable is ready (the last report of this wait). */
+  readonly finished: boolean;
+}
+
+const compileListeners = new Set<(p: CompileProgress) => void>();
+/** How often a listener hears of a compile still running. */
+const PROGRESS_EVERY_MS = 1000;
+
+/**
+ * Calls `listener` about once a second while `jit` or `realize` waits for a backend to build a
+ * program's code (WebGPU compiles its pipelines asynchronously, which can take minutes on a software
+ * adapter), and once more when it is ready; a wait shorter than a second is not reported. Returns
+ * the function that removes the listener. The training CLI prints these as a progress line.
+ * @example
+ * const stop = onCompileProgress((p) => process.stderr.write(`\rcompiling ${p.program}: ${p.done}/${p.total}`));
+ * await step(state, batch);                 // the first call compiles
+ * stop();
+ */
+export function onCompileProgress(listener: (p: CompileProgress) => void): () => void {
+  compileListeners.add(listener);
+  return () => void compileListeners.delete(listener);
+}
+
+/** Awaits `exe.ready`, reporting progress to the listeners while it takes longer than PROGRESS_EVERY_MS. */
+async function awaitReady(exe: Executable): Promise<void> {
+  if (exe.ready === undefined) return;
+  const progress = exe.progress;
+  if (progress === undefined || compileListeners.size === 0) {
+    await exe.ready;
+    return;
+  }
+  const began = performance.now();
+  let reported = false;
+  const report = (finished: boolean): void => {
+    const { done, total } = progress();
+    const p: CompileProgress = { program: exe.program.name, done, total, seconds: (performance.now() - began) / 1000, finished };
+    for (const listener of compileListeners) listener(p);
+  };
+  const timer = setInterval(() => {
+    reported = true;
+    report(false);
+  }, PROGRESS_EVERY_MS);
+  try {
+    await exe.ready;
+  } finally {
+    clearInterval(timer);
+    if (reported) report(true);
+  }
+}
+
 function compileCached(backend: Backend, program: Parameters<Backend['compile']>[0]): Executable {
   const key = `${backend.name}:${program.hash}`;
   let exe = compiled.get(key);
@@ -116,7 +172,7 @@ export async function realize(tensors: readonly Tensor[], backendOpt?: Backend |
   const backend = await resolveBackend(backendOpt);
   const { program, lifted } = buildProgram('eval', todo);
   const exe = compileCached(backend, program);
-  await exe.ready;
+  await awaitReady(exe);
   const inputs = await Promise.all(lifted.map((t) => bufferFor(t, backend)));
   const outs = backend.run(exe, inputs, inputs.map(() => false));
   todo.forEach((t, i) => t.realize(deviceStorage(t, backend, outs[i]!)));
@@ -281,7 +337,7 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
       entry = { exe: compileCached(backend, program), lifted, outDef: flat.def, outIsTensor, statics };
       cache.set(key, entry);
     }
-    await entry.exe.ready;
+    await awaitReady(entry.exe);
     return { entry, backend, args, leaves };
   };
 

@@ -12,7 +12,7 @@
 import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { defaultBackend, getBackend, random, type Backend, type BackendName, type PyTree, type Tensor } from '../core/index.ts';
+import { defaultBackend, getBackend, onCompileProgress, random, type Backend, type BackendName, type CompileProgress, type PyTree, type Tensor } from '../core/index.ts';
 import { writeFileAtomic, type FileWriter } from './atomicFile.ts';
 import { listCheckpoints, setAsideCheckpoint, writeCheckpointFiles, type PendingCheckpoint } from './checkpoint.ts';
 import { totalSteps, type TrainingConfig } from './config.ts';
@@ -154,6 +154,28 @@ export async function imagesSeen(state: { readonly imagesSeen: Tensor }): Promis
 
 /** How often a progress line is printed when stderr is not a terminal (a log file, a pipe, CI). */
 const PLAIN_PROGRESS_MS = 30_000;
+/** How often a compile progress line is printed when stderr is not a terminal. */
+const PLAIN_COMPILE_PROGRESS_MS = 10_000;
+
+/**
+ * The progress of a long compile (WebGPU's pipelines on a software adapter take minutes) as lines
+ * for stderr: one line rewritten in place on a terminal, else one every PLAIN_COMPILE_PROGRESS_MS,
+ * and a last line when the program is ready. Returns the `onCompileProgress` listener.
+ */
+export function compileProgressPrinter(write: (text: string) => void, tty: boolean): (p: CompileProgress) => void {
+  let lastPlain = -Infinity;
+  return (p) => {
+    const text = p.finished
+      ? `compiled ${p.program}: ${p.total} kernels in ${p.seconds.toFixed(1)} s`
+      : `compiling ${p.program}: ${p.done}/${p.total} kernels built, ${p.seconds.toFixed(0)} s`;
+    if (tty) {
+      write(`\r${text}   ${p.finished ? '\n' : ''}`);
+    } else if (p.finished || p.seconds * 1000 - lastPlain >= PLAIN_COMPILE_PROGRESS_MS) {
+      write(`${text}\n`);
+      lastPlain = p.seconds * 1000;
+    }
+  };
+}
 
 const defaultSay = (message: string) => process.stderr.write(`tessera: ${message}\n`);
 
@@ -308,6 +330,8 @@ async function train(options: RunOptions, say: (message: string) => void, histor
   };
 
   const step = method.compileStep(backend.name);
+  // The first step and the first sample grid compile their programs: say so while it takes long.
+  const stopCompileProgress = options.progress === true ? onCompileProgress(compileProgressPrinter((t) => process.stderr.write(t), process.stderr.isTTY === true)) : undefined;
   const outOfTime = () => options.stopAfterSeconds !== undefined && (performance.now() - began) / 1000 >= options.stopAfterSeconds;
   let result: { state: RunState; step: number };
   try {
@@ -318,6 +342,7 @@ async function train(options: RunOptions, say: (message: string) => void, histor
       { startStep: start.step, totalSteps: total, observers: [checkStep, checkpoint, samples], stopWhen: () => options.signal?.aborted === true || outOfTime() },
     );
   } finally {
+    stopCompileProgress?.();
     await pending?.abandon();
     if (options.progress === true && process.stderr.isTTY) process.stderr.write('\n');
   }

@@ -133,10 +133,19 @@ export class WebGpuBackend implements Backend {
     }
     const kernels: CompiledKernel[] = sources.map((source) => ({ source, pipeline: undefined }));
     // Every new pipeline of the program is requested before any is awaited, so they build side by side.
-    const builds = kernels.map((k) => (k.source.workgroups === 0 ? undefined : this.pipelines.get(k.source.label, k.source.wgsl).then((p) => void (k.pipeline = p))));
+    let done = 0;
+    const builds = kernels.map((k) =>
+      k.source.workgroups === 0 ? undefined : this.pipelines.get(k.source.label, k.source.wgsl).then((p) => {
+        k.pipeline = p;
+        done++;
+      }),
+    );
+    const total = builds.filter((b) => b !== undefined).length;
     const exe: WebGpuExecutable = {
       program, kernels, memory: planMemory(program, sources, (nd) => bindingBytes(sizeOf(nd.shape))), built: false,
       ready: Promise.all(builds).then(() => void (exe.built = true)),
+      // A kernel whose pipeline an earlier program built counts as soon as its promise settles.
+      progress: () => ({ done, total }),
     };
     // A build error reaches whoever awaits `ready`; it must not also crash the process as unhandled.
     exe.ready.catch(() => undefined);

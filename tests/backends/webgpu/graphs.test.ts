@@ -112,6 +112,15 @@ test('pipelines build asynchronously: compile returns at once, a run before they
     assert.throws(() => b.run(exe, [x], [false]), /async: run before its pipelines were built/);
   }
   await exe.ready;
+  // Progress: every kernel with work has a pipeline, each counted once it is built.
+  const withWork = (exe as unknown as { kernels: { source: { workgroups: number } }[] }).kernels.filter((k) => k.source.workgroups > 0).length;
+  assert.ok(withWork >= 1);
+  assert.deepEqual(exe.progress!(), { done: withWork, total: withWork });
+  // The same program again: its pipelines come from the cache, built already once their promises settle.
+  const again = b.compile(p);
+  assert.equal(again.progress!().total, withWork);
+  await again.ready;
+  assert.deepEqual(again.progress!(), { done: withWork, total: withWork });
   const [y] = b.run(exe, [x], [false]);
   const got = Array.from(await b.download(y!));
   got.forEach((v, i) => assert.ok(Math.abs(v - 3 * Math.sin(i + 1 + 7.25)) < 1e-5, `${v}`));
