@@ -23,6 +23,7 @@ import {
 } from '../core/index.ts';
 import { linearLogSnr, perImage, timePerSample, vpBeta, vpMarginal, type LinearLogSnr, type NetworkConfig } from './msdiff.ts';
 import type { ApplyOptions } from './nn.ts';
+import { backendKey, ProgramCache } from './programCache.ts';
 import { songUNet, type SongUNetParams } from './songunet.ts';
 
 /** 'cde': the condition is not diffused; 'cmde': it diffuses more slowly than the target. */
@@ -136,16 +137,14 @@ interface SamplerPrograms {
   readonly denoise: (x: Tensor, y: Tensor, t: Tensor, key: Tensor) => Promise<Tensor>;
 }
 
-const compiled = new WeakMap<ConditionalScore, Map<string, SamplerPrograms>>();
+const compiled = new ProgramCache<ConditionalScore, SamplerPrograms>();
 
 function samplerPrograms(score: ConditionalScore, options: ConditionalSampleOptions): SamplerPrograms {
   const method = options.method ?? 'sde';
-  const backendKey = typeof options.backend === 'object' ? options.backend.name : String(options.backend);
-  const cacheKey = JSON.stringify([options.process, method, backendKey]);
-  let perScore = compiled.get(score);
-  if (perScore === undefined) compiled.set(score, (perScore = new Map()));
-  const cached = perScore.get(cacheKey);
-  if (cached !== undefined) return cached;
+  return compiled.get(score, [options.process, method, backendKey(options.backend)], () => buildSamplerPrograms(score, options, method));
+}
+
+function buildSamplerPrograms(score: ConditionalScore, options: ConditionalSampleOptions, method: 'sde' | 'ode'): SamplerPrograms {
   const { process } = options;
   const checkedScore = (x: Tensor, y: Tensor, t: Tensor, key: Tensor): Tensor => {
     const s = score(x, diffuseCondition(process, y, t, key).condition, t);
@@ -172,9 +171,7 @@ function samplerPrograms(score: ConditionalScore, options: ConditionalSampleOpti
     },
     { name: 'conditionalDenoise', backend: options.backend },
   );
-  const programs = { step, denoise };
-  perScore.set(cacheKey, programs);
-  return programs;
+  return { step, denoise };
 }
 
 /**

@@ -17,6 +17,7 @@ import {
   type Backend, type BackendName, type Tensor,
 } from '../core/index.ts';
 import { haarDecompose, haarReconstruct } from './haar.ts';
+import { backendKey, ProgramCache } from './programCache.ts';
 import type { ApplyOptions } from './nn.ts';
 import { songUNet, type SongUNetConfig, type SongUNetParams } from './songunet.ts';
 
@@ -320,7 +321,7 @@ export function componentShapes(shape: readonly number[], levels: number): numbe
 }
 
 /** The compiled step and final denoising of a score function: one pair per (score, schedule, method, backend), kept while the score lives. */
-const compiled = new WeakMap<MultiScaleScore, Map<string, SamplerPrograms>>();
+const compiled = new ProgramCache<MultiScaleScore, SamplerPrograms>();
 
 interface SamplerPrograms {
   readonly step: (live: Tensor[], k: number, t: Tensor, tNext: Tensor, key: Tensor) => Promise<Tensor[]>;
@@ -329,12 +330,10 @@ interface SamplerPrograms {
 
 function samplerPrograms(score: MultiScaleScore, options: MsdiffSampleOptions): SamplerPrograms {
   const method = options.method ?? 'sde';
-  const backendKey = typeof options.backend === 'object' ? options.backend.name : String(options.backend);
-  const cacheKey = JSON.stringify([options.schedule, method, backendKey]);
-  let perScore = compiled.get(score);
-  if (perScore === undefined) compiled.set(score, (perScore = new Map()));
-  const cached = perScore.get(cacheKey);
-  if (cached !== undefined) return cached;
+  return compiled.get(score, [options.schedule, method, backendKey(options.backend)], () => buildSamplerPrograms(score, options, method));
+}
+
+function buildSamplerPrograms(score: MultiScaleScore, options: MsdiffSampleOptions, method: 'sde' | 'ode'): SamplerPrograms {
   const step = jit(
     (live: Tensor[], k: number, t: Tensor, tNext: Tensor, key: Tensor): Tensor[] => {
       const tb = timePerSample(t, live[0]!.shape[0]!);
@@ -360,9 +359,7 @@ function samplerPrograms(score: MultiScaleScore, options: MsdiffSampleOptions): 
     },
     { name: 'msdiffDenoise', backend: options.backend },
   );
-  const programs = { step, denoise };
-  perScore.set(cacheKey, programs);
-  return programs;
+  return { step, denoise };
 }
 
 /**
