@@ -122,6 +122,9 @@ export function onCompileProgress(listener: (p: CompileProgress) => void): () =>
   return () => void compileListeners.delete(listener);
 }
 
+/** Waits already reporting on an executable: callers waiting on it together share one report. */
+const reporting = new WeakMap<Executable, Promise<void>>();
+
 /** Awaits `exe.ready`, reporting progress to the listeners while it takes longer than PROGRESS_EVERY_MS. */
 async function awaitReady(exe: Executable): Promise<void> {
   if (exe.ready === undefined) return;
@@ -130,6 +133,15 @@ async function awaitReady(exe: Executable): Promise<void> {
     await exe.ready;
     return;
   }
+  let wait = reporting.get(exe);
+  if (wait === undefined) {
+    wait = reportWhileWaiting(exe, exe.ready, progress);
+    reporting.set(exe, wait);
+  }
+  await wait;
+}
+
+async function reportWhileWaiting(exe: Executable, ready: Promise<void>, progress: NonNullable<Executable['progress']>): Promise<void> {
   const began = performance.now();
   let reported = false;
   const report = (finished: boolean): void => {
@@ -142,7 +154,7 @@ async function awaitReady(exe: Executable): Promise<void> {
     report(false);
   }, PROGRESS_EVERY_MS);
   try {
-    await exe.ready;
+    await ready;
   } finally {
     clearInterval(timer);
     if (reported) report(true);
