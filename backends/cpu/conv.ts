@@ -411,14 +411,16 @@ function convGeometry(op: string, x: readonly number[], w: readonly number[], y:
  */
 const tableBytes = (g: ConvGeometry) => g.panels * (NR / 4) * GROUP_BYTES;
 
+/** The byte offset, in a padded plane, of the input that output position `pos` reads for the tap (0, 0). */
+const inputOffset = (g: ConvGeometry, pos: number) => Math.floor(pos / g.ow) * g.sh * (g.w + 2 * g.pw) * F32 + (pos % g.ow) * g.sw * F32;
+
 function writePositionTable(par: Parallel, g: ConvGeometry, table: number): void {
   const groups = g.panels * (NR / 4);
   const i32 = par.heap().i32;
-  const rowBytes = (g.w + 2 * g.pw) * F32;
   for (let v = 0; v < groups; v++) {
     const offsets = range(4).map((l) => {
       const pos = 4 * v + l;
-      return pos < g.positions ? Math.floor(pos / g.ow) * g.sh * rowBytes + (pos % g.ow) * g.sw * F32 : -1;
+      return pos < g.positions ? inputOffset(g, pos) : -1;
     });
     const adjacent = offsets.every((off, l) => off >= 0 && off === offsets[0]! + l * F32);
     i32.set([adjacent ? 1 : 0, ...offsets], (table + v * GROUP_BYTES) / F32);
@@ -448,13 +450,9 @@ const directTableBytes = (g: ConvGeometry) => (g.panels * (NR / 4) + g.taps) * F
  */
 function writeDirectTables(par: Parallel, g: ConvGeometry, at: number): { firsts: number; taps: number } {
   const i32 = par.heap().i32;
-  const rowBytes = (g.w + 2 * g.pw) * F32;
   const groups = g.panels * (NR / 4);
   const base = at / F32;
-  for (let v = 0; v < groups; v++) {
-    const pos = 4 * v;
-    i32[base + v] = pos < g.positions ? Math.floor(pos / g.ow) * g.sh * rowBytes + (pos % g.ow) * F32 : 0;
-  }
+  for (let v = 0; v < groups; v++) i32[base + v] = 4 * v < g.positions ? inputOffset(g, 4 * v) : 0;
   let kk = base + groups;
   for (let c = 0; c < g.cg; c++) for (let ky = 0; ky < g.kh; ky++) for (let kx = 0; kx < g.kw; kx++) i32[kk++] = c * g.planeBytes + ky * g.tapY + kx * g.tapX;
   return { firsts: at, taps: at + groups * F32 };

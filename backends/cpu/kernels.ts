@@ -275,6 +275,7 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
   let total = sizeOf(root.shape);
   let rowSize = 1;
   let index = 'gi';
+  let unrolled = false;
   if (k.heavy === undefined) {
     em.line(sk.store(root.dtype, 'gi', em.value(k.root, 'gi')));
   } else {
@@ -290,7 +291,7 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
     const base = em.index(runOffset(em, 'o', kept));
     em.line(sk.accInit(fn, h.dtype));
     const innermost = reduced[reduced.length - 1];
-    const unrolled = unrollSums && fn === 'sum' && h.dtype === 'float32' && innermost !== undefined && innermost.inStride === 1 && innermost.size >= 2 * SUM_LANES;
+    unrolled = unrollSums && fn === 'sum' && h.dtype === 'float32' && innermost !== undefined && innermost.inStride === 1 && innermost.size >= 2 * SUM_LANES;
     if (unrolled) sk.lanesInit(em);
     // One loop per reduced run, outermost first: the reference's row-major order, without a
     // division per element (a float sum's innermost run over SUM_LANES partial sums).
@@ -319,7 +320,7 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
     em.define(k.heavy, 'o', sk.accResult(fn, h.dtype));
     em.line(sk.store(root.dtype, 'o', em.value(k.root, 'o')));
   }
-  return { code: em.code(), reads, index, total, rowSize, reduce: k.heavy !== undefined, overused: em.overused };
+  return { code: em.code(), reads, index, total, rowSize, reduce: k.heavy !== undefined, unrolled, overused: em.overused };
 }
 
 /** The JavaScript kernel for an elementwise or reduction root, with the nodes it found overused. */
@@ -327,7 +328,7 @@ function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step
   const body = kernelBody(program, plan, k, JS_SKELETON);
   // Which nodes are recomputed at too many indices is judged on the kernel as written, before a
   // float sum is unrolled (the unrolled loop reads its input at more indices, not more often).
-  const { overused } = kernelBody(program, plan, k, JS_SKELETON, false);
+  const { overused } = body.unrolled ? kernelBody(program, plan, k, JS_SKELETON, false) : body;
   const loop = `for (let ${body.index} = start; ${body.index} < end; ${body.index}++) {\n${body.code}\n}`;
   const source = [
     helpersFor(body.code),
