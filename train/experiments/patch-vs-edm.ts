@@ -17,21 +17,25 @@
  * twice the training resolution from the patch model (coordinates extended past the training grid)
  * and from the EDM model. train/experiments/patch-vs-edm-report.ts writes the page.
  *
- * Everything is written as it goes, under --out: a run folder per run (trainRun's files and
- * experiment.json: evaluation points, evaluations, training sessions). A later invocation skips
- * what is done, resumes an unfinished run from its newest checkpoint, extends finished runs when
- * --budget grows (keeping the points and evaluations it has), and can take runs piecewise (--runs).
- * Training seconds are trainRun's, summed over invocations; evaluation is not counted.
+ * Everything is written as it goes. Under --out (scratch, not kept: checkpoints are megabytes) a run
+ * folder per run holds trainRun's files; under --records (beside the page, committed with it) each
+ * run's record (<run>.json: evaluation points, evaluations, training sessions) and extras.json. So
+ * the results outlive the machine they were measured on, and an experiment of many hours can be
+ * taken over several sessions on fresh machines. A later invocation skips what is done, resumes an
+ * unfinished run from its newest checkpoint, extends finished runs when --budget grows (keeping the
+ * points and evaluations it has; this needs the run's checkpoints, so on a fresh machine it says so
+ * and stops), and can take runs piecewise (--runs). Training seconds are trainRun's, summed over
+ * invocations; evaluation is not counted.
  *
  *   npx tsx train/experiments/patch-vs-edm.ts [--budget 1800] [--runs all|none|mnist-edm,small-patch0.5,...]
  *     [--evals 6] [--samples 1000] [--real 1000] [--steps 18] [--bootstrap 50] [--channels 16]
  *     [--channel-mult 1,2,2] [--resolution 32] [--small-data 5000] [--lr 0.002] [--backend cpu|webgpu]
- *     [--out runs/patch-diffusion-32] [--doc docs/patch-diffusion-results.md]
+ *     [--out runs/patch-diffusion-32] [--doc docs/patch-diffusion-results.md] [--records <doc>-records]
  *   npx tsx train/experiments/patch-vs-edm.ts --tiny      (a half-minute end-to-end check, for CI)
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
-import { dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { heunSampler, makeDenoiser, patchCoordinates, random, setDefaultBackend, type PatchModelParams, type PyTree, type Tensor } from '../../index.ts';
 import { listCheckpoints, loadCheckpoint } from '../checkpoint.ts';
@@ -48,7 +52,7 @@ import { restoreLike } from '../resume.ts';
 import { trainRun, type LogLine } from '../run.ts';
 import { readJsonLines, writeTextAtomic } from '../runFiles.ts';
 import { buildModel } from '../step.ts';
-import { currentEvals, evalSettings, writeReport } from './patch-vs-edm-report.ts';
+import { currentEvals, evalSettings, machineName, writeReport } from './patch-vs-edm-report.ts';
 
 export interface ExperimentOptions {
   /** Seconds of training per run, in all (over invocations). */
@@ -73,8 +77,11 @@ export interface ExperimentOptions {
   readonly extraSamples: number;
   readonly runs: readonly string[];
   readonly backend: 'cpu' | 'webgpu';
+  /** Checkpoints and training logs (scratch). */
   readonly out: string;
   readonly doc: string;
+  /** The runs' records and the extras' cache, kept with the page. */
+  readonly records: string;
   readonly seed: number;
   readonly tiny: boolean;
   readonly command: string;
@@ -124,11 +131,15 @@ export interface Session {
   readonly load_end: number;
   readonly backend: string;
   readonly stopped: string;
+  /** CPUs, memory and Node of the machine (`machineName`); absent in records from before it was kept. */
+  readonly machine?: string;
 }
 
-/** A run's experiment.json. */
+/** A run's record (<records>/<run>.json). */
 export interface RunRecord {
   readonly id: string;
+  /** Where the record came from when it was not written by the experiment itself. */
+  readonly provenance?: string;
   readonly points: readonly Point[];
   readonly evals: readonly Evaluation[];
   readonly sessions: readonly Session[];
@@ -211,14 +222,31 @@ export function allRunSpecs(o: ExperimentOptions): RunSpec[] {
 
 const runDirOf = (o: ExperimentOptions, spec: RunSpec) => join(o.out, spec.id);
 
+const recordPath = (o: ExperimentOptions, id: string) => join(o.records, `${id}.json`);
+
 async function readRecord(o: ExperimentOptions, spec: RunSpec): Promise<RunRecord> {
-  const text = await readFile(join(runDirOf(o, spec), 'experiment.json'), 'utf8').catch(() => undefined);
-  return text === undefined ? { id: spec.id, points: [], evals: [], sessions: [] } : (JSON.parse(text) as RunRecord);
+  const path = recordPath(o, spec.id);
+  const text = await readFile(path, 'utf8').catch(() => undefined);
+  if (text === undefined) return { id: spec.id, points: [], evals: [], sessions: [] };
+  const record = (() => {
+    try {
+      return JSON.parse(text) as RunRecord;
+    } catch (e) {
+      throw new Error(`patch-vs-edm: ${path} is not valid JSON (${(e as Error).message}); restore it from git or delete it to train ${spec.id} again`);
+    }
+  })();
+  if (record.id !== spec.id || !Array.isArray(record.points) || !Array.isArray(record.evals) || !Array.isArray(record.sessions)) {
+    throw new Error(`patch-vs-edm: ${path} is not the record of run ${spec.id} (it needs id '${spec.id}', points, evals and sessions)`);
+  }
+  return record;
 }
 
 async function saveRecord(o: ExperimentOptions, record: RunRecord): Promise<void> {
-  await writeTextAtomic(join(o.out, record.id, 'experiment.json'), JSON.stringify(record, null, 2) + '\n');
+  await writeTextAtomic(recordPath(o, record.id), JSON.stringify(record, null, 2) + '\n');
 }
+
+/** Seconds of training a record says its run has had. */
+const trainedSeconds = (record: RunRecord) => Math.max(0, ...record.sessions.map((s) => s.to_seconds), ...record.points.map((p) => p.seconds));
 
 async function readLog(runDir: string): Promise<LogLine[]> {
   return (await readJsonLines(join(runDir, 'log.jsonl'), () => undefined)) as LogLine[];
@@ -239,8 +267,16 @@ export function targetsOf(budget: number, evals: number): number[] {
 async function trainToBudget(o: ExperimentOptions, spec: RunSpec, record: RunRecord, signal?: AbortSignal): Promise<{ record: RunRecord; trained: boolean }> {
   const runDir = runDirOf(o, spec);
   const latest = (await listCheckpoints(runDir)).at(-1);
-  const current = latest === undefined ? 0 : (await readLog(runDir)).find((l) => l.step === latest.step)?.seconds ?? 0;
   const targets = targetsOf(o.budget, o.evals);
+  const recorded = trainedSeconds(record);
+  if (latest === undefined && recorded > 0) {
+    // Trained on another machine (or its scratch folder was removed): the record stands as it is.
+    if (recorded >= o.budget) return { record, trained: false };
+    throw new Error(
+      `patch-vs-edm: run ${spec.id} trained ${recorded.toFixed(0)} s in an earlier session (${recordPath(o, spec.id)}), but its checkpoints are not under ${runDir}, ` +
+      `so it cannot be extended to --budget ${o.budget}: run it with --budget ${recorded.toFixed(0)}, leave it out of --runs, or delete its record to train it again from zero`);
+  }
+  const current = latest === undefined ? 0 : (await readLog(runDir)).find((l) => l.step === latest.step)?.seconds ?? 0;
   let sessions = record.sessions;
   if (current < o.budget) {
     process.stderr.write(`\n== ${spec.id} (${spec.name}, ${spec.regime}): training from ${current.toFixed(0)} s to ${o.budget} s\n`);
@@ -252,7 +288,7 @@ async function trainToBudget(o: ExperimentOptions, spec: RunSpec, record: RunRec
     });
     sessions = [...sessions, {
       began, from_seconds: current, to_seconds: result.log.at(-1)?.seconds ?? current, load_start: loadStart, load_end: loadavg()[0]!,
-      backend: result.backend, stopped: result.stoppedEarly ?? 'finished',
+      backend: result.backend, stopped: result.stoppedEarly ?? 'finished', machine: machineName(),
     }];
   }
   const log = await readLog(runDir);
@@ -384,18 +420,26 @@ async function beyondGrid(o: ExperimentOptions, spec: RunSpec, step: number, coo
 
 /** The extras from each run's final checkpoint, reusing those computed for the same checkpoint and settings. */
 async function computeExtras(o: ExperimentOptions, specs: readonly RunSpec[], records: ReadonlyMap<string, RunRecord>): Promise<Extras> {
-  const path = join(o.out, 'extras.json');
+  const path = join(o.records, 'extras.json');
   const cached = JSON.parse((await readFile(path, 'utf8').catch(() => undefined)) ?? '{"neighbours":{},"beyond":[]}') as Extras;
   const finalStep = (spec: RunSpec) => records.get(spec.id)?.points.at(-1)?.step;
-  const keyOf = (spec: RunSpec, step: number, what: string) => `${spec.id}|${step}|${what}|${o.extraSamples}|${o.steps}|${o.seed}|${relative(o.out, o.doc)}`;
+  const keyOf = (spec: RunSpec, step: number, what: string) => `${spec.id}|${step}|${what}|${o.extraSamples}|${o.steps}|${o.seed}|${basename(o.doc)}`;
+  // Computing an extra needs the run's final checkpoint, which a fresh machine does not have: then
+  // the cached one stays (if any), whatever its key.
+  const haveCheckpoint = async (spec: RunSpec, step: number) => (await listCheckpoints(runDirOf(o, spec))).some((c) => c.step === step);
   const neighbours: Record<string, NeighbourStats & { key: string }> = {};
   for (const spec of specs.filter((s) => s.regime === 'small')) {
     const step = finalStep(spec);
     if (step === undefined) continue;
     const key = keyOf(spec, step, 'neighbours');
     const old = cached.neighbours[spec.id];
-    if (old?.key === key && (await exists(join(dirname(o.doc), old.grid)))) {
+    const oldThere = old !== undefined && (await exists(join(dirname(o.doc), old.grid)));
+    if (oldThere && (old.key === key || !(await haveCheckpoint(spec, step)))) {
       neighbours[spec.id] = old;
+      continue;
+    }
+    if (!(await haveCheckpoint(spec, step))) {
+      process.stderr.write(`   ${spec.id}: no checkpoint of step ${step} under ${o.out}: its nearest-neighbour grid is left out\n`);
       continue;
     }
     process.stderr.write(`   ${spec.id}: nearest training images of ${o.extraSamples} samples\n`);
@@ -409,9 +453,14 @@ async function computeExtras(o: ExperimentOptions, specs: readonly RunSpec[], re
     for (const [spec, coords] of plan) {
       const step = finalStep(spec!)!;
       const key = keyOf(spec!, step, coords);
-      const old = cached.beyond.find((b) => b.key === key);
+      const have = await haveCheckpoint(spec!, step);
+      const old = cached.beyond.find((b) => b.key === key) ?? (have ? undefined : cached.beyond.find((b) => b.run === spec!.id && b.grid.endsWith(`-${coords}.png`)));
       if (old !== undefined && (await exists(join(dirname(o.doc), old.grid)))) {
         beyond.push(old);
+        continue;
+      }
+      if (!have) {
+        process.stderr.write(`   ${spec!.id}: no checkpoint of step ${step} under ${o.out}: its ${2 * o.resolution}x${2 * o.resolution} grid (${coords}) is left out\n`);
         continue;
       }
       process.stderr.write(`   ${spec!.id}: ${o.extraSamples} samples at ${2 * o.resolution}x${2 * o.resolution} (${coords})\n`);
@@ -436,6 +485,7 @@ export async function runExperiment(o: ExperimentOptions, signal?: AbortSignal):
   setDefaultBackend(o.backend);
   await mkdir(o.out, { recursive: true });
   await mkdir(dirname(o.doc), { recursive: true });
+  await mkdir(o.records, { recursive: true });
   const records = new Map<string, RunRecord>();
   for (const spec of specs) records.set(spec.id, await readRecord(o, spec));
   const references = new Map<string, Reference>();
@@ -464,7 +514,7 @@ export function parseExperimentArgs(argv: readonly string[]): ExperimentOptions 
       budget: { type: 'string' }, evals: { type: 'string' }, samples: { type: 'string' }, real: { type: 'string' }, steps: { type: 'string' },
       bootstrap: { type: 'string' }, resolution: { type: 'string' }, channels: { type: 'string' }, 'channel-mult': { type: 'string' },
       batch: { type: 'string' }, lr: { type: 'string' }, 'small-data': { type: 'string' }, 'extra-samples': { type: 'string' },
-      runs: { type: 'string' }, backend: { type: 'string' }, out: { type: 'string' }, doc: { type: 'string' }, seed: { type: 'string' },
+      runs: { type: 'string' }, backend: { type: 'string' }, out: { type: 'string' }, doc: { type: 'string' }, records: { type: 'string' }, seed: { type: 'string' },
     },
   });
   const tiny = v.tiny === true;
@@ -482,6 +532,7 @@ export function parseExperimentArgs(argv: readonly string[]): ExperimentOptions 
   const runs = v.runs === undefined || v.runs === 'all' ? (tiny ? all.filter((id) => !id.startsWith('fashion')) : all)
     : v.runs === 'none' ? [] : v.runs.split(',').map((s) => s.trim());
   const samples = num('samples', v.samples, tiny ? 16 : 1000);
+  const doc = resolve(v.doc ?? (tiny ? join(out, 'patch-diffusion-results.md') : 'docs/patch-diffusion-results.md'));
   return {
     budget: num('budget', v.budget, tiny ? 2 : 1800, false),
     evals: num('evals', v.evals, tiny ? 2 : 6),
@@ -499,7 +550,8 @@ export function parseExperimentArgs(argv: readonly string[]): ExperimentOptions 
     runs,
     backend,
     out,
-    doc: resolve(v.doc ?? (tiny ? join(out, 'patch-diffusion-results.md') : 'docs/patch-diffusion-results.md')),
+    doc,
+    records: resolve(v.records ?? `${doc.replace(/\.md$/, '')}-records`),
     seed: v.seed === undefined ? 0 : Number(v.seed),
     tiny,
     command: `npx tsx train/experiments/patch-vs-edm.ts ${argv.join(' ')}`.trim(),

@@ -102,6 +102,20 @@ test('patch-vs-edm --tiny trains, evaluates and reports; run again it trains not
     assert.ok(extended.sessions[1]!.from_seconds >= first.records.get('mnist-edm')!.points.at(-1)!.seconds);
     const history = (await readFile(join(out, 'mnist-edm', 'history.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { event: string });
     assert.deepEqual(history.map((h) => h.event), ['start', 'end', 'resume', 'end']);
+    assert.ok(extended.sessions.every((s) => s.machine !== undefined && s.machine.includes('Node')));
+
+    // A fresh machine: the records and extras, kept beside the page, survive; the checkpoints do not.
+    const records = await readdir(join(dir, 'results-records'));
+    assert.deepEqual(records.sort(), ['extras.json', 'fashion-edm.json', ...ids.map((id) => `${id}.json`)].sort());
+    const fresh = ['--tiny', '--out', join(dir, 'fresh-scratch'), '--doc', join(dir, 'results.md')];
+    const fourth = await runExperiment(parseExperimentArgs(fresh));
+    assert.deepEqual([fourth.trained, fourth.evaluated], [[], 0]);
+    for (const id of ids) assert.deepEqual(fourth.records.get(id), third.records.get(id) ?? first.records.get(id));
+    assert.deepEqual(fourth.extras.beyond.map((b) => b.label), first.extras.beyond.map((b) => b.label));
+    assert.deepEqual(Object.keys(fourth.extras.neighbours).sort(), ['small-edm', 'small-patch0.5']);
+    // Extending a run needs its checkpoints: refused, naming the run, the record and the way out.
+    await assert.rejects(runExperiment(parseExperimentArgs([...fresh, '--budget', '4', '--runs', 'mnist-patch0.5'])),
+      /run mnist-patch0.5 trained \d+ s in an earlier session \(.*mnist-patch0.5.json\), but its checkpoints are not under .*fresh-scratch.*cannot be extended to --budget 4/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
