@@ -7,7 +7,7 @@
  * @module tessera/optim
  */
 import {
-  add, cast, cos, div, isFinite, less, logicalNot, maximum, minimum, mul, pow, scalar, sqrt, sub, sum, treeLeaves, treeMap, where, zerosLike,
+  add, cast, cos, div, isFinite, isFloat, less, logicalNot, maximum, minimum, mul, pow, scalar, sqrt, sub, sum, treeLeaves, treeMap, where, zerosLike,
   type PyTree, type Tensor,
 } from '../core/index.ts';
 
@@ -168,10 +168,34 @@ export function replaceNonFinite(): GradientTransformation<{ replaced: Tensor }>
   return {
     init: () => ({ replaced: scalar(0) }),
     update: (grads, state) => {
-      const bad = treeLeaves(grads).reduce<Tensor>((acc, g) => add(acc, sum(cast(logicalNot(isFinite(g)), 'float32'))), scalar(0));
+      // Counted over same-shape gradients together: a few reductions, not one per parameter.
+      const bad = countNonFinite([grads]);
       return [map((g) => where(isFinite(g), g, 0), grads), { replaced: add(state.replaced, bad) }];
     },
   };
+}
+
+/**
+ * How many entries of the trees' floating-point leaves are NaN or infinite (float32 scalar). Leaves
+ * of one shape (a parameter, its EMA and its two Adam moments) are counted elementwise together and
+ * reduced once, up to 16 at a time, so the check costs a few dozen reductions rather than one per
+ * leaf, and the kernel that adds them up binds few buffers.
+ * @example
+ * const bad = countNonFinite([params, ema, optState]);   // float32 scalar: 0 when every entry is finite
+ */
+export function countNonFinite(trees: readonly PyTree<Tensor>[]): Tensor {
+  const byShape = new Map<string, Tensor[]>();
+  for (const x of trees.flatMap((tree) => treeLeaves(tree))) {
+    if (!isFloat(x.dtype)) continue;
+    const key = x.shape.join('x');
+    byShape.set(key, [...(byShape.get(key) ?? []), x]);
+  }
+  const bad = (x: Tensor) => cast(logicalNot(isFinite(x)), 'float32');
+  const sums: Tensor[] = [];
+  for (const group of byShape.values()) {
+    for (let i = 0; i < group.length; i += 16) sums.push(sum(group.slice(i + 1, i + 16).reduce((acc, x) => add(acc, bad(x)), bad(group[i]!))));
+  }
+  return sums.reduce((acc, s) => add(acc, s), scalar(0));
 }
 
 /**

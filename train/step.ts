@@ -5,14 +5,16 @@
  * is a fold whose memory stays flat while the API stays immutable.
  */
 import {
-  add, cast, isFinite, isFloat, jit, logicalNot, random, reshape, scalar, sum, tensor, treeLeaves, type BackendName, type PyTree, type Tensor,
+  add, jit, random, reshape, scalar, tensor, type BackendName, type PyTree, type Tensor,
 } from '../core/index.ts';
 import { valueAndGrad } from '../autodiff/index.ts';
 import { patchCoordinates } from '../models/patch.ts';
 import { patchModel, type PatchModelParams } from '../models/precond.ts';
 import { totalSteps, type TrainingConfig } from './config.ts';
 import { edmLoss } from './loss.ts';
-import { adam, applyUpdates, chain, clipByGlobalNorm, edmLearningRate, emaUpdate, replaceNonFinite, warmupCosine, type GradientTransformation, type Params } from './optim.ts';
+import { adam, applyUpdates, chain, clipByGlobalNorm, countNonFinite, edmLearningRate, emaUpdate, replaceNonFinite, warmupCosine, type GradientTransformation, type Params } from './optim.ts';
+
+export { countNonFinite } from './optim.ts';
 
 export interface TrainState<P = PatchModelParams> {
   readonly params: P;
@@ -138,27 +140,6 @@ export function stepFunction(model: Model, config: TrainingConfig) {
       metrics: { loss, replaced, nonFinite: countNonFinite([params, ema, optState as PyTree<Tensor>]) },
     };
   };
-}
-
-/**
- * How many entries of the trees' floating-point leaves are NaN or infinite (float32 scalar). Leaves
- * of one shape (a parameter, its EMA and its two Adam moments) are counted elementwise together and
- * reduced once, up to 16 at a time, so the check costs a few dozen reductions rather than one per
- * leaf, and the kernel that adds them up binds few buffers.
- */
-export function countNonFinite(trees: readonly PyTree<Tensor>[]): Tensor {
-  const byShape = new Map<string, Tensor[]>();
-  for (const x of trees.flatMap((tree) => treeLeaves(tree))) {
-    if (!isFloat(x.dtype)) continue;
-    const key = x.shape.join('x');
-    byShape.set(key, [...(byShape.get(key) ?? []), x]);
-  }
-  const bad = (x: Tensor) => cast(logicalNot(isFinite(x)), 'float32');
-  const sums: Tensor[] = [];
-  for (const group of byShape.values()) {
-    for (let i = 0; i < group.length; i += 16) sums.push(sum(group.slice(i + 1, i + 16).reduce((acc, x) => add(acc, bad(x)), bad(group[i]!))));
-  }
-  return sums.reduce((acc, s) => add(acc, s), scalar(0));
 }
 
 /**

@@ -276,10 +276,10 @@ export class CpuBackend implements Backend {
         if (wasm) {
           // Byte offsets; ranges start at multiples of 4, as the vector loop needs.
           const grain = step.cost >= COSTLY_OUTPUT ? COSTLY_GRAIN : WASM_GRAIN;
-          rt.run(kernel, 'k', step.total, [...step.reads, step.writes].map(at), { grain, serialBelow: Math.max(serialBelow, 2 * grain) });
+          rt.run(kernel, 'k', step.total, [...step.reads, step.writes, ...(step.siblings ?? [])].map(at), { grain, serialBelow: Math.max(serialBelow, 2 * grain) });
           return;
         }
-        const args = [...step.reads, step.writes].map((n) => at(n) / elementBytes(nodes[n]!.dtype));
+        const args = [...step.reads, step.writes, ...(step.siblings ?? [])].map((n) => at(n) / elementBytes(nodes[n]!.dtype));
         rt.run(kernel, '', step.total, args, { serialBelow });
         return;
       }

@@ -11,7 +11,7 @@ import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf } from '../../core/shape.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
 import { Emitter, readBindings } from '../kernel/emitter.ts';
-import { isContraction, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
+import { groupSiblings, isContraction, kernelWrites, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { reductionRuns, runOffset } from '../kernel/reduce.ts';
 import type { DType } from '../../core/dtype.ts';
 import type { Dialect } from '../kernel/emitter.ts';
@@ -45,6 +45,8 @@ export type Step =
       readonly cost: number;
       readonly reads: readonly number[];
       readonly writes: number;
+      /** More nodes the kernel writes at the same index (a multi-output kernel), bound after `writes`. */
+      readonly siblings?: readonly number[];
     }
   | {
       readonly kind: 'matmul';
@@ -131,7 +133,7 @@ export function planSteps(program: Program): { plan: FusionPlan; steps: Step[] }
     if (isContraction(nd.prim.op)) forced.add(n);
   });
   for (let attempt = 0; attempt <= nodes.length; attempt++) {
-    const plan = planFusion(program, forced);
+    const plan = groupSiblings(program, planFusion(program, forced), MAX_KERNEL_BUFFERS);
     const before = forced.size;
     const steps: Step[] = [];
     for (const k of plan.kernels) {
@@ -145,8 +147,8 @@ export function planSteps(program: Program): { plan: FusionPlan; steps: Step[] }
       }
       const { step, overused } = jsStep(program, plan, k);
       overused.forEach((n) => forced.add(n));
-      // A kernel's buffers (its reads and its output) travel as arguments, of which the runtime has MAX_ARGS.
-      if (step.reads.length + 1 > MAX_KERNEL_BUFFERS) {
+      // A kernel's buffers (its reads and its outputs) travel as arguments, of which the runtime has MAX_ARGS.
+      if (step.reads.length + kernelWrites(k).length > MAX_KERNEL_BUFFERS) {
         const cs = splitCandidates(program, plan, k, MAX_KERNEL_BUFFERS - 1);
         if (cs.length === 0) throw new BackendError(`${step.label}: reads ${step.reads.length} buffers, more than the ${MAX_KERNEL_BUFFERS - 1} a kernel may take, and cannot be split`);
         cs.forEach((c) => forced.add(c));
@@ -193,7 +195,8 @@ function contractionStep(program: Program, plan: FusionPlan, n: number): Step {
  */
 interface Skeleton {
   readonly dialect: Dialect;
-  store(dtype: DType, index: string, value: string): string;
+  /** Stores an element of the output bound as `out` (`out1`, `out2`, ... for a kernel's siblings). */
+  store(dtype: DType, index: string, value: string, out: string): string;
   /** Declares `acc` for a reduction of `fn` over `dtype` values. */
   accInit(fn: 'sum' | 'max', dtype: DType): string;
   /** Adds value `v` to `acc`. */
@@ -229,7 +232,7 @@ const range8 = [0, 1, 2, 3, 4, 5, 6, 7];
 
 const JS_SKELETON: Skeleton = {
   dialect: JS,
-  store: (dtype, index, value) => `${viewOf(dtype)}[out + ${index}] = ${value};`,
+  store: (dtype, index, value, out) => `${viewOf(dtype)}[${out} + ${index}] = ${value};`,
   accInit: (fn, dtype) => `let acc = ${fn === 'sum' ? '0' : dtype === 'float32' ? '-Infinity' : '-2147483648'};`,
   // As the reference: float sums accumulate in double, int32 sums wrap, max propagates NaN.
   accStep: (fn, dtype, v) => (fn === 'max' ? `if (${v} > acc || ${v} !== ${v}) acc = ${v};` : dtype === 'float32' ? `acc += ${v};` : `acc = (acc + ${v}) | 0;`),
@@ -244,7 +247,7 @@ const JS_SKELETON: Skeleton = {
 
 const WASM_SKELETON: Skeleton = {
   dialect: WASM,
-  store: (dtype, index, value) => `@store.${dtype}(out, ${index}, ${value});`,
+  store: (dtype, index, value, out) => `@store.${dtype}(${out}, ${index}, ${value});`,
   accInit: (fn, dtype) =>
     fn === 'sum' ? (dtype === 'float32' ? 'let acc:f64 = $f0;' : 'let acc:int32 = $i0;') : dtype === 'float32' ? `let acc:float32 = ${WASM.constant(-Infinity, 'float32')};` : 'let acc:int32 = $i-2147483648;',
   accStep: (fn, dtype, v) => `acc = @acc.${fn}.${dtype}(acc, ${v});`,
@@ -262,6 +265,9 @@ const WASM_SKELETON: Skeleton = {
   lanesMerge: () => 'acc = @acc.add.f64(@acc.add.f64(@acc.lanes.f64(accA), @acc.lanes.f64(accB)), acc);',
 };
 
+/** The binding of a kernel's output `i`: `out` for its root, `out1`, `out2`, ... for its siblings. */
+const outName = (i: number) => (i === 0 ? 'out' : `out${i}`);
+
 /**
  * The body of the fused kernel rooted at `k.root`, in `sk`'s language: the statements for output
  * index `gi` (elementwise) or `o` (a reduction and its epilogue), the buffers it reads, and the nodes
@@ -269,7 +275,8 @@ const WASM_SKELETON: Skeleton = {
  */
 function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skeleton, unrollSums = true) {
   const nodes = program.nodes;
-  const { reads, name } = readBindings(plan.materialized, k.root, 'b');
+  const writes = kernelWrites(k);
+  const { reads, name } = readBindings(plan.materialized, writes, 'b');
   const em = new Emitter(nodes, name, sk.dialect);
   const root = nodes[k.root]!;
   let total = sizeOf(root.shape);
@@ -277,7 +284,9 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
   let index = 'gi';
   let unrolled = false;
   if (k.heavy === undefined) {
-    em.line(sk.store(root.dtype, 'gi', em.value(k.root, 'gi')));
+    // Siblings first: the root may be computed from them, and each is computed once at this index.
+    for (const [i, n] of writes.entries()) if (i > 0) em.line(sk.store(nodes[n]!.dtype, 'gi', em.value(n, 'gi'), outName(i)));
+    em.line(sk.store(root.dtype, 'gi', em.value(k.root, 'gi'), outName(0)));
   } else {
     const h = nodes[k.heavy]!;
     if (h.prim.op !== 'reduce') throw new BackendError(`${program.name}: ${h.prim.op} node ${k.heavy} cannot be fused into an elementwise kernel`);
@@ -318,9 +327,9 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
     accumulate(0, base);
     if (unrolled) em.line(sk.lanesMerge());
     em.define(k.heavy, 'o', sk.accResult(fn, h.dtype));
-    em.line(sk.store(root.dtype, 'o', em.value(k.root, 'o')));
+    em.line(sk.store(root.dtype, 'o', em.value(k.root, 'o'), outName(0)));
   }
-  return { code: em.code(), reads, index, total, rowSize, reduce: k.heavy !== undefined, unrolled, overused: em.overused };
+  return { code: em.code(), reads, writes, index, total, rowSize, reduce: k.heavy !== undefined, unrolled, overused: em.overused };
 }
 
 /** The JavaScript kernel for an elementwise or reduction root, with the nodes it found overused. */
@@ -334,20 +343,21 @@ function jsStep(program: Program, plan: FusionPlan, k: KernelPlan): { step: Step
     helpersFor(body.code),
     'const f32 = heap.f32, i32 = heap.i32, u8 = heap.u8;',
     ...body.reads.map((_, i) => `const b${i} = args[${i}];`),
-    `const out = args[${body.reads.length}];`,
+    ...body.writes.map((_, i) => `const ${outName(i)} = args[${body.reads.length + i}];`),
     loop,
   ].join('\n');
-  const label = `${program.name}/${body.reduce ? 'reduce' : 'elementwise'}${k.root}`;
+  const label = `${program.name}/${body.reduce ? 'reduce' : 'elementwise'}${k.root}${body.writes.length > 1 ? `+${body.writes.length - 1}` : ''}`;
   const cost = Math.max(1, body.rowSize) * Math.max(1, body.code.split('\n').length);
   const wasm = wasmText(program, plan, k);
-  return { step: { kind: 'js', label, source, wasm, total: body.total, cost, reads: body.reads, writes: k.root }, overused };
+  const siblings = k.siblings === undefined ? {} : { siblings: k.siblings };
+  return { step: { kind: 'js', label, source, wasm, total: body.total, cost, reads: body.reads, writes: k.root, ...siblings }, overused };
 }
 
 /** The same kernel in the WebAssembly dialect (compiled by simd.ts), or undefined where it cannot be written. */
 function wasmText(program: Program, plan: FusionPlan, k: KernelPlan): KernelText | undefined {
   try {
     const body = kernelBody(program, plan, k, WASM_SKELETON);
-    return { body: body.code, index: body.index, buffers: [...body.reads.map((_, i) => `b${i}`), 'out'], vectorize: true, gathers: !body.reduce };
+    return { body: body.code, index: body.index, buffers: [...body.reads.map((_, i) => `b${i}`), ...body.writes.map((_, i) => outName(i))], vectorize: true, gathers: !body.reduce };
   } catch (e) {
     if (e instanceof Unsupported) return undefined;
     throw e;

@@ -340,17 +340,19 @@ export class Emitter {
 }
 
 /**
- * The buffers a kernel rooted at `root` reads, named `${prefix}0`, `${prefix}1`, ... in the order
- * the generator meets them: `name(n)` is the name of materialized node `n` (undefined for the root
- * and for nodes computed inline), and `reads[i]` the node bound as `${prefix}i`.
+ * The buffers a kernel writing `writes` (its root, then any siblings) reads, named `${prefix}0`,
+ * `${prefix}1`, ... in the order the generator meets them: `name(n)` is the name of materialized
+ * node `n` (undefined for the nodes the kernel writes, which it computes, and for nodes computed
+ * inline), and `reads[i]` the node bound as `${prefix}i`.
  */
-export function readBindings(materialized: ReadonlySet<number>, root: number, prefix: string): { readonly reads: readonly number[]; name(n: number): string | undefined } {
+export function readBindings(materialized: ReadonlySet<number>, writes: readonly number[], prefix: string): { readonly reads: readonly number[]; name(n: number): string | undefined } {
   const reads: number[] = [];
   const names = new Map<number, string>();
+  const own = new Set(writes);
   return {
     reads,
     name(n) {
-      if (n === root || !materialized.has(n)) return undefined;
+      if (own.has(n) || !materialized.has(n)) return undefined;
       let name = names.get(n);
       if (name === undefined) {
         name = `${prefix}${reads.length}`;

@@ -16,7 +16,15 @@ export interface KernelPlan {
   readonly root: number;
   /** The reduction or contraction the kernel is built around, if any (may be `root` itself). */
   readonly heavy: number | undefined;
+  /**
+   * More materialized nodes the kernel writes (`groupSiblings`): elementwise, of the root's size,
+   * each computed at the root's index in the same pass. Absent for a kernel with one output.
+   */
+  readonly siblings?: readonly number[];
 }
+
+/** Every node a kernel writes: its root, then its siblings. */
+export const kernelWrites = (k: KernelPlan): readonly number[] => (k.siblings === undefined ? [k.root] : [k.root, ...k.siblings]);
 
 export interface FusionPlan {
   /** Nodes that live in buffers (program inputs included). */
@@ -163,4 +171,88 @@ export function splitCandidates(program: Program, plan: FusionPlan, kernel: Kern
     if (fit === undefined) break; // the piece split off is itself too wide: the next attempt splits it
   }
   return out;
+}
+
+/**
+ * The materialized nodes a kernel reads (those its inline expressions reach, its own outputs
+ * excluded), each with whether every path to it reads it at the kernel's own flat index.
+ */
+export function kernelReads(program: Program, plan: FusionPlan, k: KernelPlan): Map<number, boolean> {
+  const nodes = program.nodes;
+  const own = new Set(kernelWrites(k));
+  const reads = new Map<number, boolean>();
+  const seen = new Map<number, boolean>();
+  const visit = (n: number, sameIndex: boolean): void => {
+    if (!own.has(n) && plan.materialized.has(n)) {
+      reads.set(n, (reads.get(n) ?? true) && sameIndex);
+      return;
+    }
+    // A node already walked at the same index adds nothing new; one walked at another index
+    // only needs walking again when this visit is the first at another index.
+    const before = seen.get(n);
+    if (before !== undefined && (before === sameIndex || !before)) return;
+    seen.set(n, before === undefined ? sameIndex : false);
+    const keeps = sameIndex && SAME_INDEX.has(nodes[n]!.prim.op);
+    for (const j of nodes[n]!.inputs) visit(j, keeps);
+  };
+  for (const w of own) visit(w, true);
+  return reads;
+}
+
+/**
+ * Multi-output fusion. An elementwise kernel that reads, at its own index only, the output of an
+ * earlier elementwise kernel of the same size takes that kernel in: one pass computes both and
+ * writes both (the earlier value is computed in registers, not read back). Chains close over
+ * (an optimizer's new moments, the parameter from them and its EMA from that: one kernel per
+ * parameter instead of four). A group is kept only where it binds at most `maxBuffers` buffers
+ * (reads and writes) and no kernel outside it reads one of its outputs before the group runs; it
+ * runs where its last member ran.
+ */
+export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: number): FusionPlan {
+  const nodes = program.nodes;
+  const size = (n: number) => nodes[n]!.shape.reduce((a, b) => a * b, 1);
+  const position = new Map<number, number>();
+  plan.kernels.forEach((k, t) => position.set(k.root, t));
+  const reads = plan.kernels.map((k) => kernelReads(program, plan, k));
+  const readersOf = new Map<number, number[]>();
+  reads.forEach((r, t) => r.forEach((_, n) => readersOf.set(n, [...(readersOf.get(n) ?? []), t])));
+  const elementwise = (t: number) => plan.kernels[t]!.heavy === undefined && size(plan.kernels[t]!.root) > 0;
+  /** Group of each kernel (by position): the positions of its members, ascending. */
+  const groupOf: number[][] = plan.kernels.map((_, t) => [t]);
+  const canMerge = (members: readonly number[]): boolean => {
+    const roots = new Set(members.map((t) => plan.kernels[t]!.root));
+    const last = members[members.length - 1]!;
+    const bound = new Set<number>();
+    for (const t of members) {
+      for (const [n, sameIndex] of reads[t]!) {
+        if (roots.has(n)) {
+          if (!sameIndex) return false;
+        } else {
+          bound.add(n);
+        }
+      }
+    }
+    if (bound.size + roots.size > maxBuffers) return false;
+    // Outside readers of a member must run after the group (which runs at its last member's place).
+    return members.every((t) => (readersOf.get(plan.kernels[t]!.root) ?? []).every((r) => members.includes(r) || r > last));
+  };
+  plan.kernels.forEach((k, b) => {
+    if (!elementwise(b)) return;
+    for (const [n, sameIndex] of reads[b]!) {
+      const a = position.get(n);
+      if (!sameIndex || a === undefined || !elementwise(a) || size(n) !== size(k.root)) continue;
+      const [ga, gb] = [groupOf[a]!, groupOf[b]!];
+      if (ga === gb) continue;
+      const merged = [...ga, ...gb].sort((x, y) => x - y);
+      if (!canMerge(merged)) continue;
+      for (const t of merged) groupOf[t] = merged;
+    }
+  });
+  const kernels: KernelPlan[] = [];
+  plan.kernels.forEach((k, t) => {
+    const g = groupOf[t]!;
+    if (g.length === 1) kernels.push(k);
+    else if (g[g.length - 1] === t) kernels.push({ root: k.root, heavy: undefined, siblings: g.slice(0, -1).map((m) => plan.kernels[m]!.root) });
+  });
+  return { materialized: plan.materialized, kernels };
 }

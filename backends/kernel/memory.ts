@@ -8,6 +8,8 @@ import type { Program, ProgramNode } from '../../core/program.ts';
 export interface KernelUse {
   readonly reads: readonly number[];
   readonly writes: number;
+  /** More nodes the kernel writes (a multi-output kernel). */
+  readonly siblings?: readonly number[];
 }
 
 export interface MemoryPlan {
@@ -40,9 +42,11 @@ export function planMemory(program: Program, kernels: readonly KernelUse[], byte
   const writtenAt = new Map<number, number>();
   const dying = new Map<number, number[]>();
   kernels.forEach((k, t) => {
-    writtenAt.set(k.writes, t);
-    if (!outputs.has(k.writes)) {
-      const need = bytesOf(program.nodes[k.writes]!);
+    // A multi-output kernel's writes all take slots before any slot it frees is reused.
+    for (const w of [k.writes, ...(k.siblings ?? [])]) {
+      writtenAt.set(w, t);
+      if (outputs.has(w)) continue;
+      const need = bytesOf(program.nodes[w]!);
       // Best fit among free slots, else the largest free slot grown, else a new slot.
       let best = -1;
       for (let i = 0; i < free.length; i++) {
@@ -58,8 +62,8 @@ export function planMemory(program: Program, kernels: readonly KernelUse[], byte
         slot = slotBytes.length;
         slotBytes.push(need);
       }
-      slotOf.set(k.writes, slot);
-      const end = lastRead.get(k.writes) ?? t;
+      slotOf.set(w, slot);
+      const end = lastRead.get(w) ?? t;
       dying.set(end, [...(dying.get(end) ?? []), slot]);
     }
     for (const s of dying.get(t) ?? []) free.push(s);

@@ -8,7 +8,11 @@ import type { KernelBody } from './kernel.ts';
 
 const WORKGROUP = 64;
 
-export function elementwiseBody(root: number, node: ProgramNode): KernelBody {
+/**
+ * `writes`: the root, then any siblings (a multi-output kernel): each is computed at the same index
+ * and stored, siblings first (the root may be computed from them, each once per invocation).
+ */
+export function elementwiseBody(writes: readonly number[], node: ProgramNode): KernelBody {
   const size = sizeOf(node.shape);
   return {
     kind: 'elementwise',
@@ -17,7 +21,10 @@ export function elementwiseBody(root: number, node: ProgramNode): KernelBody {
     emit(em, store) {
       em.line(`let gi = wid * ${WORKGROUP}u + li;`);
       em.line(`if (gi >= ${size}u) { return; }`);
-      store('gi', em.value(root, 'gi'));
+      writes.forEach((n, i) => {
+        if (i > 0) store('gi', em.value(n, 'gi'), i);
+      });
+      store('gi', em.value(writes[0]!, 'gi'));
     },
   };
 }

@@ -10,7 +10,7 @@ import { sizeOf, type Shape } from '../../core/shape.ts';
 import type { DeviceBuffer } from '../../core/tensor.ts';
 import { acquireDevice, type GpuContext } from './device.ts';
 import { elementwiseBody } from './elementwise.ts';
-import { planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
+import { groupSiblings, kernelWrites, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { gemmBody, gemmShape, type Tile } from './gemm.ts';
 import { buildKernel, foldGrid, type KernelSource } from './kernel.ts';
 import { assignOutputs, planMemory, type MemoryPlan } from '../kernel/memory.ts';
@@ -55,25 +55,27 @@ export function generateKernels(program: Program, maxStorageBuffers: number, til
   const forced = new Set<number>();
   // Sources by root from earlier attempts: a kernel is rebuilt only when the plan changed for a
   // node it looked at (each attempt forces a few nodes, so rebuilding everything is quadratic).
-  const cache = new Map<number, { heavy: number | undefined; source: KernelSource; materialized: boolean[] }>();
+  const cache = new Map<number, { heavy: number | undefined; writes: string; source: KernelSource; materialized: boolean[] }>();
   for (let attempt = 0; ; attempt++) {
-    const plan = planFusion(program, forced);
+    const plan = groupSiblings(program, planFusion(program, forced), maxStorageBuffers);
     const sources = plan.kernels.map((k) => {
       const hit = cache.get(k.root);
-      if (hit !== undefined && hit.heavy === k.heavy && (hit.source.touched ?? []).every((n, i) => plan.materialized.has(n) === hit.materialized[i])) {
+      const writes = kernelWrites(k).join(',');
+      if (hit !== undefined && hit.heavy === k.heavy && hit.writes === writes && (hit.source.touched ?? []).every((n, i) => plan.materialized.has(n) === hit.materialized[i])) {
         return hit.source;
       }
       const source = kernelSource(program, plan, k, tiles);
-      cache.set(k.root, { heavy: k.heavy, source, materialized: (source.touched ?? []).map((n) => plan.materialized.has(n)) });
+      cache.set(k.root, { heavy: k.heavy, writes, source, materialized: (source.touched ?? []).map((n) => plan.materialized.has(n)) });
       return source;
     });
     const before = forced.size;
     sources.forEach((s, i) => {
       s.overused.forEach((n) => forced.add(n));
-      if (s.reads.length + 1 > maxStorageBuffers) {
+      const bound = s.reads.length + 1 + (s.siblings?.length ?? 0);
+      if (bound > maxStorageBuffers) {
         const cs = splitCandidates(program, plan, plan.kernels[i]!, maxStorageBuffers - 1);
         if (cs.length === 0) {
-          throw new BackendError(`${s.label}: needs ${s.reads.length + 1} storage buffers, the device allows ${maxStorageBuffers}, and the kernel cannot be split`);
+          throw new BackendError(`${s.label}: needs ${bound} storage buffers, the device allows ${maxStorageBuffers}, and the kernel cannot be split`);
         }
         cs.forEach((c) => forced.add(c));
       }
@@ -86,7 +88,7 @@ export function generateKernels(program: Program, maxStorageBuffers: number, til
 function kernelSource(program: Program, plan: FusionPlan, k: KernelPlan, tiles: readonly Tile[]): KernelSource {
   const node = program.nodes[k.root]!;
   if (sizeOf(node.shape) === 0) return emptyKernel(program, k.root);
-  if (k.heavy === undefined) return buildKernel(program, plan, k, elementwiseBody(k.root, node));
+  if (k.heavy === undefined) return buildKernel(program, plan, k, elementwiseBody(kernelWrites(k), node));
   if (program.nodes[k.heavy]!.prim.op === 'reduce') return buildKernel(program, plan, k, reduceBody(program, k.root, k.heavy));
   const s = gemmShape(program, k.heavy);
   return buildKernel(program, plan, k, gemmBody(program, k.root, k.heavy, chooseTile(tiles, s.m, s.n)));
@@ -124,7 +126,7 @@ export class WebGpuBackend implements Backend {
     const sources = generateKernels(program, this.ctx.limits.maxStorageBuffersPerShaderStage, this.tiles);
     const maxBinding = this.ctx.limits.maxStorageBufferBindingSize;
     for (const s of sources) {
-      for (const n of [...s.reads, s.writes]) {
+      for (const n of [...s.reads, s.writes, ...(s.siblings ?? [])]) {
         const bytes = bindingBytes(sizeOf(program.nodes[n]!.shape));
         if (s.workgroups > 0 && bytes > maxBinding) {
           throw new BackendError(`${s.label}: a ${fmtShape(program.nodes[n]!.shape)} tensor needs ${bytes} bytes, over the device's binding limit of ${maxBinding}`);
@@ -244,7 +246,7 @@ export class WebGpuBackend implements Backend {
       const pass = enc.beginComputePass({ label: program.name });
       for (const { source, pipeline } of exe.kernels) {
         if (pipeline === undefined) continue;
-        const entries = [...source.reads, source.writes].map((n, binding) => ({
+        const entries = [...source.reads, source.writes, ...(source.siblings ?? [])].map((n, binding) => ({
           binding,
           resource: { buffer: where.get(n)!, offset: 0, size: bindingBytes(sizeOf(nodes[n]!.shape)) },
         }));

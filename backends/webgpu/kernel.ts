@@ -6,7 +6,7 @@
 import type { Program } from '../../core/program.ts';
 import { THREEFRY_WGSL } from '../../core/threefry.ts';
 import { Emitter, readBindings } from '../kernel/emitter.ts';
-import type { FusionPlan, KernelPlan } from '../kernel/fusion.ts';
+import { kernelWrites, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { WGSL, helpersFor, storageType, toStorage } from './wgsl.ts';
 
 export interface KernelSource {
@@ -16,6 +16,8 @@ export interface KernelSource {
   readonly reads: readonly number[];
   /** The node written, bound after the reads. */
   readonly writes: number;
+  /** More nodes written at the same index (a multi-output kernel), bound after `writes` as out1, out2, ... */
+  readonly siblings?: readonly number[];
   /** Linear number of workgroups (0: nothing to do). */
   readonly workgroups: number;
   /** Nodes the generator wants materialized before it can produce this kernel within limits. */
@@ -36,14 +38,18 @@ export interface KernelBody {
   readonly opaqueOne?: boolean;
   /** Module-scope declarations (workgroup memory). */
   readonly decls?: string;
-  /** Emits the body; `wid` is the linear workgroup id, `li` the local invocation index. */
-  emit(em: Emitter, store: (index: string, value: string) => void): void;
+  /**
+   * Emits the body; `wid` is the linear workgroup id, `li` the local invocation index. `store`
+   * writes output `output` (0, the root, by default; 1, 2, ... the kernel's siblings).
+   */
+  emit(em: Emitter, store: (index: string, value: string, output?: number) => void): void;
 }
 
 /** Builds the module for one kernel. */
 export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, body: KernelBody): KernelSource {
   const nodes = program.nodes;
-  const { reads, name } = readBindings(plan.materialized, k.root, 'in');
+  const writes = kernelWrites(k);
+  const { reads, name } = readBindings(plan.materialized, writes, 'in');
   const touched = new Set<number>();
   const em = new Emitter(
     nodes,
@@ -59,11 +65,12 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
   // A 1 that the shader compiler cannot see through (the output binding is never empty): loop
   // bounds multiplied by it are not constants, so LLVM (lavapipe) does not unroll long loops.
   if (body.opaqueOne === true) em.line('let one = min(arrayLength(&out), 1u);');
-  body.emit(em, (index, value) => em.line(`out[${index}] = ${toStorage(root.dtype, value)};`));
+  const outName = (i: number) => (i === 0 ? 'out' : `out${i}`);
+  body.emit(em, (index, value, output = 0) => em.line(`${outName(output)}[${index}] = ${toStorage(nodes[writes[output]!]!.dtype, value)};`));
   const code = em.code();
   const decl = [
     ...reads.map((n, i) => `@group(0) @binding(${i}) var<storage, read> in${i}: array<${storageType(nodes[n]!.dtype)}>;`),
-    `@group(0) @binding(${reads.length}) var<storage, read_write> out: array<${storageType(root.dtype)}>;`,
+    ...writes.map((n, i) => `@group(0) @binding(${reads.length + i}) var<storage, read_write> ${outName(i)}: array<${storageType(nodes[n]!.dtype)}>;`),
   ].join('\n');
   const wgsl = [
     decl,
@@ -76,8 +83,9 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
     '}',
     '',
   ].join('\n');
-  const label = `${program.name}/${body.kind}${k.root}`;
-  return { label, wgsl, reads, writes: k.root, workgroups: body.workgroups, overused: em.overused, touched: [...touched] };
+  const label = `${program.name}/${body.kind}${k.root}${writes.length > 1 ? `+${writes.length - 1}` : ''}`;
+  const siblings = k.siblings === undefined ? {} : { siblings: k.siblings };
+  return { label, wgsl, reads, writes: k.root, ...siblings, workgroups: body.workgroups, overused: em.overused, touched: [...touched] };
 }
 
 /** Splits a linear workgroup count into a grid within `maxPerDim` per dimension. */

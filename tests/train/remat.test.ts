@@ -56,9 +56,11 @@ function peakLiveBytes(exe: CpuExecutable): number {
   let live = 0;
   let peak = 0;
   exe.steps.forEach(({ step }, t) => {
-    live += bytes(step.writes);
-    const end = last.get(step.writes) ?? t;
-    dying.set(end, [...(dying.get(end) ?? []), step.writes]);
+    for (const w of [step.writes, ...(step.kind === 'js' ? step.siblings ?? [] : [])]) {
+      live += bytes(w);
+      const end = last.get(w) ?? t;
+      dying.set(end, [...(dying.get(end) ?? []), w]);
+    }
     peak = Math.max(peak, live);
     for (const n of dying.get(t) ?? []) live -= bytes(n);
   });

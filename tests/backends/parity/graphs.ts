@@ -10,19 +10,19 @@ import { RUNS, T, fc, paritySuite, randn, seed, type Target } from './helpers.ts
 
 const opts = { numRuns: RUNS };
 
-type Step =
+export type Step =
   | { kind: 'unary'; fn: 'tanh' | 'sigmoid' | 'neg' | 'abs' | 'sin'; a: number }
   | { kind: 'binary'; fn: 'add' | 'sub' | 'mul' | 'max'; a: number; b: number }
   | { kind: 'center' | 'rowmax' | 'transpose' | 'matmul' | 'shift' | 'select' | 'colsum'; a: number; b: number };
 
-const step: fc.Arbitrary<Step> = fc.oneof(
+export const step: fc.Arbitrary<Step> = fc.oneof(
   fc.record({ kind: fc.constant('unary' as const), fn: fc.constantFrom('tanh' as const, 'sigmoid' as const, 'neg' as const, 'abs' as const, 'sin' as const), a: fc.nat() }),
   fc.record({ kind: fc.constant('binary' as const), fn: fc.constantFrom('add' as const, 'sub' as const, 'mul' as const, 'max' as const), a: fc.nat(), b: fc.nat() }),
   fc.record({ kind: fc.constantFrom('center' as const, 'rowmax' as const, 'transpose' as const, 'matmul' as const, 'shift' as const, 'select' as const, 'colsum' as const), a: fc.nat(), b: fc.nat() }),
 );
 
 /** Builds the DAG over square [n, n] tensors; every step refers to earlier values by index modulo. */
-function dag(steps: readonly Step[], n: number, outs: readonly number[]): (...xs: T.Tensor[]) => T.Tensor[] {
+export function dag(steps: readonly Step[], n: number, outs: readonly number[]): (...xs: T.Tensor[]) => T.Tensor[] {
   return (...xs) => {
     const vals: T.Tensor[] = [...xs];
     const pick = (i: number): T.Tensor => vals[i % vals.length]!;
@@ -64,6 +64,19 @@ function dag(steps: readonly Step[], n: number, outs: readonly number[]): (...xs
   };
 }
 
+/**
+ * An optimizer step over one parameter (Adam's moments, the parameter from them, its EMA from
+ * that): four outputs that multi-output fusion writes in one kernel.
+ */
+export function adamLike(p: T.Tensor, m: T.Tensor, v: T.Tensor, g: T.Tensor, e: T.Tensor, lr: T.Tensor): T.Tensor[] {
+  const g2 = T.where(T.isFinite(g), g, 0);
+  const m2 = T.add(T.mul(m, 0.9), T.mul(g2, 0.1));
+  const v2 = T.add(T.mul(v, 0.999), T.mul(T.mul(g2, g2), 0.001));
+  const p2 = T.sub(p, T.mul(T.div(m2, T.add(T.sqrt(v2), 1e-8)), lr));
+  const e2 = T.add(p2, T.mul(T.sub(e, p2), 0.99));
+  return [m2, v2, p2, e2];
+}
+
 /** Conv, group norm, SiLU, attention-style softmax and matmul: backward programs exercise the convolution adjoints, broadcast-reductions and fusion together. */
 function block(x: T.Tensor, w: T.Tensor, b: T.Tensor, m: T.Tensor): T.Tensor {
   const h = T.silu(T.groupNorm(T.add(T.conv2d(x, w, { padding: 1 }), T.reshape(b, [1, -1, 1, 1])), 2));
@@ -92,6 +105,22 @@ export function graphSuite(target: Target): void {
       ),
       opts,
     );
+  });
+
+  test('multi-output kernels agree with the reference: a fused optimizer step; a reader between two outputs; an output read at another index', async () => {
+    const args = [randn(1, [5, 7]), randn(2, [5, 7]), randn(3, [5, 7], 0, 2), randn(4, [5, 7]), randn(5, [5, 7]), randn(6, [])];
+    await parity('adam-like', adamLike, args, tol.program);
+    // sum(m2) is built between m2 and p2: m2 and p2 stay in separate kernels, the sum reads m2 in between.
+    await parity('reader between', (m, g) => {
+      const m2 = T.add(T.mul(m, 0.9), g);
+      const total = T.sum(m2);
+      return [m2, total, T.add(T.tanh(m2), total)];
+    }, [randn(7, [6, 6]), randn(8, [6, 6])], tol.program);
+    // b reads a transposed: not at its own index, so a and b stay apart.
+    await parity('other index', (x) => {
+      const a = T.tanh(x);
+      return [a, T.add(T.transpose(a), a)];
+    }, [randn(9, [6, 6])], tol.program);
   });
 
   test('grad of a conv / group norm / attention block agrees with the reference', async () => {
