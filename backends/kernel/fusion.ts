@@ -110,7 +110,10 @@ export function planFusion(program: Program, forced: ReadonlySet<number>): Fusio
       continue;
     }
     const feedsContraction = cs.some((c) => isContraction(nodes[c]!.prim.op));
-    const shared = roots.size > 1 && opCount[n]! > RECOMPUTE_LIMIT;
+    // A broadcast shared by several kernels stays inline: its input is the one worth a buffer (as
+    // small or smaller), and materialized at the broadcast size it would tie unrelated kernels
+    // together as readers of one buffer of their size.
+    const shared = roots.size > 1 && opCount[n]! > RECOMPUTE_LIMIT && op !== 'broadcast';
     if (computes[n] && (feedsContraction || shared)) {
       materialized.add(n);
       continue;
@@ -205,8 +208,9 @@ export function kernelReads(program: Program, plan: FusionPlan, k: KernelPlan): 
  * writes both (the earlier value is computed in registers, not read back). Chains close over
  * (an optimizer's new moments, the parameter from them and its EMA from that: one kernel per
  * parameter instead of four). A group is kept only where it binds at most `maxBuffers` buffers
- * (reads and writes) and no kernel outside it reads one of its outputs before the group runs; it
- * runs where its last member ran.
+ * (reads and writes) and leaves the kernels acyclic: no path from one part to the other through a
+ * kernel outside it (a reduction of the first part that feeds the second, say). The kernels are
+ * then ordered again, each group as early as its inputs allow and otherwise in the plan's order.
  */
 export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: number): FusionPlan {
   const nodes = program.nodes;
@@ -214,14 +218,36 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
   const position = new Map<number, number>();
   plan.kernels.forEach((k, t) => position.set(k.root, t));
   const reads = plan.kernels.map((k) => kernelReads(program, plan, k));
-  const readersOf = new Map<number, number[]>();
-  reads.forEach((r, t) => r.forEach((_, n) => readersOf.set(n, [...(readersOf.get(n) ?? []), t])));
+  /** Kernels reading each kernel's output. */
+  const readers: number[][] = plan.kernels.map(() => []);
+  reads.forEach((r, t) => r.forEach((_, n) => {
+    const w = position.get(n);
+    if (w !== undefined) readers[w]!.push(t);
+  }));
   const elementwise = (t: number) => plan.kernels[t]!.heavy === undefined && size(plan.kernels[t]!.root) > 0;
-  /** Group of each kernel (by position): the positions of its members, ascending. */
+  /** Each kernel's group: the positions of its members, ascending (one array shared by the members). */
   const groupOf: number[][] = plan.kernels.map((_, t) => [t]);
-  const canMerge = (members: readonly number[]): boolean => {
+  /** Whether a kernel outside both groups lies on a path from group `from` to group `to`. */
+  const pathVia = (from: readonly number[], to: readonly number[]): boolean => {
+    const target = new Set(to);
+    const seen = new Set<readonly number[]>([from, to]);
+    const stack = from.flatMap((t) => readers[t]!).filter((r) => !target.has(r)).map((r) => groupOf[r]!);
+    while (stack.length > 0) {
+      const g = stack.pop()!;
+      if (seen.has(g)) continue;
+      seen.add(g);
+      for (const t of g) {
+        for (const r of readers[t]!) {
+          if (target.has(r)) return true;
+          stack.push(groupOf[r]!);
+        }
+      }
+    }
+    return false;
+  };
+  const canMerge = (ga: readonly number[], gb: readonly number[]): boolean => {
+    const members = [...ga, ...gb];
     const roots = new Set(members.map((t) => plan.kernels[t]!.root));
-    const last = members[members.length - 1]!;
     const bound = new Set<number>();
     for (const t of members) {
       for (const [n, sameIndex] of reads[t]!) {
@@ -232,9 +258,7 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
         }
       }
     }
-    if (bound.size + roots.size > maxBuffers) return false;
-    // Outside readers of a member must run after the group (which runs at its last member's place).
-    return members.every((t) => (readersOf.get(plan.kernels[t]!.root) ?? []).every((r) => members.includes(r) || r > last));
+    return bound.size + roots.size <= maxBuffers && !pathVia(ga, gb) && !pathVia(gb, ga);
   };
   plan.kernels.forEach((k, b) => {
     if (!elementwise(b)) return;
@@ -242,17 +266,75 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
       const a = position.get(n);
       if (!sameIndex || a === undefined || !elementwise(a) || size(n) !== size(k.root)) continue;
       const [ga, gb] = [groupOf[a]!, groupOf[b]!];
-      if (ga === gb) continue;
+      if (ga === gb || !canMerge(ga, gb)) continue;
       const merged = [...ga, ...gb].sort((x, y) => x - y);
-      if (!canMerge(merged)) continue;
       for (const t of merged) groupOf[t] = merged;
     }
   });
+  // Kahn's order over the groups, the ready group with the earliest member first.
+  const groups = [...new Set(groupOf)];
+  const indeg = new Map<readonly number[], number>();
+  const succ = new Map<readonly number[], Set<readonly number[]>>();
+  for (const g of groups) {
+    const out = new Set<readonly number[]>();
+    for (const t of g) for (const r of readers[t]!) if (groupOf[r] !== g) out.add(groupOf[r]!);
+    succ.set(g, out);
+  }
+  for (const g of groups) indeg.set(g, 0);
+  for (const out of succ.values()) for (const h of out) indeg.set(h, indeg.get(h)! + 1);
+  const ready = new MinHeap<readonly number[]>((g) => g[0]!);
+  for (const g of groups) if (indeg.get(g) === 0) ready.push(g);
   const kernels: KernelPlan[] = [];
-  plan.kernels.forEach((k, t) => {
-    const g = groupOf[t]!;
-    if (g.length === 1) kernels.push(k);
-    else if (g[g.length - 1] === t) kernels.push({ root: k.root, heavy: undefined, siblings: g.slice(0, -1).map((m) => plan.kernels[m]!.root) });
-  });
+  while (ready.size > 0) {
+    const g = ready.pop();
+    const last = plan.kernels[g[g.length - 1]!]!;
+    kernels.push(g.length === 1 ? last : { root: last.root, heavy: undefined, siblings: g.slice(0, -1).map((m) => plan.kernels[m]!.root) });
+    for (const h of succ.get(g)!) {
+      const d = indeg.get(h)! - 1;
+      indeg.set(h, d);
+      if (d === 0) ready.push(h);
+    }
+  }
+  if (kernels.length !== groups.length) throw new Error(`groupSiblings: the grouped kernels of ${program.name} form a cycle`);
   return { materialized: plan.materialized, kernels };
+}
+
+/** A binary min-heap by `key`. */
+class MinHeap<T> {
+  private readonly items: T[] = [];
+  constructor(private readonly key: (x: T) => number) {}
+  get size(): number {
+    return this.items.length;
+  }
+  push(x: T): void {
+    const a = this.items;
+    a.push(x);
+    let i = a.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (this.key(a[p]!) <= this.key(a[i]!)) break;
+      [a[p], a[i]] = [a[i]!, a[p]!];
+      i = p;
+    }
+  }
+  pop(): T {
+    const a = this.items;
+    const top = a[0]!;
+    const end = a.pop()!;
+    if (a.length > 0) {
+      a[0] = end;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < a.length && this.key(a[l]!) < this.key(a[m]!)) m = l;
+        if (r < a.length && this.key(a[r]!) < this.key(a[m]!)) m = r;
+        if (m === i) break;
+        [a[m], a[i]] = [a[i]!, a[m]!];
+        i = m;
+      }
+    }
+    return top;
+  }
 }

@@ -129,3 +129,30 @@ test('pipelines build asynchronously: compile returns at once, a run before they
   await assert.rejects(broken, (e: Error) => e instanceof BackendError && /kernel prog\/broken8: the pipeline could not be built/.test(e.message));
   await b.ctx.flushErrors().catch(() => undefined);
 });
+
+test('fusion: the demo training step lowers to at most 800 dispatches (1,488 before multi-output fusion); its optimizer and EMA write the state in about one kernel per parameter', async () => {
+  const { readFileSync } = await import('node:fs');
+  const { resolveConfig } = await import('../../../train/config.ts');
+  const { orThrow } = await import('../../../train/errors.ts');
+  const { buildModel, initState, stepBatch, stepFunction } = await import('../../../train/step.ts');
+  const config = orThrow(resolveConfig(JSON.parse(readFileSync('train/configs/demo.json', 'utf8')), {}));
+  const model = buildModel(config);
+  const state = initState(model, config);
+  const b = config.train.batch_size;
+  const images = new Float32Array(b * 16 * 16).map((_, i) => Math.sin(i * 0.37));
+  const corners = new Int32Array(b);
+  const out = stepFunction(model, config)(state, stepBatch(images, [b, 1, 16, 16], corners, corners));
+  const outputs = T.flatten(out as unknown as T.PyTree<T.Tensor>).leaves;
+  const { program: p } = buildProgram('demoStep', outputs);
+  // Lavapipe's binding limit (16 storage buffers per stage).
+  const ks = kernelsOf(p, 16).filter((k) => k.workgroups > 0);
+  assert.ok(ks.length <= 800, `${ks.length} dispatches`);
+  // The new params, EMA and Adam moments (4 tensors per parameter, 4 kernels each before): one
+  // kernel per parameter, a few more where two parameters' groups joined and the binding limit
+  // left an EMA out.
+  const params = T.flatten(state.params as unknown as T.PyTree<T.Tensor>).leaves.length;
+  const stateLeaves = T.flatten([out.state.params, out.state.ema, out.state.opt] as unknown as T.PyTree<T.Tensor>).leaves;
+  const stateOutputs = new Set(stateLeaves.map((t) => p.outputs[outputs.indexOf(t)]!));
+  const writers = ks.filter((k) => [k.writes, ...(k.siblings ?? [])].some((n) => stateOutputs.has(n)));
+  assert.ok(writers.length <= params + params / 20, `${writers.length} kernels write the state of ${params} parameters`);
+});
