@@ -144,10 +144,10 @@ function regimeSection(o: ExperimentOptions, regime: Regime, views: readonly Run
   const lines: string[] = [`## ${REGIME_TITLE(o)[regime]}`, ''];
   lines.push(`Colours: ${views.map((v, i) => `${COLOURS[i % COLOURS.length]} = ${v.spec.name}`).join(', ')} (PNG without text; the SVG beside each has axes and a legend).`, '');
   for (const p of plots) lines.push(`![${p.title}](${p.file})`, '');
-  lines.push('| run | seconds | step | images seen | FD ± s.e. | KID x1e3 ± s.e. | precision | recall | sampling s |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  lines.push('| run | seconds | step | images seen | FD ± s.e. | KID ± s.e. | precision | recall | sampling s |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const v of views) {
     for (const e of v.evals) {
-      lines.push(`| ${v.spec.name} | ${fmt(e.seconds, 0)} | ${e.step} | ${int(e.images_seen)} | ${fmt(e.fd)} ± ${fmt(e.fdStderr)} | ${fmt(e.kid.mean * 1e3)} ± ${fmt(e.kid.jackknife * 1e3)} | ${fmt(e.precision)} | ${fmt(e.recall)} | ${fmt(e.sample_seconds, 0)} |`);
+      lines.push(`| ${v.spec.name} | ${fmt(e.seconds, 0)} | ${e.step} | ${int(e.images_seen)} | ${fmt(e.fd)} ± ${fmt(e.fdStderr)} | ${fmt(e.kid.mean)} ± ${fmt(e.kid.jackknife)} | ${fmt(e.precision)} | ${fmt(e.recall)} | ${fmt(e.sample_seconds, 0)} |`);
     }
   }
   lines.push('');
@@ -194,7 +194,7 @@ function regimeSection(o: ExperimentOptions, regime: Regime, views: readonly Run
     const perImage = fdAtImages(p.evals, bf.images_seen);
     const nearest = p.evals.reduce((a, b) => (Math.abs(b.images_seen - bf.images_seen) < Math.abs(a.images_seen - bf.images_seen) ? b : a));
     const perImageWord = perImage === undefined ? undefined : compare(perImage, fdSe(nearest), bf.fd, fdSe(bf)).word;
-    const sentence = `At the end of the budget ${p.spec.name} has FD ${fmt(pf.fd)} ± ${fmt(fdSe(pf))} against the baseline's ${fmt(bf.fd)} ± ${fmt(fdSe(bf))} (${fd.word === 'indistinguishable' ? 'within twice the combined s.e.' : `${fd.word}, beyond twice the combined s.e. of ${fmt(fd.sigma)}`}), and KID ${fmt(pf.kid.mean * 1e3)}e-3 against ${fmt(bf.kid.mean * 1e3)}e-3 (${kid.word === 'indistinguishable' ? 'within twice the combined s.e.' : kid.word}). ${sameMachine(p.record, base.record) ? `It processed ${fmt(pf.images_seen / pf.seconds / (bf.images_seen / bf.seconds))}x the baseline's images per second (patches counted as images) and ${fmt(pf.step / pf.seconds / (bf.step / bf.seconds))}x its steps per second.` : 'It trained on another machine than the baseline, so its seconds and rates do not compare with the baseline\'s.'} ${perImage === undefined
+    const sentence = `At the end of the budget ${p.spec.name} has FD ${fmt(pf.fd)} ± ${fmt(fdSe(pf))} against the baseline's ${fmt(bf.fd)} ± ${fmt(fdSe(bf))} (${fd.word === 'indistinguishable' ? 'within twice the combined s.e.' : `${fd.word}, beyond twice the combined s.e. of ${fmt(fd.sigma)}`}), and KID ${fmt(pf.kid.mean)} against ${fmt(bf.kid.mean)} (${kid.word === 'indistinguishable' ? 'within twice the combined s.e.' : kid.word}). ${sameMachine(p.record, base.record) ? `It processed ${fmt(pf.images_seen / pf.seconds / (bf.images_seen / bf.seconds))}x the baseline's images per second (patches counted as images) and ${fmt(pf.step / pf.seconds / (bf.step / bf.seconds))}x its steps per second.` : 'It trained on another machine than the baseline, so its seconds and rates do not compare with the baseline\'s.'} ${perImage === undefined
       ? `Its evaluations do not span the baseline's final ${int(bf.images_seen)} images, so there is no equal-images comparison`
       : `At the baseline's final ${int(bf.images_seen)} images seen it had FD ${fmt(perImage)} (interpolated) against ${fmt(bf.fd)}: per image seen (a patch counted as an image) it learned ${perImageWord === 'higher' ? 'less about full images (beyond twice the combined s.e.)' : perImageWord === 'lower' ? 'more about full images (beyond twice the combined s.e.)' : 'as much (within twice the combined s.e.)'}`}.`;
     say(sentence);
@@ -222,7 +222,8 @@ function regimeSection(o: ExperimentOptions, regime: Regime, views: readonly Run
 
 /** Small data against full data: did halving the data hurt the patch model less than the baseline? */
 function dataEfficiency(o: ExperimentOptions, views: Map<Regime, RunView[]>): string | undefined {
-  const final = (regime: Regime, kind: 'edm' | 'patch') => views.get(regime)?.find((v) => v.spec.kind === kind && v.spec.realP !== 0.25)?.evals.at(-1);
+  const view = (regime: Regime, kind: 'edm' | 'patch') => views.get(regime)?.find((v) => v.spec.kind === kind && v.spec.realP !== 0.25);
+  const final = (regime: Regime, kind: 'edm' | 'patch') => view(regime, kind)?.evals.at(-1);
   const [fe, fp, se, sp] = [final('mnist', 'edm'), final('mnist', 'patch'), final('small', 'edm'), final('small', 'patch')];
   if (se === undefined || sp === undefined) return undefined;
   const c = compare(sp.fd, fdSe(sp), se.fd, fdSe(se));
@@ -231,7 +232,7 @@ function dataEfficiency(o: ExperimentOptions, views: Map<Regime, RunView[]>): st
   const gapFull = fp.fd - fe.fd;
   const gapSmall = sp.fd - se.fd;
   const gaps = compare(gapSmall, Math.hypot(fdSe(sp), fdSe(se)), gapFull, Math.hypot(fdSe(fp), fdSe(fe)));
-  return `${small} The patch run's FD minus the baseline's is ${fmt(gapSmall)} on the subset against ${fmt(gapFull)} on all 10,000 images (combined s.e. of the difference ${fmt(gaps.sigma)}): relative to the baseline the patch model does ${gaps.word === 'lower' ? 'better with less data, as the paper\'s data-efficiency claim predicts' : gaps.word === 'higher' ? 'worse with less data, against the paper\'s data-efficiency claim' : 'as well with less data as with all of it, within twice that s.e.: the data-efficiency claim is not confirmed here'}. The subset changed EDM's final FD by ${fmt(se.fd - fe.fd)} and the patch model's by ${fmt(sp.fd - fp.fd)}.`;
+  return `${small} The patch run's FD minus the baseline's is ${fmt(gapSmall)} on the subset against ${fmt(gapFull)} on all 10,000 images (combined s.e. of the difference ${fmt(gaps.sigma)}): relative to the baseline the patch model does ${gaps.word === 'lower' ? 'better with less data, as the paper\'s data-efficiency claim predicts' : gaps.word === 'higher' ? 'worse with less data, against the paper\'s data-efficiency claim' : 'as well with less data as with all of it, within twice that s.e.: the data-efficiency claim is not confirmed here'}. The subset changed EDM's final FD by ${fmt(se.fd - fe.fd)} and the patch model's by ${fmt(sp.fd - fp.fd)}.${sameMachine(view('mnist', 'edm')!.record, view('small', 'edm')!.record) ? '' : ` The two regimes trained on different machines (${machinesOf(view('mnist', 'edm')!.record).join('; ')} against ${machinesOf(view('small', 'edm')!.record).join('; ')}): equal seconds bought different numbers of steps, so the differences between regimes carry that too (each regime's own patch-against-baseline gap does not).`}`;
 }
 
 function beyondSection(o: ExperimentOptions, extras: Extras, say: (sentence: string) => void): string[] {
@@ -297,7 +298,7 @@ export function resultsMarkdown(
   lines.push(`- Model: SongUNet (DDPM++), model_channels ${o.channels}, channel_mult [${o.channelMult.join(', ')}] (${o.channelMult.length} levels), 1 block per level, no attention, dropout 0: ${int(params(edmSpec))} parameters for EDM, ${int(params(patchSpec))} with Patch Diffusion's 2 coordinate input channels. EDM preconditioning and loss (ln sigma ~ N(-1.2, 1.2^2)); batch ${o.batch}, Adam lr ${o.lr} (ramp-up over 2,000 images), EMA half-life 4,000 images (ramp 0.1), seed ${o.seed}.`);
   lines.push(`- Patch runs: one patch size per step from ${sizes.join(', ')} px with probabilities (1-p)·2/5, (1-p)·3/5, p (p = 0.5 and 0.25), each sample cut at its own random corner, and the batch multiplied by R/size for small patches (x${o.resolution / sizes[0]!} and x${o.resolution / sizes[1]!}), as Patch Diffusion Sec. 3.2. Sampling always runs on the full ${o.resolution}x${o.resolution} grid. EDM: full images, no coordinates.`);
   lines.push(`- Budget: ${int(o.budget)} s of training per run (trainRun's seconds: the step's compilation, data and checkpoint writes included; evaluation not), summed over invocations. Checkpoints at ${o.evals} even fractions of the budget, evaluated after training. Runs share one process, so a program compiled by an earlier run is reused by a later one (a few seconds of a budget of minutes).`);
-  lines.push(`- Metrics: ${int(o.samples)} EMA samples per point by EDM's Heun sampler (Algorithm 2: ${o.steps} steps, ${2 * o.steps - 1} network evaluations, sigma 0.002 to 80, rho 7, no churn), clipped to [-1, 1], against ${int(o.real)} real images of the whole dataset, in the project's MNIST or Fashion-MNIST classifier features (docs/evaluation.md; not Inception, so not comparable with published FIDs). FD ± the standard deviation of FD over ${o.bootstrap} bootstrap resamplings of both sets; KID (x1e3) ± its delete-one jackknife s.e.; precision and recall with k = 3.`);
+  lines.push(`- Metrics: ${int(o.samples)} EMA samples per point by EDM's Heun sampler (Algorithm 2: ${o.steps} steps, ${2 * o.steps - 1} network evaluations, sigma 0.002 to 80, rho 7, no churn), clipped to [-1, 1], against ${int(o.real)} real images of the whole dataset, in the project's MNIST or Fashion-MNIST classifier features (docs/evaluation.md; not Inception, so not comparable with published FIDs). FD ± the standard deviation of FD over ${o.bootstrap} bootstrap resamplings of both sets; KID (cubic polynomial kernel on the same features: its scale follows theirs, not Inception's) ± its delete-one jackknife s.e.; precision and recall with k = 3.`);
   lines.push('');
 
   lines.push('## Headline: time to the baseline\'s final FD', '');
