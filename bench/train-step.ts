@@ -167,6 +167,10 @@ async function measure(name: string, be: Backend): Promise<Row> {
   const traceMs = performance.now() - t0;
   t0 = performance.now();
   const exe = be.compile(program) as Inspectable;
+  // WebGPU builds its pipelines asynchronously: compile time runs until they are all built (a run
+  // before then is refused). On lavapipe the driver still compiles each shader at its first dispatch,
+  // which lands in the first run.
+  await exe.ready;
   const compileMs = performance.now() - t0;
   const pipelines = exe.kernels?.map((k) => k.pipeline).filter((p) => p !== undefined);
   const bufs = await Promise.all(lifted.map(async (t) => be.upload(await t.data(), t.shape, t.dtype)));
