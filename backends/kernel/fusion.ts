@@ -6,6 +6,7 @@
  * its epilogue (bias, activation, residual add), and elementwise producers of a reduction become
  * its prologue.
  */
+import { BackendError } from '../../core/errors.ts';
 import type { Program, ProgramNode } from '../../core/program.ts';
 import type { PrimOp } from '../../core/tensor.ts';
 
@@ -295,7 +296,7 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
       if (d === 0) ready.push(h);
     }
   }
-  if (kernels.length !== groups.length) throw new Error(`groupSiblings: the grouped kernels of ${program.name} form a cycle`);
+  if (kernels.length !== groups.length) throw new BackendError(`groupSiblings: the grouped kernels of ${program.name} form a cycle`);
   return { materialized: plan.materialized, kernels };
 }
 
