@@ -473,6 +473,21 @@ async function computeExtras(o: ExperimentOptions, specs: readonly RunSpec[], re
 }
 
 /**
+ * Before a patch run trains: whether its regime's baseline already trained on another machine (so
+ * the page will withhold the time comparison), as a sentence naming the way out; undefined when not.
+ */
+export function otherMachineBaseline(spec: RunSpec, specs: readonly RunSpec[], records: ReadonlyMap<string, RunRecord>): string | undefined {
+  if (spec.kind !== 'patch') return undefined;
+  const base = specs.find((s) => s.regime === spec.regime && s.kind === 'edm');
+  const record = base === undefined ? undefined : records.get(base.id);
+  if (base === undefined || record === undefined || record.sessions.length === 0) return undefined;
+  const machines = [...new Set(record.sessions.map((x) => x.machine ?? 'unrecorded'))];
+  if (machines.length === 1 && machines[0] === machineName()) return undefined;
+  return `${spec.id}'s baseline ${base.id} trained on ${machines.join('; ')}, not on this machine (${machineName()}): ` +
+    `its training seconds will not be compared with the baseline's; delete ${base.id}'s record and train both here (--runs ${base.id},${spec.id}) for that`;
+}
+
+/**
  * Trains, evaluates and reports every selected run, each as far as the budget asks, then the
  * extras; the page covers every run with results under --out, selected this time or not.
  */
@@ -493,6 +508,8 @@ export async function runExperiment(o: ExperimentOptions, signal?: AbortSignal):
   let evaluated = 0;
   for (const spec of specs.filter((s) => o.runs.includes(s.id))) {
     if (signal?.aborted === true) break;
+    const apart = otherMachineBaseline(spec, specs, records);
+    if (apart !== undefined && trainedSeconds(records.get(spec.id)!) < o.budget) process.stderr.write(`   note: ${apart}\n`);
     const t = await trainToBudget(o, spec, records.get(spec.id)!, signal);
     if (t.trained) trained.push(spec.id);
     records.set(spec.id, t.record);

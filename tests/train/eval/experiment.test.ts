@@ -9,7 +9,7 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { inkInsideOutside, parseExperimentArgs, runExperiment } from '../../../train/experiments/patch-vs-edm.ts';
+import { allRunSpecs, inkInsideOutside, otherMachineBaseline, parseExperimentArgs, runExperiment } from '../../../train/experiments/patch-vs-edm.ts';
 import { currentEvals, evalSettings, fdAtImages, speedUp, timeToReach } from '../../../train/experiments/patch-vs-edm-report.ts';
 
 test('timeToReach interpolates the first crossing of a target FD; speedUp divides the baseline\'s time by the patch run\'s', () => {
@@ -113,6 +113,15 @@ test('patch-vs-edm --tiny trains, evaluates and reports; run again it trains not
     for (const id of ids) assert.deepEqual(fourth.records.get(id), third.records.get(id) ?? first.records.get(id));
     assert.deepEqual(fourth.extras.beyond.map((b) => b.label), first.extras.beyond.map((b) => b.label));
     assert.deepEqual(Object.keys(fourth.extras.neighbours).sort(), ['small-edm', 'small-patch0.5']);
+    // A patch run whose baseline trained on another machine is flagged before it trains.
+    const specs = allRunSpecs(parseExperimentArgs(fresh));
+    const patch025 = specs.find((x) => x.id === 'mnist-patch0.25')!;
+    assert.equal(otherMachineBaseline(patch025, specs, fourth.records), undefined);
+    const elsewhere = new Map(fourth.records);
+    const edm = elsewhere.get('mnist-edm')!;
+    elsewhere.set('mnist-edm', { ...edm, sessions: edm.sessions.map((x) => ({ ...x, machine: '2 x Other CPU, 24 GiB, Node v20' })) });
+    assert.match(otherMachineBaseline(patch025, specs, elsewhere) ?? '', /mnist-patch0.25's baseline mnist-edm trained on 2 x Other CPU.*--runs mnist-edm,mnist-patch0.25/);
+    assert.equal(otherMachineBaseline(specs.find((x) => x.id === 'mnist-edm')!, specs, elsewhere), undefined);
     // Extending a run needs its checkpoints: refused, naming the run, the record and the way out.
     await assert.rejects(runExperiment(parseExperimentArgs([...fresh, '--budget', '4', '--runs', 'mnist-patch0.5'])),
       /run mnist-patch0.5 trained \d+ s in an earlier session \(.*mnist-patch0.5.json\), but its checkpoints are not under .*fresh-scratch.*cannot be extended to --budget 4/);
