@@ -14,7 +14,7 @@ import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf, type Shape } from '../../core/shape.ts';
 import type { DeviceBuffer } from '../../core/tensor.ts';
 import { debugEnabled } from '../kernel/debug.ts';
-import { assignOutputs, planMemory, type MemoryPlan } from '../kernel/memory.ts';
+import { assignOutputs, planMemory, writesOf, type MemoryPlan } from '../kernel/memory.ts';
 import { type ConvShapes, conv2d, conv2dGradInput, conv2dGradWeight, convScratchBytes } from './conv.ts';
 import { matmul, matmulScratchBytes } from './gemm.ts';
 import { elementBytes, viewOf } from './js.ts';
@@ -276,10 +276,10 @@ export class CpuBackend implements Backend {
         if (wasm) {
           // Byte offsets; ranges start at multiples of 4, as the vector loop needs.
           const grain = step.cost >= COSTLY_OUTPUT ? COSTLY_GRAIN : WASM_GRAIN;
-          rt.run(kernel, 'k', step.total, [...step.reads, step.writes, ...(step.siblings ?? [])].map(at), { grain, serialBelow: Math.max(serialBelow, 2 * grain) });
+          rt.run(kernel, 'k', step.total, [...step.reads, ...writesOf(step)].map(at), { grain, serialBelow: Math.max(serialBelow, 2 * grain) });
           return;
         }
-        const args = [...step.reads, step.writes, ...(step.siblings ?? [])].map((n) => at(n) / elementBytes(nodes[n]!.dtype));
+        const args = [...step.reads, ...writesOf(step)].map((n) => at(n) / elementBytes(nodes[n]!.dtype));
         rt.run(kernel, '', step.total, args, { serialBelow });
         return;
       }

@@ -10,7 +10,7 @@ import { BackendError } from '../../core/errors.ts';
 import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf } from '../../core/shape.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
-import { Emitter, readBindings } from '../kernel/emitter.ts';
+import { Emitter, outputBinding as outName, readBindings } from '../kernel/emitter.ts';
 import { groupSiblings, isContraction, kernelWrites, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { reductionRuns, runOffset } from '../kernel/reduce.ts';
 import type { DType } from '../../core/dtype.ts';
@@ -264,9 +264,6 @@ const WASM_SKELETON: Skeleton = {
   },
   lanesMerge: () => 'acc = @acc.add.f64(@acc.add.f64(@acc.lanes.f64(accA), @acc.lanes.f64(accB)), acc);',
 };
-
-/** The binding of a kernel's output `i`: `out` for its root, `out1`, `out2`, ... for its siblings. */
-const outName = (i: number) => (i === 0 ? 'out' : `out${i}`);
 
 /**
  * The body of the fused kernel rooted at `k.root`, in `sk`'s language: the statements for output

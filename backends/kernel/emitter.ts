@@ -339,6 +339,9 @@ export class Emitter {
   }
 }
 
+/** The binding of a kernel's output `i`: `out` for its root, `out1`, `out2`, ... for its siblings. */
+export const outputBinding = (i: number): string => (i === 0 ? 'out' : `out${i}`);
+
 /**
  * The buffers a kernel writing `writes` (its root, then any siblings) reads, named `${prefix}0`,
  * `${prefix}1`, ... in the order the generator meets them: `name(n)` is the name of materialized

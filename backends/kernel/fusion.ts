@@ -8,6 +8,7 @@
  */
 import { BackendError } from '../../core/errors.ts';
 import type { Program, ProgramNode } from '../../core/program.ts';
+import { sizeOf } from '../../core/shape.ts';
 import type { PrimOp } from '../../core/tensor.ts';
 
 export type HeavyOp = 'reduce' | 'matmul' | 'conv2d' | 'conv2dGradInput' | 'conv2dGradWeight';
@@ -215,7 +216,6 @@ export function kernelReads(program: Program, plan: FusionPlan, k: KernelPlan): 
  */
 export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: number): FusionPlan {
   const nodes = program.nodes;
-  const size = (n: number) => nodes[n]!.shape.reduce((a, b) => a * b, 1);
   const position = new Map<number, number>();
   plan.kernels.forEach((k, t) => position.set(k.root, t));
   const reads = plan.kernels.map((k) => kernelReads(program, plan, k));
@@ -225,7 +225,7 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
     const w = position.get(n);
     if (w !== undefined) readers[w]!.push(t);
   }));
-  const elementwise = (t: number) => plan.kernels[t]!.heavy === undefined && size(plan.kernels[t]!.root) > 0;
+  const elementwise = (t: number) => plan.kernels[t]!.heavy === undefined && sizeOf(nodes[plan.kernels[t]!.root]!.shape) > 0;
   /** Each kernel's group: the positions of its members, ascending (one array shared by the members). */
   const groupOf: number[][] = plan.kernels.map((_, t) => [t]);
   /** Whether a kernel outside both groups lies on a path from group `from` to group `to`. */
@@ -265,7 +265,7 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
     if (!elementwise(b)) return;
     for (const [n, sameIndex] of reads[b]!) {
       const a = position.get(n);
-      if (!sameIndex || a === undefined || !elementwise(a) || size(n) !== size(k.root)) continue;
+      if (!sameIndex || a === undefined || !elementwise(a) || sizeOf(nodes[n]!.shape) !== sizeOf(nodes[k.root]!.shape)) continue;
       const [ga, gb] = [groupOf[a]!, groupOf[b]!];
       if (ga === gb || !canMerge(ga, gb)) continue;
       const merged = [...ga, ...gb].sort((x, y) => x - y);

@@ -12,6 +12,9 @@ export interface KernelUse {
   readonly siblings?: readonly number[];
 }
 
+/** Every node a kernel writes, in binding order: `writes`, then its siblings. */
+export const writesOf = (k: KernelUse): readonly number[] => (k.siblings === undefined ? [k.writes] : [k.writes, ...k.siblings]);
+
 export interface MemoryPlan {
   /** Intermediate node -> slot. */
   readonly slotOf: ReadonlyMap<number, number>;
@@ -43,7 +46,7 @@ export function planMemory(program: Program, kernels: readonly KernelUse[], byte
   const dying = new Map<number, number[]>();
   kernels.forEach((k, t) => {
     // A multi-output kernel's writes all take slots before any slot it frees is reused.
-    for (const w of [k.writes, ...(k.siblings ?? [])]) {
+    for (const w of writesOf(k)) {
       writtenAt.set(w, t);
       if (outputs.has(w)) continue;
       const need = bytesOf(program.nodes[w]!);

@@ -13,7 +13,7 @@ import { elementwiseBody } from './elementwise.ts';
 import { groupSiblings, kernelWrites, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { gemmBody, gemmShape, type Tile } from './gemm.ts';
 import { buildKernel, foldGrid, type KernelSource } from './kernel.ts';
-import { assignOutputs, planMemory, type MemoryPlan } from '../kernel/memory.ts';
+import { assignOutputs, planMemory, writesOf, type MemoryPlan } from '../kernel/memory.ts';
 import { BufferPool, bindingBytes } from './memory.ts';
 import { PipelineCache } from './pipelines.ts';
 import { reduceBody } from './reduce.ts';
@@ -71,7 +71,7 @@ export function generateKernels(program: Program, maxStorageBuffers: number, til
     const before = forced.size;
     sources.forEach((s, i) => {
       s.overused.forEach((n) => forced.add(n));
-      const bound = s.reads.length + 1 + (s.siblings?.length ?? 0);
+      const bound = s.reads.length + writesOf(s).length;
       if (bound > maxStorageBuffers) {
         const cs = splitCandidates(program, plan, plan.kernels[i]!, maxStorageBuffers - 1);
         if (cs.length === 0) {
@@ -126,7 +126,7 @@ export class WebGpuBackend implements Backend {
     const sources = generateKernels(program, this.ctx.limits.maxStorageBuffersPerShaderStage, this.tiles);
     const maxBinding = this.ctx.limits.maxStorageBufferBindingSize;
     for (const s of sources) {
-      for (const n of [...s.reads, s.writes, ...(s.siblings ?? [])]) {
+      for (const n of [...s.reads, ...writesOf(s)]) {
         const bytes = bindingBytes(sizeOf(program.nodes[n]!.shape));
         if (s.workgroups > 0 && bytes > maxBinding) {
           throw new BackendError(`${s.label}: a ${fmtShape(program.nodes[n]!.shape)} tensor needs ${bytes} bytes, over the device's binding limit of ${maxBinding}`);
@@ -246,7 +246,7 @@ export class WebGpuBackend implements Backend {
       const pass = enc.beginComputePass({ label: program.name });
       for (const { source, pipeline } of exe.kernels) {
         if (pipeline === undefined) continue;
-        const entries = [...source.reads, source.writes, ...(source.siblings ?? [])].map((n, binding) => ({
+        const entries = [...source.reads, ...writesOf(source)].map((n, binding) => ({
           binding,
           resource: { buffer: where.get(n)!, offset: 0, size: bindingBytes(sizeOf(nodes[n]!.shape)) },
         }));

@@ -5,7 +5,7 @@
  */
 import type { Program } from '../../core/program.ts';
 import { THREEFRY_WGSL } from '../../core/threefry.ts';
-import { Emitter, readBindings } from '../kernel/emitter.ts';
+import { Emitter, outputBinding as outName, readBindings } from '../kernel/emitter.ts';
 import { kernelWrites, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { WGSL, helpersFor, storageType, toStorage } from './wgsl.ts';
 
@@ -65,7 +65,6 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
   // A 1 that the shader compiler cannot see through (the output binding is never empty): loop
   // bounds multiplied by it are not constants, so LLVM (lavapipe) does not unroll long loops.
   if (body.opaqueOne === true) em.line('let one = min(arrayLength(&out), 1u);');
-  const outName = (i: number) => (i === 0 ? 'out' : `out${i}`);
   body.emit(em, (index, value, output = 0) => em.line(`${outName(output)}[${index}] = ${toStorage(nodes[writes[output]!]!.dtype, value)};`));
   const code = em.code();
   const decl = [

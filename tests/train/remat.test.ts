@@ -7,6 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpuBackend, registerCpuBackend, type CpuExecutable } from '../../backends/cpu/index.ts';
+import { writesOf } from '../../backends/kernel/memory.ts';
 import { valueAndGrad } from '../../autodiff/index.ts';
 import { buildProgram, flatten, jit, leafPaths, random, realize, reshape, type PyTree, type Tensor } from '../../core/index.ts';
 import { patchModel, type PatchModelParams } from '../../models/precond.ts';
@@ -56,7 +57,7 @@ function peakLiveBytes(exe: CpuExecutable): number {
   let live = 0;
   let peak = 0;
   exe.steps.forEach(({ step }, t) => {
-    for (const w of [step.writes, ...(step.kind === 'js' ? step.siblings ?? [] : [])]) {
+    for (const w of writesOf(step)) {
       live += bytes(w);
       const end = last.get(w) ?? t;
       dying.set(end, [...(dying.get(end) ?? []), w]);

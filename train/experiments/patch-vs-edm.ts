@@ -52,7 +52,7 @@ import { restoreLike } from '../resume.ts';
 import { trainRun, type LogLine } from '../run.ts';
 import { readJsonLines, writeTextAtomic } from '../runFiles.ts';
 import { buildModel } from '../step.ts';
-import { currentEvals, evalSettings, machineName, writeReport } from './patch-vs-edm-report.ts';
+import { currentEvals, evalSettings, machineName, machinesOf, writeReport } from './patch-vs-edm-report.ts';
 
 export interface ExperimentOptions {
   /** Seconds of training per run, in all (over invocations). */
@@ -481,7 +481,7 @@ export function otherMachineBaseline(spec: RunSpec, specs: readonly RunSpec[], r
   const base = specs.find((s) => s.regime === spec.regime && s.kind === 'edm');
   const record = base === undefined ? undefined : records.get(base.id);
   if (base === undefined || record === undefined || record.sessions.length === 0) return undefined;
-  const machines = [...new Set(record.sessions.map((x) => x.machine ?? 'unrecorded'))];
+  const machines = machinesOf(record);
   if (machines.length === 1 && machines[0] === machineName()) return undefined;
   return `${spec.id}'s baseline ${base.id} trained on ${machines.join('; ')}, not on this machine (${machineName()}): ` +
     `its training seconds will not be compared with the baseline's; delete ${base.id}'s record and train both here (--runs ${base.id},${spec.id}) for that`;

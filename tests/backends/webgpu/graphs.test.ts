@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { buildProgram, type Program } from '../../../core/program.ts';
 import { BackendError } from '../../../core/errors.ts';
 import { createWebGpuBackend, generateKernels, registerWebGpuBackend, WebGpuBuffer, type WebGpuBackend } from '../../../backends/webgpu/index.ts';
-import { planMemory } from '../../../backends/kernel/memory.ts';
+import { planMemory, writesOf } from '../../../backends/kernel/memory.ts';
 import { sizeOf } from '../../../core/shape.ts';
 import { TILE_CANDIDATES } from '../../../backends/webgpu/tiles.ts';
 import { PipelineCache } from '../../../backends/webgpu/pipelines.ts';
@@ -153,6 +153,6 @@ test('fusion: the demo training step lowers to at most 800 dispatches (1,488 bef
   const params = T.flatten(state.params as unknown as T.PyTree<T.Tensor>).leaves.length;
   const stateLeaves = T.flatten([out.state.params, out.state.ema, out.state.opt] as unknown as T.PyTree<T.Tensor>).leaves;
   const stateOutputs = new Set(stateLeaves.map((t) => p.outputs[outputs.indexOf(t)]!));
-  const writers = ks.filter((k) => [k.writes, ...(k.siblings ?? [])].some((n) => stateOutputs.has(n)));
+  const writers = ks.filter((k) => writesOf(k).some((n) => stateOutputs.has(n)));
   assert.ok(writers.length <= params + params / 20, `${writers.length} kernels write the state of ${params} parameters`);
 });
