@@ -128,7 +128,9 @@ function constant(value: number, dtype: DType): string {
 
 export const JS: Dialect = {
   uint: (n) => String(n),
+  int: (n) => String(n),
   quotient: (index, divisor) => `((${index} / ${divisor}) | 0)`,
+  remainder: (index, divisor) => `(${index} % ${divisor})`,
   let: (name, expr) => `const ${name} = ${expr};`,
   var: (name, dtype, init) => `let ${name} = ${init ?? constant(0, dtype)};`,
   load: (dtype, buffer, index) => `${viewOf(dtype)}[${buffer} + ${index}]`,

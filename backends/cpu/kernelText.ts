@@ -33,7 +33,9 @@ function constant(value: number, dtype: DType): string {
 /** The emitter's spelling for this compiler (see the header). */
 export const WASM: Dialect = {
   uint: (n) => String(n),
+  int: (n) => String(n),
   quotient: (index, divisor) => `@q(${index}, ${divisor})`,
+  remainder: (index, divisor) => `(${index} % ${divisor})`,
   let: (name, expr) => `const ${name} = ${expr};`,
   var: (name, dtype, init) => `let ${name}:${dtype} = ${init ?? constant(0, dtype)};`,
   load: (dtype, buffer, index) => `@load.${dtype}(${buffer}, ${index})`,

@@ -22,8 +22,12 @@ import type { BinaryFn, UnaryFn } from '../../core/tensor.ts';
 export interface Dialect {
   /** An index literal. */
   uint(n: number): string;
+  /** A signed integer literal (i32 in WGSL), compared with or added to signed coordinates. */
+  int(n: number): string;
   /** The integer quotient of a non-negative index by a positive constant. */
   quotient(index: string, divisor: number): string;
+  /** The remainder of a non-negative index by a positive constant. */
+  remainder(index: string, divisor: number): string;
   /** Declares an immutable value. */
   let(name: string, expr: string): string;
   /** Declares a mutable value of `dtype`, initialised to `init` when given. */
@@ -96,11 +100,20 @@ export class Emitter {
     return this.out.join('\n');
   }
 
-  /** An index variable holding `expr`. */
+  /**
+   * An index variable holding `expr`; the same expression asked for again in its scope is the same
+   * variable (index expressions read only immutable values).
+   */
   index(expr: string): string {
     if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(expr) || /^\d+u?$/.test(expr)) return expr;
+    const key = `=${expr}`;
+    for (let s = this.scopes.length - 1; s >= 0; s--) {
+      const hit = this.scopes[s]!.get(key);
+      if (hit !== undefined) return hit;
+    }
     const v = this.fresh('j');
     this.line(this.dialect.let(v, expr));
+    this.scopes[this.scopes.length - 1]!.set(key, v);
     return v;
   }
 
@@ -138,12 +151,14 @@ export class Emitter {
     if (set.size > MAX_INDICES_PER_NODE) this.overused.add(n);
   }
 
-  /** Coordinate `axis` of a flat index into a (collapsed) shape. */
-  coord(idx: string, stride: number, size: number, total: number): string {
-    const d = this.dialect;
+  /**
+   * Coordinate `axis` of a flat index into a (collapsed) shape; `d` spells its numbers (a kernel may
+   * spell a structural size, such as a convolution's window, as a literal in a shape-generic kernel).
+   */
+  coord(idx: string, stride: number, size: number, total: number, d: Dialect = this.dialect): string {
     if (size === 1) return d.uint(0);
     const q = stride === 1 ? idx : d.quotient(idx, stride);
-    return stride * size >= total ? q : `(${q} % ${d.uint(size)})`;
+    return stride * size >= total ? q : d.remainder(q, size);
   }
 
   private compute(n: number, node: ProgramNode, idx: string): { expr: string; cheap?: boolean } {
@@ -282,9 +297,9 @@ export class Emitter {
         return;
       }
       const c = this.fresh('p');
-      this.line(d.let(c, `${d.signed(this.coord(idx, outStrides[a]!, size, total))} - ${lo[a]!}`));
+      this.line(d.let(c, `${d.signed(this.coord(idx, outStrides[a]!, size, total))} - ${d.int(lo[a]!)}`));
       const step = interior[a]! + 1;
-      conds.push(`${c} >= 0`, `${c} < ${(inShape[a]! - 1) * step + 1}`);
+      conds.push(`${c} >= 0`, `${c} < ${d.int((inShape[a]! - 1) * step + 1)}`);
       if (step > 1) conds.push(`${c} % ${step} == 0`);
       terms.push(`${d.unsigned(step > 1 ? `${c} / ${step}` : c)} * ${d.uint(inStrides[a]!)}`);
     });
@@ -305,7 +320,7 @@ export class Emitter {
     const dim = node.shape[axis]!;
     const c = this.index(this.coord(idx, outStride, dim, total));
     const pre = this.index(outStride * dim >= total ? d.uint(0) : d.quotient(idx, outStride * dim));
-    const post = this.index(outStride === 1 ? d.uint(0) : `${idx} % ${d.uint(outStride)}`);
+    const post = this.index(outStride === 1 ? d.uint(0) : d.remainder(idx, outStride));
     const v = this.fresh('v');
     this.line(d.var(v, node.dtype));
     let offset = 0;
@@ -333,7 +348,7 @@ export class Emitter {
     const mid = this.index(this.coord(idx, post, isz, total));
     const k = this.value(node.inputs[1]!, mid);
     const pre = post * isz >= total ? d.uint(0) : d.quotient(idx, post * isz);
-    const p = post === 1 ? d.uint(0) : `(${idx} % ${d.uint(post)})`;
+    const p = post === 1 ? d.uint(0) : d.remainder(idx, post);
     const j = this.index(`(${pre} * ${d.uint(n)} + ${d.clampIndex(k, n - 1)}) * ${d.uint(post)} + ${p}`);
     return this.value(node.inputs[0]!, j);
   }

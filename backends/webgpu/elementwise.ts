@@ -20,7 +20,7 @@ export function elementwiseBody(writes: readonly number[], node: ProgramNode): K
     workgroups: Math.ceil(size / WORKGROUP),
     emit(em, store) {
       em.line(`let gi = wid * ${WORKGROUP}u + li;`);
-      em.line(`if (gi >= ${size}u) { return; }`);
+      em.line(`if (gi >= ${em.dialect.uint(size)}) { return; }`);
       writes.forEach((n, i) => {
         if (i > 0) store('gi', em.value(n, 'gi'), i);
       });

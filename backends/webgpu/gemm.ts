@@ -17,6 +17,7 @@ import { sizeOf } from '../../core/shape.ts';
 import { BackendError } from '../../core/errors.ts';
 import type { Emitter } from '../kernel/emitter.ts';
 import type { KernelBody } from './kernel.ts';
+import { WGSL } from './wgsl.ts';
 
 /** Invocations per workgroup. */
 const LANES = 64;
@@ -35,12 +36,31 @@ interface Contraction {
   readonly m: number;
   readonly n: number;
   readonly k: number;
-  a(em: Emitter, b: string, row: string, k: string): string;
+  /** Per-row offset into A, computed once before the k loop and passed to `a`. */
+  row(em: Emitter, b: string, row: string): string;
+  a(em: Emitter, b: string, k: string, row: string): string;
   /** Per-column values, computed once before the k loop and passed to `b`. */
   col(em: Emitter, b: string, col: string): string[];
   b(em: Emitter, b: string, k: string, col: readonly string[]): string;
-  out(b: string, row: string, col: string): string;
+  out(em: Emitter, b: string, row: string, col: string): string;
 }
+
+/**
+ * A size, stride or offset of the contraction by its role (`role`, e.g. 'Cg * KH * KW'), in the
+ * kernel's dialect: in a shape-generic kernel, one uniform word per role, so the loaders of every
+ * row and column spell their shared terms alike (and the shader compiler computes them once).
+ */
+const roleWords = new WeakMap<Emitter, Map<string, string>>();
+function u(em: Emitter, role: string, n: number, spell = (x: number) => em.dialect.uint(x)): string {
+  let words = roleWords.get(em);
+  if (words === undefined) roleWords.set(em, (words = new Map()));
+  let w = words.get(role);
+  if (w === undefined) words.set(role, (w = spell(n)));
+  return w;
+}
+
+/** The same for a signed number (compared with signed coordinates). */
+const int = (em: Emitter, role: string, n: number): string => u(em, `int ${role}`, n, (x) => em.dialect.int(x));
 
 /** x's element at `index` when `cond` holds, else 0, without a divergent branch. */
 function guarded(em: Emitter, cond: string, index: string, node: number): string {
@@ -62,20 +82,25 @@ function matmulContraction(nodes: readonly ProgramNode[], h: ProgramNode): Contr
     m,
     n,
     k,
-    a: (em, b, row, kk) => em.value(aN, em.index(`${b} * ${m * k}u + ${row} * ${k}u + ${kk}`)),
-    col: (em, b, col) => [em.index(`${b} * ${k * n}u + ${col}`)],
-    b: (em, _b, kk, [base]) => em.value(bN, em.index(`${base} + ${kk} * ${n}u`)),
-    out: (b, row, col) => `${b} * ${m * n}u + ${row} * ${n}u + ${col}`,
+    row: (em, b, row) => em.index(`${b} * ${u(em, 'm * k', m * k)} + ${row} * ${u(em, 'k', k)}`),
+    a: (em, _b, kk, row) => em.value(aN, em.index(`${row} + ${kk}`)),
+    col: (em, b, col) => [em.index(`${b} * ${u(em, 'k * n', k * n)} + ${col}`)],
+    b: (em, _b, kk, [base]) => em.value(bN, em.index(`${base} + ${kk} * ${u(em, 'n', n)}`)),
+    out: (em, b, row, col) => `${b} * ${u(em, 'm * n', m * n)} + ${row} * ${u(em, 'n', n)} + ${col}`,
   };
 }
 
-/** Splits `flat` into coordinates over `sizes` (row-major), as u32 expressions. */
-function split(em: Emitter, flat: string, sizes: readonly number[]): string[] {
+/**
+ * Splits `flat` into coordinates over `sizes` (row-major), as u32 expressions. A convolution's
+ * window (KH, KW) is structure, not shape: `window` splits with those numbers spelled out, so the
+ * divisions in the k loop stay divisions by constants in a shape-generic kernel too.
+ */
+function split(em: Emitter, flat: string, sizes: readonly number[], window = false): string[] {
   const total = sizeOf(sizes);
   let stride = total;
   return sizes.map((s) => {
     stride /= s;
-    return em.index(em.coord(flat, stride, s, total));
+    return em.index(em.coord(flat, stride, s, total, window ? WGSL : em.dialect));
   });
 }
 
@@ -107,24 +132,26 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
         m: Og,
         n: N * OH * OW,
         k: Cg * KH * KW,
-        a: (em, b, row, kk) => em.value(in1, em.index(`(${b} * ${Og}u + ${row}) * ${Cg * KH * KW}u + ${kk}`)),
+        row: (em, b, row) => em.index(`(${b} * ${u(em, 'Og', Og)} + ${row}) * ${u(em, 'Cg * KH * KW', Cg * KH * KW)}`),
+        a: (em, _b, kk, row) => em.value(in1, em.index(`${row} + ${kk}`)),
         col: (em, b, col) => {
           const [n, oh, ow] = split(em, col, [N, OH, OW]);
           const ih = em.fresh('h');
           const iw = em.fresh('w');
           em.line(`let ${ih} = i32(${oh} * ${sh}u) - ${ph};`);
           em.line(`let ${iw} = i32(${ow} * ${sw}u) - ${pw};`);
-          return [ih, iw, em.index(`(${n} * ${C}u + ${b} * ${Cg}u) * ${HW}u`)];
+          return [ih, iw, em.index(`(${n} * ${u(em, 'C', C)} + ${b} * ${u(em, 'Cg', Cg)}) * ${u(em, 'HW', HW)}`)];
         },
         b: (em, _b, kk, [ih0, iw0, base]) => {
-          const [c, kh, kw] = split(em, kk, [Cg, KH, KW]);
+          const [c, kh, kw] = split(em, kk, [Cg, KH, KW], true);
           const ih = em.fresh('h');
           const iw = em.fresh('w');
           em.line(`let ${ih} = ${ih0} + i32(${kh} * ${dh}u);`);
           em.line(`let ${iw} = ${iw0} + i32(${kw} * ${dw}u);`);
-          return guarded(em, `${ih} >= 0 && ${ih} < ${H} && ${iw} >= 0 && ${iw} < ${W}`, `${base} + ${c} * ${HW}u + u32(${ih}) * ${W}u + u32(${iw})`, in0);
+          return guarded(em, `${ih} >= 0 && ${ih} < ${int(em, 'H', H)} && ${iw} >= 0 && ${iw} < ${int(em, 'W', W)}`, `${base} + ${c} * ${u(em, 'HW', HW)} + u32(${ih}) * ${u(em, 'W', W)} + u32(${iw})`, in0);
         },
-        out: (b, row, col) => `(${col} / ${OH * OW}u) * ${O * OH * OW}u + (${b} * ${Og}u + ${row}) * ${OH * OW}u + ${col} % ${OH * OW}u`,
+        out: (em, b, row, col) =>
+          `${em.dialect.quotient(col, OH * OW)} * ${u(em, 'O * OH * OW', O * OH * OW)} + (${b} * ${u(em, 'Og', Og)} + ${row}) * ${u(em, 'OH * OW', OH * OW)} + ${em.dialect.remainder(col, OH * OW)}`,
       };
     case 'conv2dGradInput':
       return {
@@ -133,9 +160,12 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
         m: Cg,
         n: N * H * W,
         k: Og * KH * KW,
-        a: (em, b, row, kk) => {
-          const [o, khw] = split(em, kk, [Og, KH * KW]);
-          return em.value(in1, em.index(`((${b} * ${Og}u + ${o}) * ${Cg}u + ${row}) * ${KH * KW}u + ${khw}`));
+        // ((b * Og + o) * Cg + row) * KH * KW + khw, its row term apart.
+        row: (em, _b, row) => em.index(`${row} * ${u(em, 'KH * KW', KH * KW)}`),
+        a: (em, b, kk, row) => {
+          const [o, khw] = split(em, kk, [Og, KH * KW], true);
+          const kp = em.index(`(${b} * ${u(em, 'Og', Og)} + ${o}) * ${u(em, 'Cg * KH * KW', Cg * KH * KW)} + ${khw}`);
+          return em.value(in1, em.index(`${kp} + ${row}`));
         },
         col: (em, b, col) => {
           const [n, y, x] = split(em, col, [N, H, W]);
@@ -143,20 +173,21 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
           const tw = em.fresh('w');
           em.line(`let ${th} = i32(${y}) + ${ph};`);
           em.line(`let ${tw} = i32(${x}) + ${pw};`);
-          return [th, tw, em.index(`(${n} * ${O}u + ${b} * ${Og}u) * ${OH * OW}u`)];
+          return [th, tw, em.index(`(${n} * ${u(em, 'O', O)} + ${b} * ${u(em, 'Og', Og)}) * ${u(em, 'OH * OW', OH * OW)}`)];
         },
         b: (em, _b, kk, [th0, tw0, base]) => {
-          const [o, kh, kw] = split(em, kk, [Og, KH, KW]);
+          const [o, kh, kw] = split(em, kk, [Og, KH, KW], true);
           const th = em.fresh('h');
           const tw = em.fresh('w');
           em.line(`let ${th} = ${th0} - i32(${kh} * ${dh}u);`);
           em.line(`let ${tw} = ${tw0} - i32(${kw} * ${dw}u);`);
-          const ok = [`${th} >= 0`, `${tw} >= 0`, `${th} < ${OH * sh}`, `${tw} < ${OW * sw}`];
+          const ok = [`${th} >= 0`, `${tw} >= 0`, `${th} < ${int(em, 'OH * sh', OH * sh)}`, `${tw} < ${int(em, 'OW * sw', OW * sw)}`];
           if (sh > 1) ok.push(`${th} % ${sh} == 0`);
           if (sw > 1) ok.push(`${tw} % ${sw} == 0`);
-          return guarded(em, ok.join(' && '), `${base} + ${o} * ${OH * OW}u + u32(${th} / ${sh}) * ${OW}u + u32(${tw} / ${sw})`, in0);
+          return guarded(em, ok.join(' && '), `${base} + ${o} * ${u(em, 'OH * OW', OH * OW)} + u32(${th} / ${sh}) * ${u(em, 'OW', OW)} + u32(${tw} / ${sw})`, in0);
         },
-        out: (b, row, col) => `(${col} / ${HW}u) * ${C * HW}u + (${b} * ${Cg}u + ${row}) * ${HW}u + ${col} % ${HW}u`,
+        out: (em, b, row, col) =>
+          `${em.dialect.quotient(col, HW)} * ${u(em, 'C * HW', C * HW)} + (${b} * ${u(em, 'Cg', Cg)} + ${row}) * ${u(em, 'HW', HW)} + ${em.dialect.remainder(col, HW)}`,
       };
     case 'conv2dGradWeight':
       return {
@@ -165,17 +196,20 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
         m: Og,
         n: Cg * KH * KW,
         k: N * OH * OW,
-        a: (em, b, row, kk) => {
+        // (n * O + b * Og + row) * OH * OW + ohw, its row term apart.
+        row: (em, b, row) => em.index(`(${b} * ${u(em, 'Og', Og)} + ${row}) * ${u(em, 'OH * OW', OH * OW)}`),
+        a: (em, _b, kk, row) => {
           const [n, ohw] = split(em, kk, [N, OH * OW]);
-          return em.value(in1, em.index(`(${n} * ${O}u + ${b} * ${Og}u + ${row}) * ${OH * OW}u + ${ohw}`));
+          const kp = em.index(`${n} * ${u(em, 'O * OH * OW', O * OH * OW)} + ${ohw}`);
+          return em.value(in1, em.index(`${kp} + ${row}`));
         },
         col: (em, b, col) => {
-          const [c, kh, kw] = split(em, col, [Cg, KH, KW]);
+          const [c, kh, kw] = split(em, col, [Cg, KH, KW], true);
           const ih = em.fresh('h');
           const iw = em.fresh('w');
           em.line(`let ${ih} = i32(${kh} * ${dh}u) - ${ph};`);
           em.line(`let ${iw} = i32(${kw} * ${dw}u) - ${pw};`);
-          return [ih, iw, em.index(`(${b} * ${Cg}u + ${c}) * ${HW}u`)];
+          return [ih, iw, em.index(`(${b} * ${u(em, 'Cg', Cg)} + ${c}) * ${u(em, 'HW', HW)}`)];
         },
         b: (em, _b, kk, [ih0, iw0, base]) => {
           const [n, oh, ow] = split(em, kk, [N, OH, OW]);
@@ -183,9 +217,9 @@ function convContraction(nodes: readonly ProgramNode[], h: ProgramNode & { prim:
           const iw = em.fresh('w');
           em.line(`let ${ih} = ${ih0} + i32(${oh} * ${sh}u);`);
           em.line(`let ${iw} = ${iw0} + i32(${ow} * ${sw}u);`);
-          return guarded(em, `${ih} >= 0 && ${ih} < ${H} && ${iw} >= 0 && ${iw} < ${W}`, `${n} * ${C * HW}u + ${base} + u32(${ih}) * ${W}u + u32(${iw})`, in0);
+          return guarded(em, `${ih} >= 0 && ${ih} < ${int(em, 'H', H)} && ${iw} >= 0 && ${iw} < ${int(em, 'W', W)}`, `${n} * ${u(em, 'C * HW', C * HW)} + ${base} + u32(${ih}) * ${u(em, 'W', W)} + u32(${iw})`, in0);
         },
-        out: (b, row, col) => `(${b} * ${Og}u + ${row}) * ${Cg * KH * KW}u + ${col}`,
+        out: (em, b, row, col) => `(${b} * ${u(em, 'Og', Og)} + ${row}) * ${u(em, 'Cg * KH * KW', Cg * KH * KW)} + ${col}`,
       };
     default:
       throw new BackendError(`gemm: ${h.prim.op} is not a convolution`);
@@ -221,33 +255,54 @@ export function gemmBody(program: Program, root: number, heavy: number, tile: Ti
     workgroups: c.batch * rowTiles * colTiles,
     emit(em, store) {
       // Consecutive workgroups share a column block (B's columns stay in cache) and walk the rows.
-      em.line(`let bt = wid / ${rowTiles * colTiles}u;`);
-      em.line(`let tile = wid % ${rowTiles * colTiles}u;`);
-      em.line(`let m0 = (tile % ${rowTiles}u) * ${rm}u;`);
+      const d = em.dialect;
+      const tiles = rowTiles * colTiles;
+      em.line(`let bt = ${tiles === 1 ? 'wid' : d.quotient('wid', tiles)};`);
+      em.line(`let tile = ${tiles === 1 ? '0u' : d.remainder('wid', tiles)};`);
+      em.line(`let m0 = ${rowTiles === 1 ? '0u' : d.remainder('tile', rowTiles)} * ${rm}u;`);
       const [laneStep, colStep] = tile.adjacent === true ? [rn, 1] : [1, LANES];
-      em.line(`let n0 = (tile / ${rowTiles}u) * ${LANES * rn}u + li * ${laneStep}u;`);
+      em.line(`let n0 = ${rowTiles === 1 ? 'tile' : d.quotient('tile', rowTiles)} * ${LANES * rn}u + li * ${laneStep}u;`);
       // Loads use clamped rows and columns (always in range); the epilogue drops the extra ones.
-      for (const i of rows) em.line(`let row${i} = min(m0 + ${i}u, ${c.m - 1}u);`);
-      for (const j of cols) em.line(`let col${j} = min(n0 + ${j * colStep}u, ${c.n - 1}u);`);
+      for (const i of rows) em.line(`let row${i} = min(m0 + ${i}u, ${u(em, 'rows - 1', c.m - 1)});`);
+      for (const j of cols) em.line(`let col${j} = min(n0 + ${j * colStep}u, ${u(em, 'cols - 1', c.n - 1)});`);
       for (const i of rows) for (const j of cols) em.line(`var acc${i}_${j} = 0.0;`);
       // An empty contraction (k = 0) leaves zeros; its loaders would index empty tensors.
       if (c.k > 0) {
         const ctx = cols.map((j) => c.col(em, 'bt', `col${j}`));
-        em.block(`for (var k = 0u; k < ${c.k}u * one; k++)`, () => {
-          const as = rows.map((i) => c.a(em, 'bt', `row${i}`, 'k'));
+        const rowBase = rows.map((i) => c.row(em, 'bt', `row${i}`));
+        em.block(`for (var k = 0u; k < ${u(em, 'depth', c.k)} * one; k++)`, () => {
+          const as = rows.map((i) => c.a(em, 'bt', 'k', rowBase[i]!));
           const bs = cols.map((j) => c.b(em, 'bt', 'k', ctx[j]!));
           for (const i of rows) for (const j of cols) em.line(`acc${i}_${j} = fma(${as[i]}, ${bs[j]}, acc${i}_${j});`);
         });
       }
-      for (const i of rows) {
-        for (const j of cols) {
-          em.block(`if (m0 + ${i}u < ${c.m}u && n0 + ${j * colStep}u < ${c.n}u)`, () => {
-            const oi = em.index(c.out('bt', `row${i}`, `col${j}`));
-            em.define(heavy, oi, `acc${i}_${j}`);
-            store(oi, em.value(root, oi));
-          });
+      if (rm * rn === 1) {
+        for (const i of rows) {
+          for (const j of cols) {
+            em.block(`if (m0 + ${i}u < ${u(em, 'rows', c.m)} && n0 + ${j * colStep}u < ${u(em, 'cols', c.n)})`, () => {
+              const oi = em.index(c.out(em, 'bt', `row${i}`, `col${j}`));
+              em.define(heavy, oi, `acc${i}_${j}`);
+              store(oi, em.value(root, oi));
+            });
+          }
         }
+        return;
       }
+      // The epilogue (the stores, and any fused same-index chain) is emitted once, in a loop over the
+      // tile's outputs that the compiler does not unroll: sixteen copies of it made the kernel
+      // several times longer and its compilation (lavapipe compiles at first dispatch) slower.
+      em.block(`for (var t = 0u; t < ${rm * rn}u * one; t++)`, () => {
+        em.line(`let row = m0 + t / ${rn}u;`);
+        em.line(`let col = n0 + (t % ${rn}u) * ${colStep}u;`);
+        em.block(`if (row < ${u(em, 'rows', c.m)} && col < ${u(em, 'cols', c.n)})`, () => {
+          let acc = 'acc0_0';
+          for (let t = 1; t < rm * rn; t++) acc = `select(${acc}, acc${Math.floor(t / rn)}_${t % rn}, t == ${t}u)`;
+          em.line(`let acc = ${acc};`);
+          const oi = em.index(c.out(em, 'bt', 'row', 'col'));
+          em.define(heavy, oi, 'acc');
+          store(oi, em.value(root, oi));
+        });
+      });
     },
   };
 }

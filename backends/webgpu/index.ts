@@ -12,13 +12,13 @@ import { acquireDevice, type GpuContext } from './device.ts';
 import { elementwiseBody } from './elementwise.ts';
 import { groupSiblings, kernelWrites, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { gemmBody, gemmShape, type Tile } from './gemm.ts';
-import { buildKernel, foldGrid, type KernelSource } from './kernel.ts';
+import { buildKernel, foldGrid, type KernelBody, type KernelSource } from './kernel.ts';
 import { assignOutputs, planMemory, writesOf, type MemoryPlan } from '../kernel/memory.ts';
 import { BufferPool, bindingBytes } from './memory.ts';
 import { PipelineCache } from './pipelines.ts';
 import { reduceBody } from './reduce.ts';
 import { TILE_CANDIDATES, cachedTiles, chooseTile } from './tiles.ts';
-import { node } from '../platform.ts';
+import { envVar, node } from '../platform.ts';
 import { checkDType } from './wgsl.ts';
 
 export class WebGpuBuffer implements DeviceBuffer {
@@ -39,6 +39,9 @@ interface CompiledKernel {
 
 interface WebGpuExecutable extends Executable {
   readonly kernels: readonly CompiledKernel[];
+  /** Every shape-generic kernel's numbers, one uniform buffer; `paramOffsets[i]` is kernel i's (-1: none). */
+  readonly params: GPUBuffer | undefined;
+  readonly paramOffsets: readonly number[];
   readonly memory: MemoryPlan;
   readonly ready: Promise<void>;
   /** Whether every pipeline is built. */
@@ -48,10 +51,21 @@ interface WebGpuExecutable extends Executable {
 export interface WebGpuOptions {
   /** Tile candidates in order of preference (default: the built-in table). */
   readonly tiles?: readonly Tile[];
+  /**
+   * Shape-generic kernels (default true; `TESSERA_WEBGPU_SPECIALIZE=1` turns them off): a kernel's
+   * sizes, strides and literal values are read from a uniform buffer, so one pipeline serves every
+   * shape of the same structure (every batch and patch size) and a new shape compiles little or
+   * nothing. Specialized kernels spell every number (the shader compiler folds them; each shape
+   * compiles its own).
+   */
+  readonly shapeGeneric?: boolean;
 }
 
+/** WebGPU's largest `minUniformBufferOffsetAlignment`: kernels' numbers start at multiples of it. */
+const UNIFORM_ALIGN = 256;
+
 /** Kernel sources for a program, materializing more nodes until every kernel is within limits. */
-export function generateKernels(program: Program, maxStorageBuffers: number, tiles: readonly Tile[]): KernelSource[] {
+export function generateKernels(program: Program, maxStorageBuffers: number, tiles: readonly Tile[], generic = true): KernelSource[] {
   const forced = new Set<number>();
   // Sources by root from earlier attempts: a kernel is rebuilt only when the plan changed for a
   // node it looked at (each attempt forces a few nodes, so rebuilding everything is quadratic).
@@ -64,7 +78,7 @@ export function generateKernels(program: Program, maxStorageBuffers: number, til
       if (hit !== undefined && hit.heavy === k.heavy && hit.writes === writes && (hit.source.touched ?? []).every((n, i) => plan.materialized.has(n) === hit.materialized[i])) {
         return hit.source;
       }
-      const source = kernelSource(program, plan, k, tiles);
+      const source = kernelSource(program, plan, k, tiles, generic);
       cache.set(k.root, { heavy: k.heavy, writes, source, materialized: (source.touched ?? []).map((n) => plan.materialized.has(n)) });
       return source;
     });
@@ -85,13 +99,22 @@ export function generateKernels(program: Program, maxStorageBuffers: number, til
   }
 }
 
-function kernelSource(program: Program, plan: FusionPlan, k: KernelPlan, tiles: readonly Tile[]): KernelSource {
+/** Words of numbers a shape-generic kernel may have: WebGPU's default uniform binding limit, 64 KiB. */
+const MAX_PARAM_WORDS = 16384;
+
+function kernelSource(program: Program, plan: FusionPlan, k: KernelPlan, tiles: readonly Tile[], generic: boolean): KernelSource {
   const node = program.nodes[k.root]!;
   if (sizeOf(node.shape) === 0) return emptyKernel(program, k.root);
-  if (k.heavy === undefined) return buildKernel(program, plan, k, elementwiseBody(kernelWrites(k), node));
-  if (program.nodes[k.heavy]!.prim.op === 'reduce') return buildKernel(program, plan, k, reduceBody(program, k.root, k.heavy));
-  const s = gemmShape(program, k.heavy);
-  return buildKernel(program, plan, k, gemmBody(program, k.root, k.heavy, chooseTile(tiles, s.m, s.n)));
+  let body: KernelBody;
+  if (k.heavy === undefined) body = elementwiseBody(kernelWrites(k), node);
+  else if (program.nodes[k.heavy]!.prim.op === 'reduce') body = reduceBody(program, k.root, k.heavy);
+  else {
+    const s = gemmShape(program, k.heavy);
+    body = gemmBody(program, k.root, k.heavy, chooseTile(tiles, s.m, s.n));
+  }
+  const source = buildKernel(program, plan, k, body, generic);
+  // A kernel with more numbers than a uniform binding holds spells them out instead.
+  return (source.params?.length ?? 0) > MAX_PARAM_WORDS ? buildKernel(program, plan, k, body, false) : source;
 }
 
 /** Identifies an adapter in the tile-tuning cache. */
@@ -110,6 +133,7 @@ export class WebGpuBackend implements Backend {
   private readonly pool: BufferPool;
   private readonly pipelines: PipelineCache;
   private readonly tiles: readonly Tile[];
+  readonly shapeGeneric: boolean;
 
   constructor(
     readonly ctx: GpuContext,
@@ -118,12 +142,18 @@ export class WebGpuBackend implements Backend {
     this.pool = new BufferPool(ctx.device, 1 << 30);
     this.pipelines = new PipelineCache(ctx);
     this.tiles = options.tiles ?? cachedTiles(adapterKey(ctx)) ?? TILE_CANDIDATES;
+    this.shapeGeneric = options.shapeGeneric ?? envVar('TESSERA_WEBGPU_SPECIALIZE') !== '1';
+  }
+
+  /** Distinct pipelines built (or being built) by this backend so far. */
+  get pipelineCount(): number {
+    return this.pipelines.size;
   }
 
   compile(program: Program): WebGpuExecutable {
     this.ctx.checkAlive(`compiling ${program.name}`);
     for (const nd of program.nodes) checkDType(nd.dtype, program.name);
-    const sources = generateKernels(program, this.ctx.limits.maxStorageBuffersPerShaderStage, this.tiles);
+    const sources = generateKernels(program, this.ctx.limits.maxStorageBuffersPerShaderStage, this.tiles, this.shapeGeneric);
     const maxBinding = this.ctx.limits.maxStorageBufferBindingSize;
     for (const s of sources) {
       for (const n of [...s.reads, ...writesOf(s)]) {
@@ -143,8 +173,9 @@ export class WebGpuBackend implements Backend {
       }),
     );
     const total = builds.filter((b) => b !== undefined).length;
+    const { params, paramOffsets } = this.uploadParams(program.name, sources);
     const exe: WebGpuExecutable = {
-      program, kernels, memory: planMemory(program, sources, (nd) => bindingBytes(sizeOf(nd.shape))), built: false,
+      program, kernels, params, paramOffsets, memory: planMemory(program, sources, (nd) => bindingBytes(sizeOf(nd.shape))), built: false,
       ready: Promise.all(builds).then(() => void (exe.built = true)),
       // A kernel whose pipeline an earlier program built counts as soon as its promise settles.
       progress: () => ({ done, total }),
@@ -152,6 +183,27 @@ export class WebGpuBackend implements Backend {
     // A build error reaches whoever awaits `ready`; it must not also crash the process as unhandled.
     exe.ready.catch(() => undefined);
     return exe;
+  }
+
+  /** Every kernel's numbers in one uniform buffer, written once: they are fixed per program. */
+  private uploadParams(label: string, sources: readonly KernelSource[]): { params: GPUBuffer | undefined; paramOffsets: number[] } {
+    let bytes = 0;
+    const paramOffsets = sources.map((s) => {
+      if (s.params === undefined || s.workgroups === 0) return -1;
+      const at = bytes;
+      bytes += Math.ceil(s.params.byteLength / UNIFORM_ALIGN) * UNIFORM_ALIGN;
+      return at;
+    });
+    if (bytes === 0) return { params: undefined, paramOffsets };
+    const all = new Uint32Array(bytes / 4);
+    sources.forEach((s, i) => {
+      if (paramOffsets[i]! >= 0) all.set(s.params!, paramOffsets[i]! / 4);
+    });
+    const device = this.ctx.device;
+    // UNIFORM | COPY_DST
+    const params = this.ctx.scoped(`numbers of ${label}`, () => device.createBuffer({ label: `${label} numbers`, size: bytes, usage: 0x40 | 0x08 }));
+    device.queue.writeBuffer(params, 0, all.buffer, all.byteOffset, all.byteLength);
+    return { params, paramOffsets };
   }
 
   upload(data: TypedArray, shape: Shape, dtype: DType): WebGpuBuffer {
@@ -244,18 +296,21 @@ export class WebGpuBackend implements Backend {
     this.ctx.scoped(`program ${program.name}`, () => {
       const enc = device.createCommandEncoder({ label: program.name });
       const pass = enc.beginComputePass({ label: program.name });
-      for (const { source, pipeline } of exe.kernels) {
-        if (pipeline === undefined) continue;
-        const entries = [...source.reads, ...writesOf(source)].map((n, binding) => ({
+      exe.kernels.forEach(({ source, pipeline }, i) => {
+        if (pipeline === undefined) return;
+        const entries: GPUBindGroupEntry[] = [...source.reads, ...writesOf(source)].map((n, binding) => ({
           binding,
           resource: { buffer: where.get(n)!, offset: 0, size: bindingBytes(sizeOf(nodes[n]!.shape)) },
         }));
+        if (source.params !== undefined) {
+          entries.push({ binding: entries.length, resource: { buffer: exe.params!, offset: exe.paramOffsets[i]!, size: source.params.byteLength } });
+        }
         const group = device.createBindGroup({ label: source.label, layout: pipeline.getBindGroupLayout(0), entries });
         pass.setPipeline(pipeline);
         pass.setBindGroup(0, group);
         const [x, y, z] = foldGrid(source.workgroups, maxDim);
         pass.dispatchWorkgroups(x, y, z);
-      }
+      });
       pass.end();
       for (const [src, dst, bytes] of copies) enc.copyBufferToBuffer(src, 0, dst, 0, bytes);
       device.queue.submit([enc.finish()]);
@@ -282,6 +337,7 @@ export class WebGpuBackend implements Backend {
       limits: this.ctx.limits,
       features: [...this.ctx.features].sort(),
       pipelinesCached: this.pipelines.size,
+      shapeGeneric: this.shapeGeneric,
       gemmTiles: this.tiles,
     };
   }

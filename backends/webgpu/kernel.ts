@@ -7,7 +7,7 @@ import type { Program } from '../../core/program.ts';
 import { THREEFRY_WGSL } from '../../core/threefry.ts';
 import { Emitter, outputBinding as outName, readBindings } from '../kernel/emitter.ts';
 import { kernelWrites, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
-import { WGSL, helpersFor, storageType, toStorage } from './wgsl.ts';
+import { KernelParams, WGSL, genericWgsl, helpersFor, storageType, toStorage } from './wgsl.ts';
 
 export interface KernelSource {
   readonly label: string;
@@ -20,6 +20,11 @@ export interface KernelSource {
   readonly siblings?: readonly number[];
   /** Linear number of workgroups (0: nothing to do). */
   readonly workgroups: number;
+  /**
+   * A shape-generic kernel's numbers (u32 words, a multiple of four), bound as the uniform `P` after
+   * the outputs; absent when the kernel spells every number (or has none).
+   */
+  readonly params?: Uint32Array;
   /** Nodes the generator wants materialized before it can produce this kernel within limits. */
   readonly overused: ReadonlySet<number>;
   /**
@@ -45,23 +50,26 @@ export interface KernelBody {
   emit(em: Emitter, store: (index: string, value: string, output?: number) => void): void;
 }
 
-/** Builds the module for one kernel. */
-export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, body: KernelBody): KernelSource {
+/**
+ * Builds the module for one kernel: shape-generic (`generic`: its sizes, strides and literal values
+ * read from a uniform, so kernels of one structure share a module) or with every number spelled out.
+ */
+export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, body: KernelBody, generic: boolean): KernelSource {
   const nodes = program.nodes;
   const writes = kernelWrites(k);
   const { reads, name } = readBindings(plan.materialized, writes, 'in');
   const touched = new Set<number>();
+  const params = new KernelParams();
   const em = new Emitter(
     nodes,
     (n) => {
       touched.add(n);
       return name(n);
     },
-    WGSL,
+    generic ? genericWgsl(params) : WGSL,
   );
-  const root = nodes[k.root]!;
   em.line(`let wid = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;`);
-  em.line(`if (wid >= ${body.workgroups}u) { return; }`);
+  em.line(`if (wid >= ${em.dialect.uint(body.workgroups)}) { return; }`);
   // A 1 that the shader compiler cannot see through (the output binding is never empty): loop
   // bounds multiplied by it are not constants, so LLVM (lavapipe) does not unroll long loops.
   if (body.opaqueOne === true) em.line('let one = min(arrayLength(&out), 1u);');
@@ -70,6 +78,7 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
   const decl = [
     ...reads.map((n, i) => `@group(0) @binding(${i}) var<storage, read> in${i}: array<${storageType(nodes[n]!.dtype)}>;`),
     ...writes.map((n, i) => `@group(0) @binding(${reads.length + i}) var<storage, read_write> ${outName(i)}: array<${storageType(nodes[n]!.dtype)}>;`),
+    params.declaration(reads.length + writes.length),
   ].join('\n');
   const wgsl = [
     decl,
@@ -84,7 +93,8 @@ export function buildKernel(program: Program, plan: FusionPlan, k: KernelPlan, b
   ].join('\n');
   const label = `${program.name}/${body.kind}${k.root}${writes.length > 1 ? `+${writes.length - 1}` : ''}`;
   const siblings = k.siblings === undefined ? {} : { siblings: k.siblings };
-  return { label, wgsl, reads, writes: k.root, ...siblings, workgroups: body.workgroups, overused: em.overused, touched: [...touched] };
+  const numbers = params.words.length === 0 ? {} : { params: params.data() };
+  return { label, wgsl, reads, writes: k.root, ...siblings, ...numbers, workgroups: body.workgroups, overused: em.overused, touched: [...touched] };
 }
 
 /** Splits a linear workgroup count into a grid within `maxPerDim` per dimension. */

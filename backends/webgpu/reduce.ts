@@ -31,7 +31,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
   const accumulate = (em: Emitter, base: string, start: string, step: number): void => {
     em.line(`var acc: ${t} = ${identity};`);
     if (rowSize === 0) return;
-    em.block(`for (var r = ${start}; r < ${rowSize}u * one; r += ${step}u)`, () => {
+    em.block(`for (var r = ${start}; r < ${em.dialect.uint(rowSize)} * one; r += ${step}u)`, () => {
       const j = em.index(`${base} + ${runOffset(em, 'r', reduced)}`);
       em.line(`acc = ${reduceStep(fn, h.dtype, 'acc', em.value(input, j))};`);
     });
@@ -45,7 +45,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
       workgroups: Math.ceil(outSize / THREAD_WG),
       emit(em, store) {
         em.line(`let o = wid * ${THREAD_WG}u + li;`);
-        em.line(`if (o >= ${outSize}u) { return; }`);
+        em.line(`if (o >= ${em.dialect.uint(outSize)}) { return; }`);
         const base = em.index(runOffset(em, 'o', kept));
         accumulate(em, base, '0u', 1);
         em.define(heavy, 'o', 'acc');

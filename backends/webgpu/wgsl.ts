@@ -141,6 +141,25 @@ fn pow_i32(a: i32, b: i32) -> i32 {
   }
   return r;
 }
+// The high word of a * b (WGSL has no 64-bit integers): 16-bit halves, every partial sum below 2^32.
+fn mulhi(a: u32, b: u32) -> u32 {
+  let a0 = a & 0xffffu;
+  let a1 = a >> 16u;
+  let b0 = b & 0xffffu;
+  let b1 = b >> 16u;
+  let lo = a0 * b0;
+  let m1 = a1 * b0;
+  let m2 = a0 * b1;
+  let mid = (lo >> 16u) + (m1 & 0xffffu) + (m2 & 0xffffu);
+  return a1 * b1 + (m1 >> 16u) + (m2 >> 16u) + (mid >> 16u);
+}
+// n / d for n < 2^31, by divisionMagic(d)'s multiplier m and shift s (no vector integer division).
+fn udiv(n: u32, m: u32, s: u32) -> u32 {
+  return mulhi(n, m) >> s;
+}
+fn urem(n: u32, m: u32, s: u32, d: u32) -> u32 {
+  return n - udiv(n, m, s) * d;
+}
 fn f32_to_i32(x: f32) -> i32 {
   if (is_nan_f32(x)) { return 0; }
   if (x >= 2147483647.0) { return 2147483647i; }
@@ -261,10 +280,12 @@ export function castExpr(from: DType, to: DType, x: string): string {
   return `${valueType(to)}(${x})`;
 }
 
-/** The shared expression generator's statements and scalars, in WGSL (indices are u32). */
+/** The shared expression generator's statements and scalars, in WGSL (indices are u32), every number spelled out. */
 export const WGSL: Dialect = {
   uint: (n) => `${n}u`,
+  int: (n) => String(n),
   quotient: (index, divisor) => `(${index} / ${divisor}u)`,
+  remainder: (index, divisor) => `(${index} % ${divisor}u)`,
   let: (name, expr) => `let ${name} = ${expr};`,
   var: (name, dtype, init) => (init === undefined ? `var ${name}: ${valueType(dtype)};` : `var ${name} = ${init};`),
   load: (dtype, buffer, index) => fromStorage(dtype, `${buffer}[${index}]`),
@@ -279,3 +300,99 @@ export const WGSL: Dialect = {
   randomBits: (key0, key1, offset, index) =>
     `bitcast<i32>(threefry2x32(vec2<u32>(bitcast<u32>(${key0}), bitcast<u32>(${key1})), vec2<u32>(0u, ${offset}u + ${index} / 2u))[${index} % 2u])`,
 };
+
+/**
+ * The numbers of a shape-generic kernel: sizes, strides, offsets and literal values are read from
+ * the kernel's uniform buffer `P` (32-bit words, four to a vec4 as uniform arrays require), so the
+ * WGSL text depends only on the kernel's structure and one pipeline serves every shape that has
+ * it. Structure stays in the text: 0 and 1 (which change the index maps themselves), whether a
+ * divisor is a power of two, tile shapes, convolution strides, paddings and dilations.
+ */
+export class KernelParams {
+  readonly words: number[] = [];
+  /** Spellings already made, by what they compute (see `memo`). */
+  private readonly made = new Map<string, string>();
+
+  /**
+   * A reference to a new word holding `word` (u32 bits). Each number gets its own word even when
+   * another of the kernel's numbers is equal: which numbers coincide changes from shape to shape,
+   * and the text must not.
+   */
+  ref(word: number): string {
+    const k = this.words.length;
+    this.words.push(word >>> 0);
+    return `P[${k >> 2}].${'xyzw'[k & 3]}`;
+  }
+
+  /**
+   * The spelling made before for the same operation on the same operand text, else `make()`'s: a
+   * conv's eight row loads split k with one shift and mask (equal text, which the compiler shares),
+   * not eight each with its own word.
+   */
+  memo(key: string, make: () => string): string {
+    let hit = this.made.get(key);
+    if (hit === undefined) this.made.set(key, (hit = make()));
+    return hit;
+  }
+
+  /** The uniform's declaration at `binding` (nothing when the kernel has no numbers). */
+  declaration(binding: number): string {
+    if (this.words.length === 0) return '';
+    return `@group(0) @binding(${binding}) var<uniform> P: array<vec4<u32>, ${Math.ceil(this.words.length / 4)}>;`;
+  }
+
+  /** The words as uploaded: padded to whole vec4s. */
+  data(): Uint32Array {
+    const out = new Uint32Array(Math.ceil(this.words.length / 4) * 4);
+    out.set(this.words);
+    return out;
+  }
+}
+
+/**
+ * The multiplier and shift of an exact division by `d` (2 <= d < 2^31) for numerators below 2^31:
+ * n / d = mulhi(n, m) >> s, with m = ceil(2^(31 + l) / d), l = ceil(log2 d), s = l - 1 (Granlund
+ * and Montgomery, "Division by invariant integers using multiplication", 1994, theorem 4.2 with
+ * N = 31: m * d - 2^(31 + l) < d <= 2^l, and m < 2^32).
+ */
+export function divisionMagic(d: number): { m: number; s: number } {
+  if (!Number.isInteger(d) || d < 2 || d >= 2 ** 31) throw new BackendError(`divisionMagic: divisor ${d} is outside [2, 2^31)`);
+  let l = 1;
+  while (2 ** l < d) l++;
+  const m = ((1n << BigInt(31 + l)) + BigInt(d) - 1n) / BigInt(d);
+  return { m: Number(m), s: l - 1 };
+}
+
+const isPowerOfTwo = (n: number): boolean => n > 0 && (n & (n - 1)) === 0 && n <= 2 ** 30;
+
+/** The WGSL dialect of a shape-generic kernel: its numbers go to `params` (see KernelParams). */
+export function genericWgsl(params: KernelParams): Dialect {
+  const uint = (n: number): string => (n === 0 || n === 1 ? `${n}u` : params.ref(n));
+  return {
+    ...WGSL,
+    uint,
+    int: (n) => (n === 0 || n === 1 ? String(n) : `bitcast<i32>(${params.ref(n)})`),
+    quotient: (index, divisor) =>
+      params.memo(`${index} / ${divisor}`, () => {
+        if (divisor === 1) return index;
+        if (isPowerOfTwo(divisor)) return `(${index} >> ${params.ref(Math.log2(divisor))})`;
+        const { m, s } = divisionMagic(divisor);
+        return `udiv(${index}, ${params.ref(m)}, ${params.ref(s)})`;
+      }),
+    remainder: (index, divisor) =>
+      params.memo(`${index} % ${divisor}`, () => {
+        if (divisor === 1) return '0u';
+        if (isPowerOfTwo(divisor)) return `(${index} & ${params.ref(divisor - 1)})`;
+        const { m, s } = divisionMagic(divisor);
+        return `urem(${index}, ${params.ref(m)}, ${params.ref(s)}, ${params.ref(divisor)})`;
+      }),
+    constant: (value, dtype) => {
+      if (dtype === 'bool' || ((value === 0 || value === 1) && !Object.is(value, -0))) return constant(value, dtype);
+      if (dtype === 'int32') return `bitcast<i32>(${params.ref(value | 0)})`;
+      return `bitcast<f32>(${params.ref(new Uint32Array(new Float32Array([value]).buffer)[0]!)})`;
+    },
+    clampIndex: (int, max) => `u32(clamp(${int}, 0i, ${max === 0 || max === 1 ? `${max}i` : `bitcast<i32>(${params.ref(max)})`}))`,
+    randomBits: (key0, key1, offset, index) =>
+      `bitcast<i32>(threefry2x32(vec2<u32>(bitcast<u32>(${key0}), bitcast<u32>(${key1})), vec2<u32>(0u, ${uint(offset)} + ${index} / 2u))[${index} % 2u])`,
+  };
+}
