@@ -270,7 +270,9 @@ export function gemmBody(program: Program, root: number, heavy: number, tile: Ti
       if (c.k > 0) {
         const ctx = cols.map((j) => c.col(em, 'bt', `col${j}`));
         const rowBase = rows.map((i) => c.row(em, 'bt', `row${i}`));
-        em.block(`for (var k = 0u; k < ${u(em, 'depth', c.k)} * one; k++)`, () => {
+        // Loop bounds are values computed once, before the loop (not a uniform read per iteration).
+        em.line(`let depth = ${u(em, 'depth', c.k)} * one;`);
+        em.block('for (var k = 0u; k < depth; k++)', () => {
           const as = rows.map((i) => c.a(em, 'bt', 'k', rowBase[i]!));
           const bs = cols.map((j) => c.b(em, 'bt', 'k', ctx[j]!));
           for (const i of rows) for (const j of cols) em.line(`acc${i}_${j} = fma(${as[i]}, ${bs[j]}, acc${i}_${j});`);
@@ -291,7 +293,8 @@ export function gemmBody(program: Program, root: number, heavy: number, tile: Ti
       // The epilogue (the stores, and any fused same-index chain) is emitted once, in a loop over the
       // tile's outputs that the compiler does not unroll: sixteen copies of it made the kernel
       // several times longer and its compilation (lavapipe compiles at first dispatch) slower.
-      em.block(`for (var t = 0u; t < ${rm * rn}u * one; t++)`, () => {
+      em.line(`let outputs = ${rm * rn}u * one;`);
+      em.block('for (var t = 0u; t < outputs; t++)', () => {
         em.line(`let row = m0 + t / ${rn}u;`);
         em.line(`let col = n0 + (t % ${rn}u) * ${colStep}u;`);
         em.block(`if (row < ${u(em, 'rows', c.m)} && col < ${u(em, 'cols', c.n)})`, () => {

@@ -31,7 +31,9 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
   const accumulate = (em: Emitter, base: string, start: string, step: number): void => {
     em.line(`var acc: ${t} = ${identity};`);
     if (rowSize === 0) return;
-    em.block(`for (var r = ${start}; r < ${em.dialect.uint(rowSize)} * one; r += ${step}u)`, () => {
+    // The bound is a value computed once, before the loop (not a uniform read per iteration).
+    em.line(`let rows = ${em.dialect.uint(rowSize)} * one;`);
+    em.block(`for (var r = ${start}; r < rows; r += ${step}u)`, () => {
       const j = em.index(`${base} + ${runOffset(em, 'r', reduced)}`);
       em.line(`acc = ${reduceStep(fn, h.dtype, 'acc', em.value(input, j))};`);
     });
