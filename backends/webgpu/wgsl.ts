@@ -45,6 +45,9 @@ export function toStorage(dtype: DType, v: string): string {
   return dtype === 'bool' ? `select(0u, 1u, ${v})` : v;
 }
 
+/** The bits of `x` rounded to float32, as a u32. */
+const f32Bits = (x: number): number => new Uint32Array(new Float32Array([x]).buffer)[0]!;
+
 /** An exact constant of a dtype (floats by bit pattern when the decimal would not round-trip, or is not finite). */
 export function constant(value: number, dtype: DType): string {
   switch (dtype) {
@@ -54,8 +57,7 @@ export function constant(value: number, dtype: DType): string {
         const s = String(f);
         if (Math.fround(Number(s)) === f) return `f32(${s.includes('e') || s.includes('.') ? s : s + '.0'})`;
       }
-      const bits = new Uint32Array(new Float32Array([f]).buffer)[0]!;
-      return `f32_bits(0x${bits.toString(16)}u)`;
+      return `f32_bits(0x${f32Bits(f).toString(16)}u)`;
     }
     case 'int32': {
       const i = value | 0;
@@ -280,6 +282,12 @@ export function castExpr(from: DType, to: DType, x: string): string {
   return `${valueType(to)}(${x})`;
 }
 
+/** Threefry's word for `index`, with the stream offset spelled by `uint`. */
+const randomBitsWith =
+  (uint: (n: number) => string): Dialect['randomBits'] =>
+  (key0, key1, offset, index) =>
+    `bitcast<i32>(threefry2x32(vec2<u32>(bitcast<u32>(${key0}), bitcast<u32>(${key1})), vec2<u32>(0u, ${uint(offset)} + ${index} / 2u))[${index} % 2u])`;
+
 /** The shared expression generator's statements and scalars, in WGSL (indices are u32), every number spelled out. */
 export const WGSL: Dialect = {
   uint: (n) => `${n}u`,
@@ -297,8 +305,7 @@ export const WGSL: Dialect = {
   signed: (index) => `i32(${index})`,
   unsigned: (int) => `u32(${int})`,
   clampIndex: (int, max) => `u32(clamp(${int}, 0i, ${max}i))`,
-  randomBits: (key0, key1, offset, index) =>
-    `bitcast<i32>(threefry2x32(vec2<u32>(bitcast<u32>(${key0}), bitcast<u32>(${key1})), vec2<u32>(0u, ${offset}u + ${index} / 2u))[${index} % 2u])`,
+  randomBits: randomBitsWith((n) => `${n}u`),
 };
 
 /**
@@ -368,10 +375,11 @@ const isPowerOfTwo = (n: number): boolean => n > 0 && (n & (n - 1)) === 0 && n <
 /** The WGSL dialect of a shape-generic kernel: its numbers go to `params` (see KernelParams). */
 export function genericWgsl(params: KernelParams): Dialect {
   const uint = (n: number): string => (n === 0 || n === 1 ? `${n}u` : params.ref(n));
+  const int = (n: number): string => (n === 0 || n === 1 ? String(n) : `bitcast<i32>(${params.ref(n)})`);
   return {
     ...WGSL,
     uint,
-    int: (n) => (n === 0 || n === 1 ? String(n) : `bitcast<i32>(${params.ref(n)})`),
+    int,
     quotient: (index, divisor) =>
       params.memo(`${index} / ${divisor}`, () => {
         if (divisor === 1) return index;
@@ -389,10 +397,9 @@ export function genericWgsl(params: KernelParams): Dialect {
     constant: (value, dtype) => {
       if (dtype === 'bool' || ((value === 0 || value === 1) && !Object.is(value, -0))) return constant(value, dtype);
       if (dtype === 'int32') return `bitcast<i32>(${params.ref(value | 0)})`;
-      return `bitcast<f32>(${params.ref(new Uint32Array(new Float32Array([value]).buffer)[0]!)})`;
+      return `bitcast<f32>(${params.ref(f32Bits(value))})`;
     },
-    clampIndex: (int, max) => `u32(clamp(${int}, 0i, ${max === 0 || max === 1 ? `${max}i` : `bitcast<i32>(${params.ref(max)})`}))`,
-    randomBits: (key0, key1, offset, index) =>
-      `bitcast<i32>(threefry2x32(vec2<u32>(bitcast<u32>(${key0}), bitcast<u32>(${key1})), vec2<u32>(0u, ${uint(offset)} + ${index} / 2u))[${index} % 2u])`,
+    clampIndex: (value, max) => `u32(clamp(${value}, 0i, ${int(max)}))`,
+    randomBits: randomBitsWith(uint),
   };
 }
