@@ -279,15 +279,11 @@ export function gemmBody(program: Program, root: number, heavy: number, tile: Ti
         });
       }
       if (rm * rn === 1) {
-        for (const i of rows) {
-          for (const j of cols) {
-            em.block(`if (m0 + ${i}u < ${u(em, 'rows', c.m)} && n0 + ${j * colStep}u < ${u(em, 'cols', c.n)})`, () => {
-              const oi = em.index(c.out(em, 'bt', `row${i}`, `col${j}`));
-              em.define(heavy, oi, `acc${i}_${j}`);
-              store(oi, em.value(root, oi));
-            });
-          }
-        }
+        em.block(`if (m0 < ${u(em, 'rows', c.m)} && n0 < ${u(em, 'cols', c.n)})`, () => {
+          const oi = em.index(c.out(em, 'bt', 'row0', 'col0'));
+          em.define(heavy, oi, 'acc0_0');
+          store(oi, em.value(root, oi));
+        });
         return;
       }
       // The epilogue (the stores, and any fused same-index chain) is emitted once, in a loop over the
