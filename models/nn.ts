@@ -9,10 +9,11 @@
  * 55M-parameter network costs no memory until its values are read.
  */
 import {
-  add, broadcastTo, concat, conv2d as conv2dOp, conv2dGradInput, cos, div, groupNorm as groupNormOp, matmul, mul,
+  add, broadcastTo, concat, conv2d as conv2dOp, conv2dGradInput, cos, div, matmul, mean, mul, rsqrt, square, sub, sum,
   isTensor, ones, permute, reshape, scaledDotProductAttention, silu, sin, slice, tensor, transpose, where, zeros,
   random, stopGradient, ShapeError, TesseraError, fmtShape, type Tensor,
 } from '../core/index.ts';
+import { customVjp } from '../autodiff/index.ts';
 
 // ---------------------------------------------------------------- initialisation
 
@@ -239,6 +240,7 @@ export function groupNorm(config: GroupNormConfig) {
   const c = config.numChannels;
   const groups = Math.min(config.numGroups ?? 32, Math.floor(c / (config.minChannelsPerGroup ?? 4)));
   const eps = config.eps ?? 1e-5;
+  const normalize = normAffine(groupLayout(groups), eps);
   return {
     config,
     groups,
@@ -246,8 +248,75 @@ export function groupNorm(config: GroupNormConfig) {
       return { weight: ones([c]), bias: zeros([c]) };
     },
     apply(params: GroupNormParams, x: Tensor): Tensor {
-      return groupNormOp(x, groups, eps, params.weight, params.bias);
+      if (x.rank < 2 || x.shape[1] !== c) throw new ShapeError(`groupNorm: the layer normalises [N, ${c}, ...], got ${fmtShape(x.shape)}`);
+      for (const [name, p] of [['weight', params.weight], ['bias', params.bias]] as const) {
+        if (p.rank !== 1 || p.size !== c) throw new ShapeError(`groupNorm: ${name} must be [${c}], got ${fmtShape(p.shape)}`);
+      }
+      return normalize(x, params.weight, params.bias);
     },
+  };
+}
+
+/**
+ * Where a normalisation with a per-channel affine works, for an input of some shape: its statistics
+ * over `axes` of the input seen as `grouped`, the affine's weight and bias seen as `perChannel`, and
+ * the axes the affine's gradients sum over.
+ */
+export interface NormLayout {
+  readonly grouped: readonly number[];
+  readonly axes: readonly number[];
+  readonly perChannel: readonly number[];
+  readonly channelAxes: readonly number[];
+}
+
+/** The statistics and affine output (the same ops as core's `groupNorm` and `layerNorm`). */
+function normForward(layout: NormLayout, eps: number, x: Tensor, w: Tensor, b: Tensor) {
+  const xg = reshape(x, layout.grouped);
+  const mu = mean(xg, layout.axes, true);
+  const centred = sub(xg, mu);
+  const rstd = rsqrt(add(mean(square(centred), layout.axes, true), eps));
+  const y = add(mul(reshape(mul(centred, rstd), x.shape), reshape(w, layout.perChannel)), reshape(b, layout.perChannel));
+  return { y, residuals: { x, w, mu, rstd, layout } };
+}
+
+/**
+ * A normalisation with an affine (group norm, layer norm), differentiated by its closed form (what
+ * torch's native kernels compute): with x^ = (x - mu) rstd over each group and g = dy w,
+ *   dx = rstd (g - mean(g) - x^ mean(g x^)),   dw = sum over the non-channel axes of dy x^,   db = the same of dy.
+ * The two group means read the same tensors and have one shape, so the kernel layer takes them in one
+ * pass, and the weight's and bias's sums in another. Autodiff's rule for the forward ops chains them
+ * instead (the mean of the centred input's cotangent needs the variance path's sum first), with a
+ * full-size tensor written and read back in between.
+ * @example
+ * // Instance norm over [N, C, H, W] (statistics per sample and channel), differentiated the same way.
+ * const instanceNorm = normAffine((s) => ({ grouped: s, axes: [2, 3], perChannel: [1, s[1]!, 1, 1], channelAxes: [0, 2, 3] }), 1e-5);
+ * const y = instanceNorm(random.normal(random.key(0), [2, 8, 4, 4]), ones([8]), zeros([8]));
+ */
+export function normAffine(layoutOf: (shape: readonly number[]) => NormLayout, eps: number): (x: Tensor, w: Tensor, b: Tensor) => Tensor {
+  return customVjp(
+    (x: Tensor, w: Tensor, b: Tensor) => normForward(layoutOf(x.shape), eps, x, w, b).y,
+    (x: Tensor, w: Tensor, b: Tensor) => {
+      const { y, residuals } = normForward(layoutOf(x.shape), eps, x, w, b);
+      return [y, residuals] as const;
+    },
+    (r: ReturnType<typeof normForward>['residuals'], dy: Tensor) => {
+      const { grouped, axes, perChannel, channelAxes } = r.layout;
+      const xhat = mul(sub(reshape(r.x, grouped), r.mu), r.rstd);
+      const g = reshape(mul(dy, reshape(r.w, perChannel)), grouped);
+      const dx = mul(sub(sub(g, mean(g, axes, true)), mul(xhat, mean(mul(g, xhat), axes, true))), r.rstd);
+      return [reshape(dx, r.x.shape), sum(mul(dy, reshape(xhat, r.x.shape)), channelAxes), sum(dy, channelAxes)];
+    },
+  );
+}
+
+/** Group norm's layout over [N, C, ...]: `groups` groups of channels. */
+function groupLayout(groups: number) {
+  return (shape: readonly number[]): NormLayout => {
+    const [n, c, ...spatial] = shape as [number, number, ...number[]];
+    const grouped = [n, groups, c / groups, ...spatial];
+    return {
+      grouped, axes: grouped.map((_, i) => i).slice(2), perChannel: [1, c, ...spatial.map(() => 1)], channelAxes: shape.map((_, i) => i).filter((i) => i !== 1),
+    };
   };
 }
 

@@ -10,12 +10,12 @@
  * put predictions back on the patch grid (MaskDM, Lei et al. 2023).
  */
 import {
-  abs, add, cast, concat, conv2d as conv2dOp, equal, exp, gather, iota, layerNorm as layerNormOp, matmul, mul,
+  abs, add, cast, concat, conv2d as conv2dOp, equal, exp, gather, iota, matmul, mul,
   oneHot, ones, permute, reciprocal, reshape, scaledDotProductAttention, sign, slice, sub, sum, transpose, where, zeros,
   random, ShapeError, DTypeError, fmtShape, type Tensor,
 } from '../core/index.ts';
 import { customVjp } from '../autodiff/custom.ts';
-import { linear, weightInit, type LinearParams } from './nn.ts';
+import { linear, normAffine, weightInit, type LinearParams } from './nn.ts';
 
 // ---------------------------------------------------------------- initialisation
 
@@ -160,16 +160,26 @@ export function placeTokens(tokens: Tensor, indices: Tensor, length: number): Te
 
 export type LayerNormParams = { readonly weight: Tensor; readonly bias: Tensor };
 
-/** PyTorch's `nn.LayerNorm(dim)` over the last axis: eps 1e-5, affine initialised to (1, 0). */
+/**
+ * PyTorch's `nn.LayerNorm(dim)` over the last axis: eps 1e-5, affine initialised to (1, 0); its
+ * gradient by the closed form (`normAffine`), as torch's.
+ */
 export function layerNorm(config: { readonly dim: number; readonly eps?: number }) {
-  const eps = config.eps ?? 1e-5;
+  const d = config.dim;
+  const normalize = normAffine((shape) => ({
+    grouped: shape, axes: [shape.length - 1], perChannel: [d], channelAxes: shape.map((_, i) => i).slice(0, -1),
+  }), config.eps ?? 1e-5);
   return {
     config,
     init(_key?: Tensor): LayerNormParams {
-      return { weight: ones([config.dim]), bias: zeros([config.dim]) };
+      return { weight: ones([d]), bias: zeros([d]) };
     },
     apply(params: LayerNormParams, x: Tensor): Tensor {
-      return layerNormOp(x, eps, params.weight, params.bias);
+      if (x.rank < 1 || x.shape[x.rank - 1] !== d) throw new ShapeError(`layerNorm: the layer normalises [..., ${d}], got ${fmtShape(x.shape)}`);
+      for (const [name, p] of [['weight', params.weight], ['bias', params.bias]] as const) {
+        if (p.rank !== 1 || p.size !== d) throw new ShapeError(`layerNorm: ${name} must be [${d}], got ${fmtShape(p.shape)}`);
+      }
+      return normalize(x, params.weight, params.bias);
     },
   };
 }

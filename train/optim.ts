@@ -175,11 +175,18 @@ export function replaceNonFinite(): GradientTransformation<{ replaced: Tensor }>
   };
 }
 
+/** Leaves counted by one reduction of `countNonFinite`. */
+const COUNT_GROUP = 15;
+
 /**
  * How many entries of the trees' floating-point leaves are NaN or infinite (float32 scalar). Leaves
  * of one shape (a parameter, its EMA and its two Adam moments) are counted elementwise together and
- * reduced once, up to 16 at a time, so the check costs a few dozen reductions rather than one per
- * leaf, and the kernel that adds them up binds few buffers.
+ * reduced once, up to 15 at a time, so the check costs a few dozen reductions rather than one per
+ * leaf, and reductions of one shape share their compiled kernel (15 inputs and the output are the
+ * 16 storage buffers a WebGPU kernel may bind on lavapipe; one more, and each reduction is split in
+ * two). Concatenating leaves of different shapes would take fewer reductions, but each would be a
+ * kernel of its own, branching over its inputs: on lavapipe the first step then spent 3-4 s more
+ * compiling them.
  * @example
  * const bad = countNonFinite([params, ema, optState]);   // float32 scalar: 0 when every entry is finite
  */
@@ -187,13 +194,13 @@ export function countNonFinite(trees: readonly PyTree<Tensor>[]): Tensor {
   const byShape = new Map<string, Tensor[]>();
   for (const x of trees.flatMap((tree) => treeLeaves(tree))) {
     if (!isFloat(x.dtype)) continue;
-    const key = x.shape.join('x');
+    const key = `${x.dtype} ${x.shape.join('x')}`;
     byShape.set(key, [...(byShape.get(key) ?? []), x]);
   }
   const bad = (x: Tensor) => cast(logicalNot(isFinite(x)), 'float32');
   const sums: Tensor[] = [];
   for (const group of byShape.values()) {
-    for (let i = 0; i < group.length; i += 16) sums.push(sum(group.slice(i + 1, i + 16).reduce((acc, x) => add(acc, bad(x)), bad(group[i]!))));
+    for (let i = 0; i < group.length; i += COUNT_GROUP) sums.push(sum(group.slice(i + 1, i + COUNT_GROUP).reduce((acc, x) => add(acc, bad(x)), bad(group[i]!))));
   }
   return sums.reduce((acc, s) => add(acc, s), scalar(0));
 }

@@ -11,7 +11,7 @@ import type { Program, ProgramNode } from '../../core/program.ts';
 import { sizeOf } from '../../core/shape.ts';
 import type { ConvAttrs } from '../../core/tensor.ts';
 import { Emitter, outputBinding as outName, readBindings } from '../kernel/emitter.ts';
-import { groupSiblings, isContraction, kernelWrites, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
+import { groupSiblings, isContraction, kernelWrites, planFusion, reductionMembers, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { reductionRuns, runOffset } from '../kernel/reduce.ts';
 import type { DType } from '../../core/dtype.ts';
 import type { Dialect } from '../kernel/emitter.ts';
@@ -197,24 +197,24 @@ interface Skeleton {
   readonly dialect: Dialect;
   /** Stores an element of the output bound as `out` (`out1`, `out2`, ... for a kernel's siblings). */
   store(dtype: DType, index: string, value: string, out: string): string;
-  /** Declares `acc` for a reduction of `fn` over `dtype` values. */
-  accInit(fn: 'sum' | 'max', dtype: DType): string;
-  /** Adds value `v` to `acc`. */
-  accStep(fn: 'sum' | 'max', dtype: DType, v: string): string;
-  /** The reduction's result (of `dtype`) from `acc`. */
-  accResult(fn: 'sum' | 'max', dtype: DType): string;
+  /** Declares accumulator `a` for a reduction of `fn` over `dtype` values. */
+  accInit(fn: 'sum' | 'max', dtype: DType, a: string): string;
+  /** Adds value `v` to accumulator `a`. */
+  accStep(fn: 'sum' | 'max', dtype: DType, v: string, a: string): string;
+  /** The reduction's result (of `dtype`) from accumulator `a`. */
+  accResult(fn: 'sum' | 'max', dtype: DType, a: string): string;
   /** A loop header: `i` over [0, size). */
   loop(i: string, size: number): string;
   /** A loop header: `i` over [from, to). */
   loopRange(i: string, from: number, to: number): string;
-  /** Declares the partial sums of an unrolled float reduction (f64 zeros). */
-  lanesInit(em: Emitter): void;
+  /** Declares the partial sums of accumulator `a`'s unrolled float reduction (f64 zeros). */
+  lanesInit(em: Emitter, a: string): void;
   /** A loop header: `i` over [0, count) in steps of SUM_LANES (count is a multiple of it). */
   lanesLoop(i: string, count: number): string;
-  /** Adds the SUM_LANES float32 elements from flat index `at` on to the partial sums. */
-  lanesStep(em: Emitter, at: string, value: (index: string) => string): void;
-  /** acc = (the partial sums, merged in one fixed order) + acc, in f64. */
-  lanesMerge(): string;
+  /** Adds the SUM_LANES float32 elements from flat index `at` on to `a`'s partial sums. */
+  lanesStep(em: Emitter, at: string, value: (index: string) => string, a: string): void;
+  /** a = (a's partial sums, merged in one fixed order) + a, in f64. */
+  lanesMerge(a: string): string;
 }
 
 /**
@@ -233,36 +233,36 @@ const range8 = [0, 1, 2, 3, 4, 5, 6, 7];
 const JS_SKELETON: Skeleton = {
   dialect: JS,
   store: (dtype, index, value, out) => `${viewOf(dtype)}[${out} + ${index}] = ${value};`,
-  accInit: (fn, dtype) => `let acc = ${fn === 'sum' ? '0' : dtype === 'float32' ? '-Infinity' : '-2147483648'};`,
+  accInit: (fn, dtype, a) => `let ${a} = ${fn === 'sum' ? '0' : dtype === 'float32' ? '-Infinity' : '-2147483648'};`,
   // As the reference: float sums accumulate in double, int32 sums wrap, max propagates NaN.
-  accStep: (fn, dtype, v) => (fn === 'max' ? `if (${v} > acc || ${v} !== ${v}) acc = ${v};` : dtype === 'float32' ? `acc += ${v};` : `acc = (acc + ${v}) | 0;`),
-  accResult: (fn, dtype) => (dtype === 'float32' ? 'Math.fround(acc)' : 'acc'),
+  accStep: (fn, dtype, v, a) => (fn === 'max' ? `if (${v} > ${a} || ${v} !== ${v}) ${a} = ${v};` : dtype === 'float32' ? `${a} += ${v};` : `${a} = (${a} + ${v}) | 0;`),
+  accResult: (fn, dtype, a) => (dtype === 'float32' ? `Math.fround(${a})` : a),
   loop: (i, size) => `for (let ${i} = 0; ${i} < ${size}; ${i}++)`,
   loopRange: (i, from, to) => `for (let ${i} = ${from}; ${i} < ${to}; ${i}++)`,
-  lanesInit: (em) => em.line(`let ${range8.map((l) => `acc${l} = 0`).join(', ')};`),
+  lanesInit: (em, a) => em.line(`let ${range8.map((l) => `${a}_${l} = 0`).join(', ')};`),
   lanesLoop: (i, count) => `for (let ${i} = 0; ${i} < ${count}; ${i} += ${SUM_LANES})`,
-  lanesStep: (em, at, value) => range8.forEach((l) => em.line(`acc${l} += ${value(em.index(l === 0 ? at : `${at} + ${l}`))};`)),
-  lanesMerge: () => 'acc = (((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7))) + acc;',
+  lanesStep: (em, at, value, a) => range8.forEach((l) => em.line(`${a}_${l} += ${value(em.index(l === 0 ? at : `${at} + ${l}`))};`)),
+  lanesMerge: (a) => `${a} = (((${a}_0 + ${a}_1) + (${a}_2 + ${a}_3)) + ((${a}_4 + ${a}_5) + (${a}_6 + ${a}_7))) + ${a};`,
 };
 
 const WASM_SKELETON: Skeleton = {
   dialect: WASM,
   store: (dtype, index, value, out) => `@store.${dtype}(${out}, ${index}, ${value});`,
-  accInit: (fn, dtype) =>
-    fn === 'sum' ? (dtype === 'float32' ? 'let acc:f64 = $f0;' : 'let acc:int32 = $i0;') : dtype === 'float32' ? `let acc:float32 = ${WASM.constant(-Infinity, 'float32')};` : 'let acc:int32 = $i-2147483648;',
-  accStep: (fn, dtype, v) => `acc = @acc.${fn}.${dtype}(acc, ${v});`,
-  accResult: (fn, dtype) => (fn === 'sum' && dtype === 'float32' ? '@fround(acc)' : 'acc'),
+  accInit: (fn, dtype, a) =>
+    fn === 'sum' ? (dtype === 'float32' ? `let ${a}:f64 = $f0;` : `let ${a}:int32 = $i0;`) : dtype === 'float32' ? `let ${a}:float32 = ${WASM.constant(-Infinity, 'float32')};` : `let ${a}:int32 = $i-2147483648;`,
+  accStep: (fn, dtype, v, a) => `${a} = @acc.${fn}.${dtype}(${a}, ${v});`,
+  accResult: (fn, dtype, a) => (fn === 'sum' && dtype === 'float32' ? `@fround(${a})` : a),
   loop: (i, size) => `for (${i} in 0 .. ${size})`,
   loopRange: (i, from, to) => `for (${i} in ${from} .. ${to})`,
   // Partial sums 0-3 and 4-7 as two accumulators of four f64 lanes; `by` binds the loop variable
   // to four consecutive indices (simd.ts), so each step is two f32x4 loads.
-  lanesInit: (em) => ['accA', 'accB'].forEach((a) => em.line(`let ${a}:f64x4 = $f0;`)),
+  lanesInit: (em, a) => [`${a}A`, `${a}B`].forEach((l) => em.line(`let ${l}:f64x4 = $f0;`)),
   lanesLoop: (i, count) => `for (${i} in 0 .. ${count} by ${SUM_LANES})`,
-  lanesStep: (em, at, value) => {
-    em.line(`accA = @acc.sum.float32(accA, ${value(at)});`);
-    em.line(`accB = @acc.sum.float32(accB, ${value(em.index(`${at} + 4`))});`);
+  lanesStep: (em, at, value, a) => {
+    em.line(`${a}A = @acc.sum.float32(${a}A, ${value(at)});`);
+    em.line(`${a}B = @acc.sum.float32(${a}B, ${value(em.index(`${at} + 4`))});`);
   },
-  lanesMerge: () => 'acc = @acc.add.f64(@acc.add.f64(@acc.lanes.f64(accA), @acc.lanes.f64(accB)), acc);',
+  lanesMerge: (a) => `${a} = @acc.add.f64(@acc.add.f64(@acc.lanes.f64(${a}A), @acc.lanes.f64(${a}B)), ${a});`,
 };
 
 /**
@@ -285,34 +285,44 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
     for (const [i, n] of writes.entries()) if (i > 0) em.line(sk.store(nodes[n]!.dtype, 'gi', em.value(n, 'gi'), outName(i)));
     em.line(sk.store(root.dtype, 'gi', em.value(k.root, 'gi'), outName(0)));
   } else {
+    // One reduction, or several of one structure (`groupSiblings`): one set of loops, an accumulator each.
+    const members = reductionMembers(k);
     const h = nodes[k.heavy]!;
     if (h.prim.op !== 'reduce') throw new BackendError(`${program.name}: ${h.prim.op} node ${k.heavy} cannot be fused into an elementwise kernel`);
     index = 'o';
     const { fn, axes } = h.prim;
-    const input = h.inputs[0]!;
-    const inShape = nodes[input]!.shape;
+    const inShape = nodes[h.inputs[0]!]!.shape;
+    const inputs = members.map((m) => nodes[m.heavy]!.inputs[0]!);
+    const accs = members.map((_, i) => (members.length === 1 ? 'acc' : `acc${i}`));
     rowSize = sizeOf(axes.map((a) => inShape[a]!));
     const { kept, reduced } = reductionRuns(inShape, axes);
     total = sizeOf(h.shape);
     const base = em.index(runOffset(em, 'o', kept));
-    em.line(sk.accInit(fn, h.dtype));
+    accs.forEach((a) => em.line(sk.accInit(fn, h.dtype, a)));
     const innermost = reduced[reduced.length - 1];
-    unrolled = unrollSums && fn === 'sum' && h.dtype === 'float32' && innermost !== undefined && innermost.inStride === 1 && innermost.size >= 2 * SUM_LANES;
-    if (unrolled) sk.lanesInit(em);
+    // Not where the summed expression branches on the index (a concat or a pad: the branch would
+    // differ between the vector lanes of the partial sums).
+    unrolled = unrollSums && fn === 'sum' && h.dtype === 'float32' && innermost !== undefined && innermost.inStride === 1 && innermost.size >= 2 * SUM_LANES &&
+      !inputs.some((input) => branchesOnIndex(nodes, plan, input));
+    if (unrolled) accs.forEach((a) => sk.lanesInit(em, a));
     // One loop per reduced run, outermost first: the reference's row-major order, without a
     // division per element (a float sum's innermost run over SUM_LANES partial sums).
     const accumulate = (level: number, at: string): void => {
       const run = reduced[level];
       if (run === undefined) {
-        em.line(sk.accStep(fn, h.dtype, em.value(input, at)));
+        inputs.forEach((input, i) => em.line(sk.accStep(fn, h.dtype, em.value(input, at), accs[i]!)));
         return;
       }
       if (unrolled && level === reduced.length - 1) {
         const whole = run.size - (run.size % SUM_LANES);
-        em.block(sk.lanesLoop(`r${level}`, whole), () => sk.lanesStep(em, em.index(`${at} + r${level}`), (i) => em.value(input, i)));
+        em.block(sk.lanesLoop(`r${level}`, whole), () => {
+          const from = em.index(`${at} + r${level}`);
+          inputs.forEach((input, i) => sk.lanesStep(em, from, (j) => em.value(input, j), accs[i]!));
+        });
         if (run.size % SUM_LANES !== 0) {
           em.block(sk.loopRange(`s${level}`, whole, run.size), () => {
-            em.line(sk.accStep(fn, h.dtype, em.value(input, em.index(`${at} + s${level}`))));
+            const j = em.index(`${at} + s${level}`);
+            inputs.forEach((input, i) => em.line(sk.accStep(fn, h.dtype, em.value(input, j), accs[i]!)));
           });
         }
         return;
@@ -322,11 +332,22 @@ function kernelBody(program: Program, plan: FusionPlan, k: KernelPlan, sk: Skele
       });
     };
     accumulate(0, base);
-    if (unrolled) em.line(sk.lanesMerge());
-    em.define(k.heavy, 'o', sk.accResult(fn, h.dtype));
-    em.line(sk.store(root.dtype, 'o', em.value(k.root, 'o'), outName(0)));
+    if (unrolled) accs.forEach((a) => em.line(sk.lanesMerge(a)));
+    members.forEach((m, i) => em.define(m.heavy, 'o', sk.accResult(fn, h.dtype, accs[i]!)));
+    for (let i = members.length - 1; i >= 0; i--) em.line(sk.store(nodes[members[i]!.root]!.dtype, 'o', em.value(members[i]!.root, 'o'), outName(i)));
   }
   return { code: em.code(), reads, writes, index, total, rowSize, reduce: k.heavy !== undefined, unrolled, overused: em.overused };
+}
+
+/** Whether the expression a kernel inlines for `n` (down to buffers) branches on the index (a concat or a pad). */
+function branchesOnIndex(nodes: Program['nodes'], plan: FusionPlan, n: number): boolean {
+  const seen = new Set<number>();
+  const visit = (m: number): boolean => {
+    if (seen.has(m) || plan.materialized.has(m)) return false;
+    seen.add(m);
+    return nodes[m]!.prim.op === 'concat' || nodes[m]!.prim.op === 'pad' || nodes[m]!.inputs.some(visit);
+  };
+  return visit(n);
 }
 
 /** The JavaScript kernel for an elementwise or reduction root, with the nodes it found overused. */

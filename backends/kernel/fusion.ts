@@ -19,14 +19,26 @@ export interface KernelPlan {
   /** The reduction or contraction the kernel is built around, if any (may be `root` itself). */
   readonly heavy: number | undefined;
   /**
-   * More materialized nodes the kernel writes (`groupSiblings`): elementwise, of the root's size,
-   * each computed at the root's index in the same pass. Absent for a kernel with one output.
+   * More materialized nodes the kernel writes (`groupSiblings`), each of the root's size and
+   * computed at the root's index in the same pass: elementwise, or (with `siblingHeavies`) each the
+   * root of another reduction over the same index space. Absent for a kernel with one output.
    */
   readonly siblings?: readonly number[];
+  /** A multi-output reduction's other reductions: `siblings[i]` is hosted on `siblingHeavies[i]`. */
+  readonly siblingHeavies?: readonly number[];
 }
 
 /** Every node a kernel writes: its root, then its siblings. */
 export const kernelWrites = (k: KernelPlan): readonly number[] => (k.siblings === undefined ? [k.root] : [k.root, ...k.siblings]);
+
+/**
+ * The reductions of a reduction kernel, in the order of `kernelWrites`: each output with the
+ * reduction it hosts (one for a plain reduction kernel, more for a multi-output one).
+ */
+export function reductionMembers(k: KernelPlan): { readonly root: number; readonly heavy: number }[] {
+  if (k.heavy === undefined) throw new BackendError(`reductionMembers: kernel ${k.root} hosts no reduction`);
+  return [{ root: k.root, heavy: k.heavy }, ...(k.siblings ?? []).map((root, i) => ({ root, heavy: k.siblingHeavies![i]! }))];
+}
 
 export interface FusionPlan {
   /** Nodes that live in buffers (program inputs included). */
@@ -50,8 +62,12 @@ export function isContraction(op: PrimOp): op is Contraction {
 const SAME_INDEX: ReadonlySet<PrimOp> = new Set(['unary', 'binary', 'select', 'cast', 'reshape']);
 /** Ops whose only cost is index arithmetic. */
 const MOVEMENT: ReadonlySet<PrimOp> = new Set(['reshape', 'permute', 'broadcast', 'slice']);
+/** How far apart in the plan's order (in kernels) two kernels joined for a common read may stand. */
+const NEARBY = 32;
 /** Inlined op count above which a node used by several kernels gets a buffer instead. */
 const RECOMPUTE_LIMIT = 4;
+/** Functions that cost many simple ops (the CPU backend computes exp in f64 to match the reference). */
+const COSTLY: ReadonlySet<string> = new Set(['exp', 'log', 'sin', 'cos', 'tanh', 'sigmoid']);
 
 /**
  * Plans kernels for `program`. `forced` nodes are materialized regardless (the kernel generators
@@ -70,59 +86,80 @@ export function planFusion(program: Program, forced: ReadonlySet<number>): Fusio
     const op = nd.prim.op;
     const inlineInputs = nd.inputs.filter((j) => !isHeavy(nodes[j]!.prim.op) && nodes[j]!.prim.op !== 'input');
     computes[i] = !(op === 'input' || op === 'literal' || op === 'iota' || isHeavy(op)) && (!MOVEMENT.has(op) || inlineInputs.some((j) => computes[j]));
-    opCount[i] = Math.min(1000, (op === 'input' || isHeavy(op) ? 0 : 1) + inlineInputs.reduce((s, j) => s + opCount[j]!, 0));
+    // Movement ops cost index arithmetic only: they do not count towards the recomputation limit.
+    opCount[i] = Math.min(1000, (op === 'input' || isHeavy(op) || MOVEMENT.has(op) ? 0 : 1) + inlineInputs.reduce((s, j) => s + opCount[j]!, 0));
   });
 
-  const materialized = new Set<number>();
-  const heavyOf = new Map<number, number>();
-  const rootsOf: Set<number>[] = nodes.map(() => new Set());
-  /** Reached from its single root through same-index ops only. */
-  const spine: boolean[] = nodes.map(() => false);
+  /** The nodes given buffers, and the heavy op each root hosts, with `cost` the ops a node's readers would recompute. */
+  const decide = (cost: readonly number[]) => {
+    const materialized = new Set<number>();
+    const heavyOf = new Map<number, number>();
+    const rootsOf: Set<number>[] = nodes.map(() => new Set());
+    /** Reached from its single root through same-index ops only. */
+    const spine: boolean[] = nodes.map(() => false);
 
-  const rootsVia = (c: number): Set<number> => (materialized.has(c) ? new Set([c]) : rootsOf[c]!);
-  const onSpine = (c: number): boolean => materialized.has(c) || spine[c]!;
+    const rootsVia = (c: number): Set<number> => (materialized.has(c) ? new Set([c]) : rootsOf[c]!);
+    const onSpine = (c: number): boolean => materialized.has(c) || spine[c]!;
 
-  for (let n = nodes.length - 1; n >= 0; n--) {
-    const nd: ProgramNode = nodes[n]!;
-    const op = nd.prim.op;
-    if (op === 'input') {
-      materialized.add(n);
-      continue;
-    }
-    const cs = consumers[n]!;
-    if (outputs.has(n) || forced.has(n)) {
-      materialized.add(n);
-      continue;
-    }
-    if (cs.length === 0) continue;
-    const roots = new Set<number>();
-    cs.forEach((c) => rootsVia(c).forEach((r) => roots.add(r)));
-    if (isHeavy(op)) {
-      const c = cs[0]!;
-      const root = [...roots][0]!;
-      const hostable =
-        cs.length === 1 && SAME_INDEX.has(nodes[c]!.prim.op) && roots.size === 1 && onSpine(c) && !heavyOf.has(root) && !isHeavy(nodes[root]!.prim.op);
-      if (hostable) {
-        heavyOf.set(root, n);
-        rootsOf[n] = roots;
-        spine[n] = true;
-      } else {
+    for (let n = nodes.length - 1; n >= 0; n--) {
+      const nd: ProgramNode = nodes[n]!;
+      const op = nd.prim.op;
+      if (op === 'input') {
         materialized.add(n);
+        continue;
       }
-      continue;
+      const cs = consumers[n]!;
+      if (outputs.has(n) || forced.has(n)) {
+        materialized.add(n);
+        continue;
+      }
+      if (cs.length === 0) continue;
+      const roots = new Set<number>();
+      cs.forEach((c) => rootsVia(c).forEach((r) => roots.add(r)));
+      if (isHeavy(op)) {
+        const c = cs[0]!;
+        const root = [...roots][0]!;
+        const hostable =
+          cs.length === 1 && SAME_INDEX.has(nodes[c]!.prim.op) && roots.size === 1 && onSpine(c) && !heavyOf.has(root) && !isHeavy(nodes[root]!.prim.op);
+        if (hostable) {
+          heavyOf.set(root, n);
+          rootsOf[n] = roots;
+          spine[n] = true;
+        } else {
+          materialized.add(n);
+        }
+        continue;
+      }
+      const feedsContraction = cs.some((c) => isContraction(nodes[c]!.prim.op));
+      // A broadcast shared by several kernels stays inline: its input is the one worth a buffer (as
+      // small or smaller), and materialized at the broadcast size it would tie unrelated kernels
+      // together as readers of one buffer of their size.
+      const shared = roots.size > 1 && cost[n]! > RECOMPUTE_LIMIT && op !== 'broadcast';
+      if (computes[n] && (feedsContraction || shared)) {
+        materialized.add(n);
+        continue;
+      }
+      rootsOf[n] = roots;
+      spine[n] = roots.size === 1 && cs.every((c) => SAME_INDEX.has(nodes[c]!.prim.op) && onSpine(c));
     }
-    const feedsContraction = cs.some((c) => isContraction(nodes[c]!.prim.op));
-    // A broadcast shared by several kernels stays inline: its input is the one worth a buffer (as
-    // small or smaller), and materialized at the broadcast size it would tie unrelated kernels
-    // together as readers of one buffer of their size.
-    const shared = roots.size > 1 && opCount[n]! > RECOMPUTE_LIMIT && op !== 'broadcast';
-    if (computes[n] && (feedsContraction || shared)) {
-      materialized.add(n);
-      continue;
-    }
-    rootsOf[n] = roots;
-    spine[n] = roots.size === 1 && cs.every((c) => SAME_INDEX.has(nodes[c]!.prim.op) && onSpine(c));
-  }
+    return { materialized, heavyOf };
+  };
+  // The counts above include ops under nodes that turn out to have buffers of their own (a kernel's
+  // output read back costs nothing to recompute): a second pass counts with the first's buffers,
+  // so fewer full-size intermediates get buffers (a group norm's centred input, for one). Not for an
+  // expression with a transcendental function in it (a SiLU's sigmoid, which its backward reads):
+  // that keeps the first count, since recomputing it costs more than its ops suggest.
+  const first = decide(opCount);
+  const cost: number[] = [];
+  const costly: boolean[] = [];
+  nodes.forEach((nd, i) => {
+    const p = nd.prim;
+    const inputs = nd.inputs.filter((j) => !isHeavy(nodes[j]!.prim.op) && nodes[j]!.prim.op !== 'input' && !first.materialized.has(j));
+    costly[i] = (p.op === 'unary' && COSTLY.has(p.fn)) || (p.op === 'binary' && p.fn === 'pow') || inputs.some((j) => costly[j]);
+    const own = p.op === 'input' || isHeavy(p.op) || MOVEMENT.has(p.op) ? 0 : 1;
+    cost[i] = costly[i] ? opCount[i]! : Math.min(1000, own + inputs.reduce((s, j) => s + cost[j]!, 0));
+  });
+  const { materialized, heavyOf } = decide(cost);
 
   const kernels: KernelPlan[] = [];
   for (let n = 0; n < nodes.length; n++) {
@@ -209,10 +246,13 @@ export function kernelReads(program: Program, plan: FusionPlan, k: KernelPlan): 
  * earlier elementwise kernel of the same size takes that kernel in: one pass computes both and
  * writes both (the earlier value is computed in registers, not read back). Chains close over
  * (an optimizer's new moments, the parameter from them and its EMA from that: one kernel per
- * parameter instead of four). A group is kept only where it binds at most `maxBuffers` buffers
- * (reads and writes) and leaves the kernels acyclic: no path from one part to the other through a
- * kernel outside it (a reduction of the first part that feeds the second, say). The kernels are
- * then ordered again, each group as early as its inputs allow and otherwise in the plan's order.
+ * parameter instead of four). Elementwise kernels of one size that read a common buffer join too
+ * (two parameters' updates reading the same learning rate), and so do reductions of one structure
+ * that read a common buffer and not one another (one loop, an accumulator each: a group norm's
+ * backward sums). A group is kept only where it binds at most `maxBuffers` buffers (reads and
+ * writes) and leaves the kernels acyclic: no path from one part to the other through a kernel
+ * outside it (a reduction of the first part that feeds the second, say). The kernels are then
+ * ordered again, each group as early as its inputs allow and otherwise in the plan's order.
  */
 export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: number): FusionPlan {
   const nodes = program.nodes;
@@ -261,6 +301,17 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
     }
     return bound.size + roots.size <= maxBuffers && !pathVia(ga, gb) && !pathVia(gb, ga);
   };
+  /**
+   * Whether two groups sit within NEARBY kernels of each other in the plan's order. Joining kernels
+   * that read a common buffer but stand far apart would run the later one early (the group runs as
+   * soon as all of its inputs are ready): a rematerialised block's recomputation pulled into the
+   * forward pass, say, its outputs then held until the backward pass needs them.
+   */
+  const near = (ga: readonly number[], gb: readonly number[]): boolean => ga.some((x) => gb.some((y) => Math.abs(x - y) <= NEARBY));
+  const merge = (ga: readonly number[], gb: readonly number[]): void => {
+    const merged = [...ga, ...gb].sort((x, y) => x - y);
+    for (const t of merged) groupOf[t] = merged;
+  };
   plan.kernels.forEach((k, b) => {
     if (!elementwise(b)) return;
     for (const [n, sameIndex] of reads[b]!) {
@@ -268,9 +319,55 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
       if (!sameIndex || a === undefined || !elementwise(a) || sizeOf(nodes[n]!.shape) !== sizeOf(nodes[k.root]!.shape)) continue;
       const [ga, gb] = [groupOf[a]!, groupOf[b]!];
       if (ga === gb || !canMerge(ga, gb)) continue;
-      const merged = [...ga, ...gb].sort((x, y) => x - y);
-      for (const t of merged) groupOf[t] = merged;
+      merge(ga, gb);
     }
+  });
+  // Sibling reductions: reductions of one structure (function, type, input shape, axes) that share
+  // a buffer they read (a group norm's backward sums of dy and of dy * x, a bias's and a scale's
+  // gradient) become one kernel: one loop over the shared index space, an accumulator each. They must
+  // not read one another (a reduction is only known once its loop is done), directly or through
+  // kernels outside the group.
+  const reductionKey = (t: number): string | undefined => {
+    const k = plan.kernels[t]!;
+    const h = k.heavy === undefined ? undefined : nodes[k.heavy]!;
+    if (h === undefined || h.prim.op !== 'reduce' || sizeOf(nodes[k.root]!.shape) === 0) return undefined;
+    return `${h.prim.fn} ${h.dtype} ${nodes[h.inputs[0]!]!.shape.join('x')} ${h.prim.axes.join(',')}`;
+  };
+  const independent = (ga: readonly number[], gb: readonly number[]): boolean => {
+    const roots = new Set([...ga, ...gb].map((t) => plan.kernels[t]!.root));
+    return [...ga, ...gb].every((t) => [...reads[t]!.keys()].every((n) => !roots.has(n)));
+  };
+  const buckets = new Map<string, number[][]>();
+  plan.kernels.forEach((_, t) => {
+    const key = reductionKey(t);
+    if (key === undefined) return;
+    const groups = buckets.get(key) ?? [];
+    buckets.set(key, groups);
+    const shares = (g: readonly number[]) => g.some((m) => [...reads[m]!.keys()].some((n) => reads[t]!.has(n)));
+    const g = groups.find((g) => near(g, [t]) && shares(g) && independent(g, [t]) && canMerge(g, [t]));
+    if (g === undefined) {
+      groups.push([t]);
+      return;
+    }
+    merge(g, [t]);
+    groups[groups.indexOf(g)] = groupOf[t]!;
+  });
+  // Elementwise groups of one size that read a common buffer (horizontal): one pass reads it once.
+  const readsOf = (g: readonly number[]): Set<number> => new Set(g.flatMap((m) => [...reads[m]!.keys()]));
+  const bySize = new Map<number, (readonly number[])[]>();
+  plan.kernels.forEach((k, t) => {
+    if (!elementwise(t)) return;
+    const size = sizeOf(nodes[k.root]!.shape);
+    let list = bySize.get(size) ?? [];
+    const gt = groupOf[t]!;
+    if (list.includes(gt)) return;
+    const mine = readsOf(gt);
+    const g = list.find((g) => near(g, gt) && [...readsOf(g)].some((n) => mine.has(n)) && canMerge(g, gt));
+    if (g !== undefined) {
+      merge(g, gt);
+      list = list.filter((x) => x !== g);
+    }
+    bySize.set(size, [...list, groupOf[t]!]);
   });
   // Kahn's order over the groups, the ready group with the earliest member first.
   const groups = [...new Set(groupOf)];
@@ -289,7 +386,10 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
   while (ready.size > 0) {
     const g = ready.pop();
     const last = plan.kernels[g[g.length - 1]!]!;
-    kernels.push(g.length === 1 ? last : { root: last.root, heavy: undefined, siblings: g.slice(0, -1).map((m) => plan.kernels[m]!.root) });
+    const others = g.slice(0, -1).map((m) => plan.kernels[m]!);
+    if (g.length === 1) kernels.push(last);
+    else if (last.heavy === undefined) kernels.push({ root: last.root, heavy: undefined, siblings: others.map((m) => m.root) });
+    else kernels.push({ root: last.root, heavy: last.heavy, siblings: others.map((m) => m.root), siblingHeavies: others.map((m) => m.heavy!) });
     for (const h of succ.get(g)!) {
       const d = indeg.get(h)! - 1;
       indeg.set(h, d);

@@ -10,7 +10,7 @@ import { sizeOf, type Shape } from '../../core/shape.ts';
 import type { DeviceBuffer } from '../../core/tensor.ts';
 import { acquireDevice, type GpuContext } from './device.ts';
 import { elementwiseBody } from './elementwise.ts';
-import { groupSiblings, kernelWrites, planFusion, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
+import { groupSiblings, kernelWrites, planFusion, reductionMembers, splitCandidates, type FusionPlan, type KernelPlan } from '../kernel/fusion.ts';
 import { gemmBody, gemmShape, type Tile } from './gemm.ts';
 import { buildKernel, foldGrid, type KernelBody, type KernelSource } from './kernel.ts';
 import { assignOutputs, planMemory, writesOf, type MemoryPlan } from '../kernel/memory.ts';
@@ -107,7 +107,7 @@ function kernelSource(program: Program, plan: FusionPlan, k: KernelPlan, tiles: 
   if (sizeOf(node.shape) === 0) return emptyKernel(program, k.root);
   let body: KernelBody;
   if (k.heavy === undefined) body = elementwiseBody(kernelWrites(k), node);
-  else if (program.nodes[k.heavy]!.prim.op === 'reduce') body = reduceBody(program, k.root, k.heavy);
+  else if (program.nodes[k.heavy]!.prim.op === 'reduce') body = reduceBody(program, reductionMembers(k));
   else {
     const s = gemmShape(program, k.heavy);
     body = gemmBody(program, k.root, k.heavy, chooseTile(tiles, s.m, s.n));

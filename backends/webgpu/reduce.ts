@@ -15,28 +15,37 @@ import { reduceIdentity, reduceStep, valueType } from './wgsl.ts';
 const THREAD_WG = 64;
 const TREE_WG = 128;
 
-export function reduceBody(program: Program, root: number, heavy: number): KernelBody {
-  const h = program.nodes[heavy]!;
+/**
+ * `members`: the kernel's reductions in output order (one, or several of one structure from
+ * `groupSiblings`: one loop over their shared index space with an accumulator each, `acc0`, `acc1`, ...).
+ */
+export function reduceBody(program: Program, members: readonly { readonly root: number; readonly heavy: number }[]): KernelBody {
+  const h = program.nodes[members[0]!.heavy]!;
   if (h.prim.op !== 'reduce') throw new Error('reduceBody: not a reduction');
   const { fn, axes } = h.prim;
-  const input = h.inputs[0]!;
-  const inShape = program.nodes[input]!.shape;
+  const inShape = program.nodes[h.inputs[0]!]!.shape;
   const outSize = sizeOf(h.shape);
   const rowSize = sizeOf(axes.map((a) => inShape[a]!));
   const { kept, reduced } = reductionRuns(inShape, axes);
   const t = valueType(h.dtype);
   const identity = reduceIdentity(fn, h.dtype);
   const tree = outSize < 64 && rowSize >= 256;
+  const inputs = members.map((m) => program.nodes[m.heavy]!.inputs[0]!);
 
   const accumulate = (em: Emitter, base: string, start: string, step: number): void => {
-    em.line(`var acc: ${t} = ${identity};`);
+    members.forEach((_, i) => em.line(`var acc${i}: ${t} = ${identity};`));
     if (rowSize === 0) return;
     // The bound is a value computed once, before the loop (not a uniform read per iteration).
     em.line(`let rows = ${em.dialect.uint(rowSize)} * one;`);
     em.block(`for (var r = ${start}; r < rows; r += ${step}u)`, () => {
       const j = em.index(`${base} + ${runOffset(em, 'r', reduced)}`);
-      em.line(`acc = ${reduceStep(fn, h.dtype, 'acc', em.value(input, j))};`);
+      inputs.forEach((input, i) => em.line(`acc${i} = ${reduceStep(fn, h.dtype, `acc${i}`, em.value(input, j))};`));
     });
+  };
+  /** Defines each reduction at `o` as `value(i)` and stores each output, siblings first (as elementwise kernels). */
+  const finish = (em: Emitter, store: (index: string, value: string, output?: number) => void, value: (i: number) => string): void => {
+    members.forEach((m, i) => em.define(m.heavy, 'o', value(i)));
+    for (let i = members.length - 1; i >= 0; i--) store('o', em.value(members[i]!.root, 'o'), i);
   };
 
   if (!tree) {
@@ -50,8 +59,7 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
         em.line(`if (o >= ${em.dialect.uint(outSize)}) { return; }`);
         const base = em.index(runOffset(em, 'o', kept));
         accumulate(em, base, '0u', 1);
-        em.define(heavy, 'o', 'acc');
-        store('o', em.value(root, 'o'));
+        finish(em, store, (i) => `acc${i}`);
       },
     };
   }
@@ -60,21 +68,20 @@ export function reduceBody(program: Program, root: number, heavy: number): Kerne
     workgroupSize: TREE_WG,
     opaqueOne: true,
     workgroups: outSize,
-    decls: `var<workgroup> partial: array<${t}, ${TREE_WG}>;`,
+    decls: members.map((_, i) => `var<workgroup> partial${i}: array<${t}, ${TREE_WG}>;`).join('\n'),
     emit(em, store) {
       em.line('let o = wid;');
       const base = em.index(runOffset(em, 'o', kept));
       accumulate(em, base, 'li', TREE_WG);
-      em.line('partial[li] = acc;');
+      members.forEach((_, i) => em.line(`partial${i}[li] = acc${i};`));
       em.line('workgroupBarrier();');
       em.block(`for (var s = ${TREE_WG / 2}u; s > 0u; s = s >> 1u)`, () => {
-        em.line(`if (li < s) { partial[li] = ${reduceStep(fn, h.dtype, 'partial[li]', 'partial[li + s]')}; }`);
+        em.block('if (li < s)', () => members.forEach((_, i) => em.line(`partial${i}[li] = ${reduceStep(fn, h.dtype, `partial${i}[li]`, `partial${i}[li + s]`)};`)));
         em.line('workgroupBarrier();');
       });
       em.block('if (li == 0u)', () => {
-        em.line('let total = partial[0];');
-        em.define(heavy, 'o', 'total');
-        store('o', em.value(root, 'o'));
+        members.forEach((_, i) => em.line(`let total${i} = partial${i}[0];`));
+        finish(em, store, (i) => `total${i}`);
       });
     },
   };

@@ -2,7 +2,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { registerReferenceBackend } from '../../backends/reference/index.ts';
-import { avgPool2d, conv2d as conv2dOp, random, setDefaultBackend, tensor, upsampleNearest2d, type Tensor } from '../../core/index.ts';
+import fc from 'fast-check';
+import { grad } from '../../autodiff/index.ts';
+import { add, avgPool2d, cast, conv2d as conv2dOp, groupNorm as groupNormOp, mul, random, setDefaultBackend, sin, sum, tensor, upsampleNearest2d, type Tensor } from '../../core/index.ts';
 import {
   conv2d, dropout, fourierEmbedding, groupNorm, linear, parameterCount, positionalEmbedding, selfAttention, weightInit,
 } from '../../models/nn.ts';
@@ -145,6 +147,38 @@ test('groupNorm: EDM groups min(32, C // 4), eps, per-group zero mean and unit v
     const v = part.reduce((a, b) => a + (b - mean) ** 2, 0) / 36;
     assert.ok(Math.abs(mean) < 1e-5 && Math.abs(v - 1) < 1e-4, `group ${g}: mean ${mean}, var ${v}`);
   }
+});
+
+test('groupNorm: its closed-form backward equals autodiff through the forward ops, on random shapes and groups', async () => {
+  const RUNS = Number(process.env['TESSERA_FC_RUNS'] ?? 20);
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 3 }), fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: 3 }),
+      fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 0, maxLength: 2 }), fc.nat(1000),
+      async (n, groups, perGroup, spatial, seed) => {
+        const c = groups * perGroup;
+        const gn = groupNorm({ numChannels: c, numGroups: groups, minChannelsPerGroup: 1 });
+        // In float64: a group of few close values has a large 1 / sigma, and the two float32
+        // computations would differ by their rounding times that; here they agree to far below it.
+        const f64 = (t: Tensor) => cast(t, 'float64');
+        const x = f64(input([n, c, ...spatial], seed));
+        const p = { weight: f64(input([c], seed + 1)), bias: f64(input([c], seed + 2)) };
+        // A loss whose cotangent differs at every entry, so each term of the rule is exercised.
+        const probe = sin(add(mul(f64(input([n, c, ...spatial], seed + 3)), 3), 1));
+        const viaRule = (xx: Tensor, w: Tensor, b: Tensor) => sum(mul(gn.apply({ weight: w, bias: b }, xx), probe));
+        const viaOps = (xx: Tensor, w: Tensor, b: Tensor) => sum(mul(groupNormOp(xx, groups, 1e-5, w, b), probe));
+        assert.deepEqual(await values(viaRule(x, p.weight, p.bias)), await values(viaOps(x, p.weight, p.bias)));
+        for (const arg of [0, 1, 2] as const) {
+          const expected = await values(grad(viaOps, { argnums: arg })(x, p.weight, p.bias) as Tensor);
+          close(await values(grad(viaRule, { argnums: arg })(x, p.weight, p.bias) as Tensor), expected, 1e-8);
+        }
+      },
+    ),
+    { numRuns: RUNS },
+  );
+  const gn = groupNorm({ numChannels: 8 });
+  assert.throws(() => gn.apply(gn.init(), input([2, 6, 3, 3])), /groupNorm: the layer normalises \[N, 8, \.\.\.\], got \[2,6,3,3\]/);
+  assert.throws(() => gn.apply({ ...gn.init(), weight: input([4]) }, input([2, 8, 3, 3])), /groupNorm: weight must be \[8\], got \[4\]/);
 });
 
 test('dropout: a pure function of its key; identity when not training or at rate 0', async () => {

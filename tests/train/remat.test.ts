@@ -1,8 +1,8 @@
 /**
  * Gradient checkpointing of a SongUNet training step: with every UNet block rematerialised, the cpu
- * backend's liveness memory plan for the whole step (forward, backward, Adam, EMA) needs fewer
- * bytes, and the gradient has the same bits. Also: the frozen Fourier frequencies stay put through
- * a step without any update mask (they sit behind stopGradient).
+ * backend's executable for the whole step (forward, backward, Adam, EMA) holds fewer bytes of live
+ * intermediates at its peak and plans no more, and the gradient has the same bits. Also: the frozen
+ * Fourier frequencies stay put through a step without any update mask (they sit behind stopGradient).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -68,7 +68,7 @@ function peakLiveBytes(exe: CpuExecutable): number {
   return peak;
 }
 
-test('remat: a SongUNet training step with every block rematerialised plans fewer bytes on the cpu backend', async () => {
+test('remat: a SongUNet training step with every block rematerialised holds fewer live bytes and plans no more on the cpu backend', async () => {
   const { config, model, batch } = setup({ channels: 8, resolution: 32, batch: 16, dropout: 0, attention: false });
   const state = initState(model(false), config);
   await realize(leaves(state), 'cpu');
@@ -78,9 +78,14 @@ test('remat: a SongUNet training step with every block rematerialised plans fewe
   };
   const plain = compile(false);
   const rematerialised = compile(true);
-  assert.ok(rematerialised.memoryPlanBytes < 0.95 * plain.memoryPlanBytes, `memory plan: ${rematerialised.memoryPlanBytes} bytes with remat, ${plain.memoryPlanBytes} without`);
+  // Group norm's closed-form backward keeps only its input and two statistics per group, and the
+  // fusion plan gives fewer intermediates buffers, so less is left for remat to save: the plain
+  // step's peak of live intermediates fell 21.1 -> 14.7 MB, the rematerialised one's 13.9 -> 12.3 MB
+  // (0.66 of the plain peak before, 0.84 since). The memory plan's slots do not turn that into a
+  // smaller plan at this size any more (24.2 MB plain, 23.9 MB with remat; it was 27.3 and 25.3).
   const [p, r] = [peakLiveBytes(plain), peakLiveBytes(rematerialised)];
-  assert.ok(r < 0.75 * p, `peak live intermediates: ${r} bytes with remat, ${p} without`);
+  assert.ok(r < 0.9 * p, `peak live intermediates: ${r} bytes with remat, ${p} without`);
+  assert.ok(rematerialised.memoryPlanBytes <= plain.memoryPlanBytes, `memory plan: ${rematerialised.memoryPlanBytes} bytes with remat, ${plain.memoryPlanBytes} without`);
 });
 
 test('remat: the gradient of a SongUNet loss gives the same bits on the cpu backend (dropout on)', async () => {

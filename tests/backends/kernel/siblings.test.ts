@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { buildProgram, type Program } from '../../../core/program.ts';
-import { groupSiblings, kernelReads, kernelWrites, planFusion, type FusionPlan } from '../../../backends/kernel/fusion.ts';
+import { groupSiblings, kernelReads, kernelWrites, planFusion, reductionMembers, type FusionPlan } from '../../../backends/kernel/fusion.ts';
 import { RUNS, T, fc } from '../parity/helpers.ts';
 import { adamLike, dag, step } from '../parity/graphs.ts';
 
@@ -51,6 +51,27 @@ test('siblings: a reader of one output that runs before the other keeps them apa
   assert.ok(grouped(sizes).kernels.every((k) => k.siblings === undefined));
 });
 
+test('siblings: reductions of one structure over a shared input are one kernel; a dependent or differently shaped one is not', () => {
+  // A group norm's backward: the group sums of g and of g * x^ (one loop, two accumulators).
+  const p = program('moments', (g, x) => [T.sum(g, [1, 2]), T.sum(T.mul(g, x), [1, 2]), T.max(g, [1, 2]), T.sum(g, [0])], [[3, 4, 5], [3, 4, 5]]);
+  const plan = grouped(p);
+  const reductions = plan.kernels.filter((k) => k.heavy !== undefined);
+  // The max (another function) and the sum over axis 0 (another structure) stay apart.
+  assert.equal(reductions.length, 3);
+  const joint = reductions.find((k) => k.siblings !== undefined)!;
+  assert.deepEqual(new Set(kernelWrites(joint)), new Set(p.outputs.slice(0, 2)));
+  assert.deepEqual(reductionMembers(joint).map((m) => p.nodes[m.heavy]!.prim.op), ['reduce', 'reduce']);
+  // A sum of the input centred by the first sum reads it: the two stay two kernels.
+  const chained = program('chained', (x) => {
+    const s = T.sum(x, 1, true);
+    return [s, T.sum(T.mul(x, T.sub(x, s)), 1, true)];
+  }, [[4, 6]]);
+  assert.ok(grouped(chained).kernels.every((k) => k.siblings === undefined));
+  // Sums that share no input are not joined (nothing read once instead of twice).
+  const apart = program('apart', (a, b) => [T.sum(a, 1), T.sum(b, 1)], [[4, 6], [4, 6]]);
+  assert.ok(grouped(apart).kernels.every((k) => k.siblings === undefined));
+});
+
 test('siblings: on random programs every grouped plan writes each node once, before its readers, within the binding limit', () => {
   fc.assert(
     fc.property(
@@ -77,9 +98,18 @@ test('siblings: on random programs every grouped plan writes each node once, bef
             if (p.nodes[r]!.prim.op !== 'input') assert.ok(writtenAt.get(r)! < t, `kernel ${t} reads node ${r} before it is written`);
           }
           if (k.siblings === undefined) return;
-          assert.equal(k.heavy, undefined);
           assert.ok(reads.size + kernelWrites(k).length <= maxBuffers, `kernel ${t} binds ${reads.size + kernelWrites(k).length} > ${maxBuffers}`);
           for (const s of k.siblings) assert.equal(size(s), size(k.root));
+          if (k.heavy === undefined) return;
+          // A multi-output reduction: reductions of one structure, none reading another's output.
+          const members = reductionMembers(k);
+          const key = (h: number) => {
+            const nd = p.nodes[h]!;
+            assert.equal(nd.prim.op, 'reduce');
+            return JSON.stringify([nd.prim, nd.dtype, p.nodes[nd.inputs[0]!]!.shape]);
+          };
+          for (const m of members) assert.equal(key(m.heavy), key(members[0]!.heavy));
+          for (const w of kernelWrites(k)) assert.ok(!reads.has(w));
         });
       },
     ),

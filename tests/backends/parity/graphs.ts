@@ -13,12 +13,12 @@ const opts = { numRuns: RUNS };
 export type Step =
   | { kind: 'unary'; fn: 'tanh' | 'sigmoid' | 'neg' | 'abs' | 'sin'; a: number }
   | { kind: 'binary'; fn: 'add' | 'sub' | 'mul' | 'max'; a: number; b: number }
-  | { kind: 'center' | 'rowmax' | 'transpose' | 'matmul' | 'shift' | 'select' | 'colsum'; a: number; b: number };
+  | { kind: 'center' | 'rowmax' | 'transpose' | 'matmul' | 'shift' | 'select' | 'colsum' | 'moments'; a: number; b: number };
 
 export const step: fc.Arbitrary<Step> = fc.oneof(
   fc.record({ kind: fc.constant('unary' as const), fn: fc.constantFrom('tanh' as const, 'sigmoid' as const, 'neg' as const, 'abs' as const, 'sin' as const), a: fc.nat() }),
   fc.record({ kind: fc.constant('binary' as const), fn: fc.constantFrom('add' as const, 'sub' as const, 'mul' as const, 'max' as const), a: fc.nat(), b: fc.nat() }),
-  fc.record({ kind: fc.constantFrom('center' as const, 'rowmax' as const, 'transpose' as const, 'matmul' as const, 'shift' as const, 'select' as const, 'colsum' as const), a: fc.nat(), b: fc.nat() }),
+  fc.record({ kind: fc.constantFrom('center' as const, 'rowmax' as const, 'transpose' as const, 'matmul' as const, 'shift' as const, 'select' as const, 'colsum' as const, 'moments' as const), a: fc.nat(), b: fc.nat() }),
 );
 
 /** Builds the DAG over square [n, n] tensors; every step refers to earlier values by index modulo. */
@@ -43,6 +43,10 @@ export function dag(steps: readonly Step[], n: number, outs: readonly number[]):
           break;
         case 'colsum':
           vals.push(T.mul(pick(s.b), T.sum(T.tanh(a), 0, true)));
+          break;
+        case 'moments':
+          // Two row means over one input, each broadcast back (a multi-output reduction, as group norm's backward).
+          vals.push(T.sub(T.mul(a, T.div(T.sum(T.mul(a, pick(s.b)), 1, true), n)), T.div(T.sum(a, 1, true), n)));
           break;
         case 'transpose':
           vals.push(T.transpose(a));
@@ -107,7 +111,7 @@ export function graphSuite(target: Target): void {
     );
   });
 
-  test('multi-output kernels agree with the reference: a fused optimizer step; a reader between two outputs; an output read at another index', async () => {
+  test('multi-output kernels agree with the reference: a fused optimizer step; a reader between two outputs; an output read at another index; sibling reductions', async () => {
     const args = [randn(1, [5, 7]), randn(2, [5, 7]), randn(3, [5, 7], 0, 2), randn(4, [5, 7]), randn(5, [5, 7]), randn(6, [])];
     await parity('adam-like', adamLike, args, tol.program);
     // sum(m2) is built between m2 and p2: m2 and p2 stay in separate kernels, the sum reads m2 in between.
@@ -121,6 +125,13 @@ export function graphSuite(target: Target): void {
       const a = T.tanh(x);
       return [a, T.add(T.transpose(a), a)];
     }, [randn(9, [6, 6])], tol.program);
+    // Reductions of one structure over shared inputs: one loop, an accumulator each, each output
+    // through its own epilogue; short rows (a thread per output), and long ones (a workgroup's tree on
+    // WebGPU, partial sums on the CPU).
+    await parity('sibling reductions', (g, x) => [
+      T.sum(g, [1, 2]), T.mul(T.sum(T.mul(g, x), [1, 2]), 0.5), T.max(g, [1, 2]), T.max(T.mul(g, x), [1, 2]), T.sum(T.reshape(x, [5, 42]), 1),
+    ], [randn(10, [5, 6, 7]), randn(11, [5, 6, 7])], tol.program);
+    await parity('sibling long reductions', (v, w) => [T.exp(T.div(T.sum(v, 1), 300)), T.sum(T.mul(v, w), 1), T.sum(T.square(v), 1)], [randn(12, [3, 300]), randn(13, [3, 300])], tol.longReduction);
   });
 
   test('grad of a conv / group norm / attention block agrees with the reference', async () => {
