@@ -148,7 +148,10 @@ export function planFusion(program: Program, forced: ReadonlySet<number>): Fusio
   // output read back costs nothing to recompute): a second pass counts with the first's buffers,
   // so fewer full-size intermediates get buffers (a group norm's centred input, for one). Not for an
   // expression with a transcendental function in it (a SiLU's sigmoid, which its backward reads):
-  // that keeps the first count, since recomputing it costs more than its ops suggest.
+  // that keeps the first count, since recomputing it costs more than its ops suggest. Measured on
+  // the demo step (2-core AMD EPYC): the cpu memory plan 38.6 -> 31.3 MiB, 17 more distinct WebGPU
+  // pipelines (139 -> 156: the inlined expressions make more reduction prologues unique), about
+  // 1 s more first-step compilation on lavapipe.
   const first = decide(opCount);
   const cost: number[] = [];
   const costly: boolean[] = [];
