@@ -146,13 +146,18 @@ export function planFusion(program: Program, forced: ReadonlySet<number>): Fusio
   };
   // The counts above include ops under nodes that turn out to have buffers of their own (a kernel's
   // output read back costs nothing to recompute): a second pass counts with the first's buffers,
-  // so fewer full-size intermediates get buffers (a group norm's centred input, for one). Not for an
-  // expression with a transcendental function in it (a SiLU's sigmoid, which its backward reads):
-  // that keeps the first count, since recomputing it costs more than its ops suggest. Measured on
-  // the demo step (2-core AMD EPYC): the cpu memory plan 38.6 -> 31.3 MiB, 17 more distinct WebGPU
-  // pipelines (139 -> 156: the inlined expressions make more reduction prologues unique), about
-  // 1 s more first-step compilation on lavapipe.
+  // so fewer full-size intermediates get buffers. Not for an expression with a transcendental
+  // function in it (a SiLU's sigmoid, which its backward reads: recomputing it costs more than its
+  // ops suggest), nor for one inlined into a reduction's prologue (there it would make the
+  // reduction's kernel unique to its context: on the demo step 156 distinct WebGPU pipelines instead
+  // of 140, about 1.3 s more first-step compilation on lavapipe, for a cpu memory plan of 31.3
+  // instead of 35.2 MiB; 2-core AMD EPYC).
   const first = decide(opCount);
+  // Inlined (in the first plan) into a reduction's prologue.
+  const prologue: boolean[] = nodes.map(() => false);
+  for (let n = nodes.length - 1; n >= 0; n--) {
+    prologue[n] = consumers[n]!.some((c) => nodes[c]!.prim.op === 'reduce' || (!first.materialized.has(c) && prologue[c]!));
+  }
   const cost: number[] = [];
   const costly: boolean[] = [];
   nodes.forEach((nd, i) => {
@@ -160,7 +165,7 @@ export function planFusion(program: Program, forced: ReadonlySet<number>): Fusio
     const inputs = nd.inputs.filter((j) => !isHeavy(nodes[j]!.prim.op) && nodes[j]!.prim.op !== 'input' && !first.materialized.has(j));
     costly[i] = (p.op === 'unary' && COSTLY.has(p.fn)) || (p.op === 'binary' && p.fn === 'pow') || inputs.some((j) => costly[j]);
     const own = p.op === 'input' || isHeavy(p.op) || MOVEMENT.has(p.op) ? 0 : 1;
-    cost[i] = costly[i] ? opCount[i]! : Math.min(1000, own + inputs.reduce((s, j) => s + cost[j]!, 0));
+    cost[i] = costly[i] || prologue[i] ? opCount[i]! : Math.min(1000, own + inputs.reduce((s, j) => s + cost[j]!, 0));
   });
   const { materialized, heavyOf } = decide(cost);
 
