@@ -66,8 +66,6 @@ const MOVEMENT: ReadonlySet<PrimOp> = new Set(['reshape', 'permute', 'broadcast'
 const NEARBY = 32;
 /** Inlined op count above which a node used by several kernels gets a buffer instead. */
 const RECOMPUTE_LIMIT = 4;
-/** Functions that cost many simple ops (the CPU backend computes exp in f64 to match the reference). */
-const COSTLY: ReadonlySet<string> = new Set(['exp', 'log', 'sin', 'cos', 'tanh', 'sigmoid']);
 
 /**
  * Plans kernels for `program`. `forced` nodes are materialized regardless (the kernel generators
@@ -86,88 +84,59 @@ export function planFusion(program: Program, forced: ReadonlySet<number>): Fusio
     const op = nd.prim.op;
     const inlineInputs = nd.inputs.filter((j) => !isHeavy(nodes[j]!.prim.op) && nodes[j]!.prim.op !== 'input');
     computes[i] = !(op === 'input' || op === 'literal' || op === 'iota' || isHeavy(op)) && (!MOVEMENT.has(op) || inlineInputs.some((j) => computes[j]));
-    // Movement ops cost index arithmetic only: they do not count towards the recomputation limit.
-    opCount[i] = Math.min(1000, (op === 'input' || isHeavy(op) || MOVEMENT.has(op) ? 0 : 1) + inlineInputs.reduce((s, j) => s + opCount[j]!, 0));
+    opCount[i] = Math.min(1000, (op === 'input' || isHeavy(op) ? 0 : 1) + inlineInputs.reduce((s, j) => s + opCount[j]!, 0));
   });
 
-  /** The nodes given buffers, and the heavy op each root hosts, with `cost` the ops a node's readers would recompute. */
-  const decide = (cost: readonly number[]) => {
-    const materialized = new Set<number>();
-    const heavyOf = new Map<number, number>();
-    const rootsOf: Set<number>[] = nodes.map(() => new Set());
-    /** Reached from its single root through same-index ops only. */
-    const spine: boolean[] = nodes.map(() => false);
+  const materialized = new Set<number>();
+  const heavyOf = new Map<number, number>();
+  const rootsOf: Set<number>[] = nodes.map(() => new Set());
+  /** Reached from its single root through same-index ops only. */
+  const spine: boolean[] = nodes.map(() => false);
 
-    const rootsVia = (c: number): Set<number> => (materialized.has(c) ? new Set([c]) : rootsOf[c]!);
-    const onSpine = (c: number): boolean => materialized.has(c) || spine[c]!;
+  const rootsVia = (c: number): Set<number> => (materialized.has(c) ? new Set([c]) : rootsOf[c]!);
+  const onSpine = (c: number): boolean => materialized.has(c) || spine[c]!;
 
-    for (let n = nodes.length - 1; n >= 0; n--) {
-      const nd: ProgramNode = nodes[n]!;
-      const op = nd.prim.op;
-      if (op === 'input') {
-        materialized.add(n);
-        continue;
-      }
-      const cs = consumers[n]!;
-      if (outputs.has(n) || forced.has(n)) {
-        materialized.add(n);
-        continue;
-      }
-      if (cs.length === 0) continue;
-      const roots = new Set<number>();
-      cs.forEach((c) => rootsVia(c).forEach((r) => roots.add(r)));
-      if (isHeavy(op)) {
-        const c = cs[0]!;
-        const root = [...roots][0]!;
-        const hostable =
-          cs.length === 1 && SAME_INDEX.has(nodes[c]!.prim.op) && roots.size === 1 && onSpine(c) && !heavyOf.has(root) && !isHeavy(nodes[root]!.prim.op);
-        if (hostable) {
-          heavyOf.set(root, n);
-          rootsOf[n] = roots;
-          spine[n] = true;
-        } else {
-          materialized.add(n);
-        }
-        continue;
-      }
-      const feedsContraction = cs.some((c) => isContraction(nodes[c]!.prim.op));
-      // A broadcast shared by several kernels stays inline: its input is the one worth a buffer (as
-      // small or smaller), and materialized at the broadcast size it would tie unrelated kernels
-      // together as readers of one buffer of their size.
-      const shared = roots.size > 1 && cost[n]! > RECOMPUTE_LIMIT && op !== 'broadcast';
-      if (computes[n] && (feedsContraction || shared)) {
-        materialized.add(n);
-        continue;
-      }
-      rootsOf[n] = roots;
-      spine[n] = roots.size === 1 && cs.every((c) => SAME_INDEX.has(nodes[c]!.prim.op) && onSpine(c));
-    }
-    return { materialized, heavyOf };
-  };
-  // The counts above include ops under nodes that turn out to have buffers of their own (a kernel's
-  // output read back costs nothing to recompute): a second pass counts with the first's buffers,
-  // so fewer full-size intermediates get buffers. Not for an expression with a transcendental
-  // function in it (a SiLU's sigmoid, which its backward reads: recomputing it costs more than its
-  // ops suggest), nor for one inlined into a reduction's prologue (there it would make the
-  // reduction's kernel unique to its context: on the demo step 156 distinct WebGPU pipelines instead
-  // of 140, about 1.3 s more first-step compilation on lavapipe, for a cpu memory plan of 31.3
-  // instead of 35.2 MiB; 2-core AMD EPYC).
-  const first = decide(opCount);
-  // Inlined (in the first plan) into a reduction's prologue.
-  const prologue: boolean[] = nodes.map(() => false);
   for (let n = nodes.length - 1; n >= 0; n--) {
-    prologue[n] = consumers[n]!.some((c) => nodes[c]!.prim.op === 'reduce' || (!first.materialized.has(c) && prologue[c]!));
+    const nd: ProgramNode = nodes[n]!;
+    const op = nd.prim.op;
+    if (op === 'input') {
+      materialized.add(n);
+      continue;
+    }
+    const cs = consumers[n]!;
+    if (outputs.has(n) || forced.has(n)) {
+      materialized.add(n);
+      continue;
+    }
+    if (cs.length === 0) continue;
+    const roots = new Set<number>();
+    cs.forEach((c) => rootsVia(c).forEach((r) => roots.add(r)));
+    if (isHeavy(op)) {
+      const c = cs[0]!;
+      const root = [...roots][0]!;
+      const hostable =
+        cs.length === 1 && SAME_INDEX.has(nodes[c]!.prim.op) && roots.size === 1 && onSpine(c) && !heavyOf.has(root) && !isHeavy(nodes[root]!.prim.op);
+      if (hostable) {
+        heavyOf.set(root, n);
+        rootsOf[n] = roots;
+        spine[n] = true;
+      } else {
+        materialized.add(n);
+      }
+      continue;
+    }
+    const feedsContraction = cs.some((c) => isContraction(nodes[c]!.prim.op));
+    // A broadcast shared by several kernels stays inline: its input is the one worth a buffer (as
+    // small or smaller), and materialized at the broadcast size it would tie unrelated kernels
+    // together as readers of one buffer of their size.
+    const shared = roots.size > 1 && opCount[n]! > RECOMPUTE_LIMIT && op !== 'broadcast';
+    if (computes[n] && (feedsContraction || shared)) {
+      materialized.add(n);
+      continue;
+    }
+    rootsOf[n] = roots;
+    spine[n] = roots.size === 1 && cs.every((c) => SAME_INDEX.has(nodes[c]!.prim.op) && onSpine(c));
   }
-  const cost: number[] = [];
-  const costly: boolean[] = [];
-  nodes.forEach((nd, i) => {
-    const p = nd.prim;
-    const inputs = nd.inputs.filter((j) => !isHeavy(nodes[j]!.prim.op) && nodes[j]!.prim.op !== 'input' && !first.materialized.has(j));
-    costly[i] = (p.op === 'unary' && COSTLY.has(p.fn)) || (p.op === 'binary' && p.fn === 'pow') || inputs.some((j) => costly[j]);
-    const own = p.op === 'input' || isHeavy(p.op) || MOVEMENT.has(p.op) ? 0 : 1;
-    cost[i] = costly[i] || prologue[i] ? opCount[i]! : Math.min(1000, own + inputs.reduce((s, j) => s + cost[j]!, 0));
-  });
-  const { materialized, heavyOf } = decide(cost);
 
   const kernels: KernelPlan[] = [];
   for (let n = 0; n < nodes.length; n++) {

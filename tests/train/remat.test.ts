@@ -1,8 +1,8 @@
 /**
  * Gradient checkpointing of a SongUNet training step: with every UNet block rematerialised, the cpu
- * backend's executable for the whole step (forward, backward, Adam, EMA) holds fewer bytes of live
- * intermediates at its peak (its memory plan hardly more), and the gradient has the same bits. Also: the frozen
- * Fourier frequencies stay put through a step without any update mask (they sit behind stopGradient).
+ * backend's liveness memory plan for the whole step (forward, backward, Adam, EMA) needs fewer
+ * bytes, and the gradient has the same bits. Also: the frozen Fourier frequencies stay put through
+ * a step without any update mask (they sit behind stopGradient).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -68,7 +68,7 @@ function peakLiveBytes(exe: CpuExecutable): number {
   return peak;
 }
 
-test('remat: a SongUNet training step with every block rematerialised holds fewer live bytes on the cpu backend, and plans hardly more', async () => {
+test('remat: a SongUNet training step with every block rematerialised plans fewer bytes on the cpu backend', async () => {
   const { config, model, batch } = setup({ channels: 8, resolution: 32, batch: 16, dropout: 0, attention: false });
   const state = initState(model(false), config);
   await realize(leaves(state), 'cpu');
@@ -78,14 +78,12 @@ test('remat: a SongUNet training step with every block rematerialised holds fewe
   };
   const plain = compile(false);
   const rematerialised = compile(true);
-  // Group norm's closed-form backward keeps only its input and two statistics per group, so less is
-  // left for remat to save: the plain step's peak of live intermediates fell 21.1 -> 18.3 MB, the
-  // rematerialised one's 13.9 -> 13.8 MB (0.66 of the plain peak before, 0.75 since). The memory
-  // plan's slots do not turn that into a smaller plan at this size any more (26.2 MB plain, 26.6 MB
-  // with remat; it was 27.3 and 25.3): best fit with a free slot grown when none fits fragments.
+  // Measured: plans 27.5 MB plain and 26.2 MB with remat (0.95; 0.93 before sibling and horizontal
+  // joins, which keep some buffers a little longer); peak live intermediates 21.1 and 14.0 MB (0.67).
+  // Best fit with a free slot grown when none fits fragments, so the plan gains less than the peak.
+  assert.ok(rematerialised.memoryPlanBytes < 0.97 * plain.memoryPlanBytes, `memory plan: ${rematerialised.memoryPlanBytes} bytes with remat, ${plain.memoryPlanBytes} without`);
   const [p, r] = [peakLiveBytes(plain), peakLiveBytes(rematerialised)];
-  assert.ok(r < 0.8 * p, `peak live intermediates: ${r} bytes with remat, ${p} without`);
-  assert.ok(rematerialised.memoryPlanBytes < 1.05 * plain.memoryPlanBytes, `memory plan: ${rematerialised.memoryPlanBytes} bytes with remat, ${plain.memoryPlanBytes} without`);
+  assert.ok(r < 0.75 * p, `peak live intermediates: ${r} bytes with remat, ${p} without`);
 });
 
 test('remat: the gradient of a SongUNet loss gives the same bits on the cpu backend (dropout on)', async () => {
