@@ -240,7 +240,7 @@ export function groupNorm(config: GroupNormConfig) {
   const c = config.numChannels;
   const groups = Math.min(config.numGroups ?? 32, Math.floor(c / (config.minChannelsPerGroup ?? 4)));
   const eps = config.eps ?? 1e-5;
-  const normalize = normAffine(groupLayout(groups), eps);
+  const normalize = normAffine('groupNorm', c, groupLayout(groups), eps);
   return {
     config,
     groups,
@@ -249,9 +249,6 @@ export function groupNorm(config: GroupNormConfig) {
     },
     apply(params: GroupNormParams, x: Tensor): Tensor {
       if (x.rank < 2 || x.shape[1] !== c) throw new ShapeError(`groupNorm: the layer normalises [N, ${c}, ...], got ${fmtShape(x.shape)}`);
-      for (const [name, p] of [['weight', params.weight], ['bias', params.bias]] as const) {
-        if (p.rank !== 1 || p.size !== c) throw new ShapeError(`groupNorm: ${name} must be [${c}], got ${fmtShape(p.shape)}`);
-      }
       return normalize(x, params.weight, params.bias);
     },
   };
@@ -280,8 +277,9 @@ function normForward(layout: NormLayout, eps: number, x: Tensor, w: Tensor, b: T
 }
 
 /**
- * A normalisation with an affine (group norm, layer norm), differentiated by its closed form (what
- * torch's native kernels compute): with x^ = (x - mu) rstd over each group and g = dy w,
+ * A normalisation with an affine (group norm, layer norm) over `channels` channels, its weight and
+ * bias checked (errors name `op`), differentiated by its closed form (what torch's native kernels
+ * compute): with x^ = (x - mu) rstd over each group and g = dy w,
  *   dx = rstd (g - mean(g) - x^ mean(g x^)),   dw = sum over the non-channel axes of dy x^,   db = the same of dy.
  * The two group means read the same tensors and have one shape, so the kernel layer takes them in one
  * pass, and the weight's and bias's sums in another. Autodiff's rule for the forward ops chains them
@@ -289,11 +287,11 @@ function normForward(layout: NormLayout, eps: number, x: Tensor, w: Tensor, b: T
  * full-size tensor written and read back in between.
  * @example
  * // Instance norm over [N, C, H, W] (statistics per sample and channel), differentiated the same way.
- * const instanceNorm = normAffine((s) => ({ grouped: s, axes: [2, 3], perChannel: [1, s[1]!, 1, 1], channelAxes: [0, 2, 3] }), 1e-5);
+ * const instanceNorm = normAffine('instanceNorm', 8, (s) => ({ grouped: s, axes: [2, 3], perChannel: [1, s[1]!, 1, 1], channelAxes: [0, 2, 3] }), 1e-5);
  * const y = instanceNorm(random.normal(random.key(0), [2, 8, 4, 4]), ones([8]), zeros([8]));
  */
-export function normAffine(layoutOf: (shape: readonly number[]) => NormLayout, eps: number): (x: Tensor, w: Tensor, b: Tensor) => Tensor {
-  return customVjp(
+export function normAffine(op: string, channels: number, layoutOf: (shape: readonly number[]) => NormLayout, eps: number): (x: Tensor, w: Tensor, b: Tensor) => Tensor {
+  const normalize = customVjp(
     (x: Tensor, w: Tensor, b: Tensor) => normForward(layoutOf(x.shape), eps, x, w, b).y,
     (x: Tensor, w: Tensor, b: Tensor) => {
       const { y, residuals } = normForward(layoutOf(x.shape), eps, x, w, b);
@@ -307,6 +305,12 @@ export function normAffine(layoutOf: (shape: readonly number[]) => NormLayout, e
       return [reshape(dx, r.x.shape), sum(mul(dy, reshape(xhat, r.x.shape)), channelAxes), sum(dy, channelAxes)];
     },
   );
+  return (x, w, b) => {
+    for (const [name, p] of [['weight', w], ['bias', b]] as const) {
+      if (p.rank !== 1 || p.size !== channels) throw new ShapeError(`${op}: ${name} must be [${channels}], got ${fmtShape(p.shape)}`);
+    }
+    return normalize(x, w, b);
+  };
 }
 
 /** Group norm's layout over [N, C, ...]: `groups` groups of channels. */

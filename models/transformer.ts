@@ -166,7 +166,7 @@ export type LayerNormParams = { readonly weight: Tensor; readonly bias: Tensor }
  */
 export function layerNorm(config: { readonly dim: number; readonly eps?: number }) {
   const d = config.dim;
-  const normalize = normAffine((shape) => ({
+  const normalize = normAffine('layerNorm', d, (shape) => ({
     grouped: shape, axes: [shape.length - 1], perChannel: [d], channelAxes: shape.map((_, i) => i).slice(0, -1),
   }), config.eps ?? 1e-5);
   return {
@@ -176,9 +176,6 @@ export function layerNorm(config: { readonly dim: number; readonly eps?: number 
     },
     apply(params: LayerNormParams, x: Tensor): Tensor {
       if (x.rank < 1 || x.shape[x.rank - 1] !== d) throw new ShapeError(`layerNorm: the layer normalises [..., ${d}], got ${fmtShape(x.shape)}`);
-      for (const [name, p] of [['weight', params.weight], ['bias', params.bias]] as const) {
-        if (p.rank !== 1 || p.size !== d) throw new ShapeError(`layerNorm: ${name} must be [${d}], got ${fmtShape(p.shape)}`);
-      }
       return normalize(x, params.weight, params.bias);
     },
   };

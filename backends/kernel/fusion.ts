@@ -330,21 +330,22 @@ export function groupSiblings(program: Program, plan: FusionPlan, maxBuffers: nu
     groups[groups.indexOf(g)] = groupOf[t]!;
   });
   // Elementwise groups of one size that read a common buffer (horizontal): one pass reads it once.
-  const readsOf = (g: readonly number[]): Set<number> => new Set(g.flatMap((m) => [...reads[m]!.keys()]));
-  const bySize = new Map<number, (readonly number[])[]>();
+  // Each candidate group is kept with the buffers it reads; a joined group moves to the end.
+  const bySize = new Map<number, { readonly group: readonly number[]; readonly reads: ReadonlySet<number> }[]>();
   plan.kernels.forEach((k, t) => {
     if (!elementwise(t)) return;
     const size = sizeOf(nodes[k.root]!.shape);
     let list = bySize.get(size) ?? [];
     const gt = groupOf[t]!;
-    if (list.includes(gt)) return;
-    const mine = readsOf(gt);
-    const g = list.find((g) => near(g, gt) && [...readsOf(g)].some((n) => mine.has(n)) && canMerge(g, gt));
-    if (g !== undefined) {
-      merge(g, gt);
-      list = list.filter((x) => x !== g);
+    if (list.some((e) => e.group === gt)) return;
+    const mine = new Set(gt.flatMap((m) => [...reads[m]!.keys()]));
+    const hit = list.find((e) => near(e.group, gt) && [...e.reads].some((n) => mine.has(n)) && canMerge(e.group, gt));
+    if (hit !== undefined) {
+      merge(hit.group, gt);
+      list = list.filter((e) => e !== hit);
+      hit.reads.forEach((n) => mine.add(n));
     }
-    bySize.set(size, [...list, groupOf[t]!]);
+    bySize.set(size, [...list, { group: groupOf[t]!, reads: mine }]);
   });
   // Kahn's order over the groups, the ready group with the earliest member first.
   const groups = [...new Set(groupOf)];
