@@ -92,7 +92,11 @@ test('patch-vs-edm --tiny trains, evaluates and reports; run again it trains not
     assert.deepEqual([third.trained, third.evaluated], [['mnist-edm', 'fashion-edm'], 3]);
     assert.deepEqual(third.records.get('fashion-edm')!.points.map((p) => p.target), [4, 8]);
     assert.equal(currentEvals(third.records.get('fashion-edm')!, settings)[0]!.dataset, 'fashion-mnist');
-    assert.match(await readFile(join(dir, 'results.md'), 'utf8'), /\n## Fashion-MNIST, all 70,000 images\n/);
+    const page = await readFile(join(dir, 'results.md'), 'utf8');
+    assert.match(page, /\n## Fashion-MNIST, all 70,000 images\n/);
+    // Each regime's budget is its longest run's; the runs behind it in their regime are unfinished.
+    assert.match(page, /- Budget: equal training time within each regime \(MNIST, all 10,000 images: 8 s; MNIST, a 64-image subset: 4 s; Fashion-MNIST, all 70,000 images: 8 s\) per run/);
+    assert.match(page, /\*\*Incomplete:\*\* mnist-patch0.5, fashion-patch0.5, fashion-patch0.25 have not trained for their regime's budget/);
     const extended = third.records.get('mnist-edm')!;
     assert.deepEqual(extended.points.map((p) => p.target), [2, 4, 8]);
     assert.ok(extended.points.at(-1)!.seconds >= 8);
