@@ -4,7 +4,7 @@
  * kind of step (JavaScript elementwise/reduce kernels, matmul, convolutions) and the slowest kernels.
  * A profiling aid, not a benchmark: timing every step adds a little overhead to each.
  *
- *   npx tsx bench/profile-step.ts [--case patchR|patchR/2|patchR/4|edm] [--runs 5] [--warmup 1] [--top 25] [--show 0] [--kernels wasm|js]
+ *   npx tsx bench/profile-step.ts [--case patchR|patchR/2|patchR/4|edm] [--runs 5] [--warmup 1] [--top 25] [--show 0] [--kernels wasm|js] [--state packed|unpacked]
  */
 import '../index.ts';
 import { readFileSync } from 'node:fs';
@@ -13,6 +13,8 @@ import { buildProgram, flatten, random, realize } from '../core/index.ts';
 import { CpuBackend, cpuBackend, type CpuExecutable, type KernelLanguage } from '../backends/cpu/index.ts';
 import { resolveConfig } from '../train/config.ts';
 import { orThrow } from '../train/errors.ts';
+import { trainingMethod } from '../train/method.ts';
+import { packLayout } from '../train/packed.ts';
 import { buildModel, fullSize, initState, stepBatch, stepFunction } from '../train/step.ts';
 
 const arg = (name: string, dflt: string): string => {
@@ -35,12 +37,16 @@ const div = caseName === 'patchR/2' ? 2 : caseName === 'patchR/4' ? 4 : 1;
 const size = R / div;
 const b = config.train.batch_size * div;
 const model = buildModel(config);
-const state = initState(model, config);
-await realize(flatten(state as never).leaves as never, 'reference');
+const named = initState(model, config);
+await realize(flatten(named as never).leaves as never, 'reference');
+// The packed state a training run carries (train/packed.ts); --state unpacked profiles the step on named trees.
+const packed = arg('state', 'packed') === 'packed';
+const layout = packed ? packLayout(named.params) : undefined;
+const state = packed ? await trainingMethod(config).carry!.to(named as never) : named;
 const images = new Float32Array(b * size * size).map((_, i) => Math.sin(i * 0.37));
 const topI = new Int32Array(b).map((_, i) => (i * 5) % (R - size + 1));
 const leftI = new Int32Array(b).map((_, i) => (i * 3) % (R - size + 1));
-const out = stepFunction(model, config)(state, stepBatch(images, [b, 1, size, size], topI, leftI));
+const out = stepFunction(model, config, layout)(state as never, stepBatch(images, [b, 1, size, size], topI, leftI));
 const { program, lifted } = buildProgram(`trainStep-${caseName}`, flatten(out as never).leaves as never[]);
 const kernels = arg('kernels', 'wasm') as KernelLanguage;
 const be = new CpuBackend(cpuBackend().runtime, kernels);

@@ -9,6 +9,9 @@
  * Sec. 3.2); each U-ViT case reports its visible tokens and its speed over ratio 0. PyTorch has no
  * twin of the U-ViT step, so those cases have no torch column.
  *
+ * The patch and EDM steps run on the packed state a training run carries (`train/packed.ts`: params,
+ * EMA and Adam's moments one flat tensor each); `--state unpacked` times the step on named trees.
+ *
  * Prints, per case and backend: the parameter count, program nodes, kernels and distinct pipelines
  * (where the executable lists them), the first step split into trace, compile and first run (which on
  * lavapipe includes compiling every new pipeline), the median steady-state step with images/s, the
@@ -19,7 +22,7 @@
  * its reason; without python3-torch the PyTorch column is skipped with the command that installs it.
  *
  *   npm run bench:train -- [--config FILE] [--uvit-config FILE] [--cases patchR,patchR/2,patchR/4,edm,uvit0,uvit0.5,uvit0.9]
- *                          [--backends cpu,reference,webgpu] [--steps 3] [--warmup 5] [--no-torch] [--shader-cache]
+ *                          [--backends cpu,reference,webgpu] [--steps 3] [--warmup 5] [--no-torch] [--shader-cache] [--state packed|unpacked]
  *   npx tsx bench/train-step.ts --cases uvit0,uvit0.5,uvit0.9 --backends cpu --no-torch     (the U-ViT cases alone)
  */
 import '../index.ts';
@@ -34,6 +37,8 @@ import { resolveConfig } from '../train/config.ts';
 import { orThrow } from '../train/errors.ts';
 import { buildUvit, initMaskdmState, maskdmStepFunction, maskdmTrainOptions } from '../train/maskdm.ts';
 import { visibleCount } from '../models/masks.ts';
+import { trainingMethod } from '../train/method.ts';
+import { packLayout } from '../train/packed.ts';
 import { buildModel, fullSize, initState, stepFunction, stepBatch } from '../train/step.ts';
 
 const arg = (name: string, dflt: string): string => {
@@ -47,6 +52,8 @@ const backendNames = arg('backends', 'cpu,reference,webgpu').split(',');
 const steps = Number(arg('steps', '3'));
 /** Untimed steps between the first and the timed ones, so every side is measured warm (V8 and Wasm tier up while a program runs). */
 const warmup = Number(arg('warmup', '5'));
+const stateForm = arg('state', 'packed');
+if (stateForm !== 'packed' && stateForm !== 'unpacked') throw new Error(`--state: expected packed or unpacked, got '${stateForm}'`);
 const withTorch = !process.argv.includes('--no-torch');
 process.env['XDG_RUNTIME_DIR'] ??= '/tmp/xdg';
 // Mesa keeps compiled shaders on disk: without this, a second benchmark run would not measure the
@@ -129,24 +136,28 @@ function tesseraParams(name: string): number {
 
 const sines = (n: number) => new Float32Array(n).map((_, i) => Math.sin(i * 0.37));
 
-/** A case's initial state, its step on a fixed batch (to trace), and the images per step. */
-function stepCase(name: string): { state: unknown; trace: () => unknown; batch: number } {
+/** A case's initial state (from the reference interpreter, so every backend starts from the same numbers), its step on a fixed batch (to trace), and the images per step. */
+async function stepCase(name: string): Promise<{ state: unknown; trace: () => unknown; batch: number }> {
   const c = CASES[name]!;
   const config = caseConfig(name);
   if (c.kind === 'uvit') {
     const model = buildUvit(config);
     const options = maskdmTrainOptions(config, model);
     const state = initMaskdmState(model, random.key(config.train.seed), options);
+    await realize(flatten(state as never).leaves as never, 'reference');
     const b = config.train.batch_size;
     const side = fullSize(config).height;
     return { state, trace: () => maskdmStepFunction(model, options)(state, { images: tensor(sines(b * side * side), [b, 1, side, side]) }), batch: b };
   }
   const model = buildModel(config);
-  const state = initState(model, config);
+  const named = initState(model, config);
+  await realize(flatten(named as never).leaves as never, 'reference');
+  const layout = stateForm === 'packed' ? packLayout(named.params) : undefined;
+  const state = stateForm === 'packed' ? await trainingMethod(config).carry!.to(named as never) : named;
   const b = c.batch;
   const top = new Int32Array(b).map((_, i) => (i * 5) % (R - c.size + 1));
   const left = new Int32Array(b).map((_, i) => (i * 3) % (R - c.size + 1));
-  return { state, trace: () => stepFunction(model, config)(state, stepBatch(sines(b * c.size * c.size), [b, 1, c.size, c.size], top, left)), batch: b };
+  return { state, trace: () => stepFunction(model, config, layout)(state as never, stepBatch(sines(b * c.size * c.size), [b, 1, c.size, c.size], top, left)), batch: b };
 }
 
 /** Visible tokens of a U-ViT case, e.g. '8/64'. */
@@ -158,9 +169,7 @@ function visibleTokens(name: string): string {
 }
 
 async function measure(name: string, be: Backend): Promise<Row> {
-  const { state, trace, batch: b } = stepCase(name);
-  // Initial values from the reference interpreter, so every backend starts from the same numbers.
-  await realize(flatten(state as never).leaves as never, 'reference');
+  const { state, trace, batch: b } = await stepCase(name);
   let t0 = performance.now();
   const out = trace();
   const { program, lifted } = buildProgram(`trainStep-${name}`, flatten(out as never).leaves as never[]);

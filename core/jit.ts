@@ -362,6 +362,8 @@ export function jit<F extends (...args: never[]) => unknown>(f: F, options: JitO
     args.forEach((arg, i) => {
       if (donateArgs.has(i)) flatten<unknown>(arg as PyTree<unknown>).leaves.filter(isTensor).forEach((t) => donatedLeaf.add(t));
     });
+    // Arguments not computed yet (views of a packed state, say) are computed in one program, not one each.
+    await realize([...argTensors, ...entry.lifted], backend);
     const inputs = await Promise.all([...argTensors, ...entry.lifted].map((t) => bufferFor(t, backend)));
     const seen = new Map<DeviceBuffer, number>();
     inputs.forEach((b) => seen.set(b, (seen.get(b) ?? 0) + 1));

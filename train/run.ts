@@ -12,7 +12,7 @@
 import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { defaultBackend, getBackend, onCompileProgress, random, type Backend, type BackendName, type CompileProgress, type PyTree, type Tensor } from '../core/index.ts';
+import { defaultBackend, flatten, getBackend, onCompileProgress, random, realize, type Backend, type BackendName, type CompileProgress, type PyTree, type Tensor } from '../core/index.ts';
 import { writeFileAtomic, type FileWriter } from './atomicFile.ts';
 import { listCheckpoints, setAsideCheckpoint, writeCheckpointFiles, type PendingCheckpoint } from './checkpoint.ts';
 import { totalSteps, type TrainingConfig } from './config.ts';
@@ -316,9 +316,11 @@ async function train(options: RunOptions, say: (message: string) => void, histor
   };
   const checkpoint: Obs = async ({ step, state, last }) => {
     if (step % t.checkpoint_every !== 0 && !last && step !== markedStep) return;
+    const trees = { params: state.params, ema: state.ema, optimizer: state.opt, counters: { imagesSeen: state.imagesSeen } };
+    // Views of a packed state are computed in one program, not one per tensor as each is read.
+    await realize(flatten(trees as PyTree<Tensor>).leaves, backend);
     pending = await writeCheckpointFiles(runDir, {
-      step, config, prngKey: state.key, dataPosition: { position: lastPosition },
-      trees: { params: state.params, ema: state.ema, optimizer: state.opt, counters: { imagesSeen: state.imagesSeen } },
+      step, config, prngKey: state.key, dataPosition: { position: lastPosition }, trees,
     }, { keep: t.keep_checkpoints, writeFile: options.writeFile });
     if (last) await commit();
   };
@@ -329,18 +331,34 @@ async function train(options: RunOptions, say: (message: string) => void, histor
     await writeTextAtomic(join(runDir, 'loss.svg'), lossCurveSvg(log.map((l) => [l.step, l.loss] as const), { title: 'training loss', xLabel: 'step', yLabel: 'loss', logY: true, smoothing: 0.9 }));
   };
 
-  const step = method.compileStep(backend.name);
+  // The state as the method carries it between steps (packed, for EDM and patch runs), stepped by
+  // its compiled step; the observers and the result see the named state (views of the carried one).
+  const carry = method.carry ?? { to: async (s: RunState) => s as TrainState<unknown>, from: (c: TrainState<unknown>) => c as RunState, compileStep: method.compileStep as NonNullable<typeof method.carry>['compileStep'] };
+  const step = carry.compileStep(backend.name);
+  // The named views are made at most once per step, and only when an observer reads the params,
+  // the EMA or the optimizer state (most steps only log the loss and the image count).
+  const named = (c: TrainState<unknown>): RunState => {
+    if (method.carry === undefined) return c as RunState;
+    let views: RunState | undefined;
+    const get = () => (views ??= carry.from(c));
+    return { get params() { return get().params; }, get ema() { return get().ema; }, get opt() { return get().opt; }, imagesSeen: c.imagesSeen, key: c.key };
+  };
+  const observe: Observer<TrainState<unknown>, TrainingBatch, StepMetrics> = async (e) => {
+    const event = { ...e, state: named(e.state) };
+    for (const obs of [checkStep, checkpoint, samples]) await obs(event);
+  };
   // The first step and the first sample grid compile their programs: say so while it takes long.
   const stopCompileProgress = options.progress === true ? onCompileProgress(compileProgressPrinter((t) => process.stderr.write(t), process.stderr.isTTY === true)) : undefined;
   const outOfTime = () => options.stopAfterSeconds !== undefined && (performance.now() - began) / 1000 >= options.stopAfterSeconds;
   let result: { state: RunState; step: number };
   try {
-    result = await fold(
+    const carried = await fold(
       step,
-      start.state,
+      await carry.to(start.state, backend.name),
       trainingBatches(data.dataset, config, start.step, start.position),
-      { startStep: start.step, totalSteps: total, observers: [checkStep, checkpoint, samples], stopWhen: () => options.signal?.aborted === true || outOfTime() },
+      { startStep: start.step, totalSteps: total, observers: [observe], stopWhen: () => options.signal?.aborted === true || outOfTime() },
     );
+    result = { state: carry.from(carried.state), step: carried.step };
   } finally {
     stopCompileProgress?.();
     await pending?.abandon();

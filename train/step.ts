@@ -12,6 +12,7 @@ import { patchCoordinates } from '../models/patch.ts';
 import { patchModel, type PatchModelParams } from '../models/precond.ts';
 import { totalSteps, type TrainingConfig } from './config.ts';
 import { edmLoss } from './loss.ts';
+import { unpack, type PackLayout } from './packed.ts';
 import { adam, applyUpdates, chain, clipByGlobalNorm, countNonFinite, edmLearningRate, emaUpdate, replaceNonFinite, warmupCosine, type GradientTransformation, type Params } from './optim.ts';
 
 export { countNonFinite } from './optim.ts';
@@ -111,8 +112,13 @@ export function initState(model: Model, config: TrainingConfig): TrainState {
   };
 }
 
-/** The pure step function (before jit), exposed for tests and for users composing their own. */
-export function stepFunction(model: Model, config: TrainingConfig) {
+/**
+ * The pure step function (before jit), exposed for tests and for users composing their own. With a
+ * `layout` the state is packed (`train/packed.ts`): params, EMA and Adam's moments each one flat
+ * tensor, which the model reads through views, so the optimizer, the EMA and the non-finite counts
+ * are a few kernels rather than a few per parameter; the values are the same.
+ */
+export function stepFunction(model: Model, config: TrainingConfig, layout?: PackLayout) {
   const { height, width } = fullSize(config);
   const useCoords = config.model.kind === 'patch' && config.model.use_coords;
   const lossOptions = { pMean: config.train.P_mean, pStd: config.train.P_std, sigmaData: config.train.sigma_data };
@@ -121,9 +127,10 @@ export function stepFunction(model: Model, config: TrainingConfig) {
     const [kNext, kLoss, kDropout] = random.split(state.key, 3) as [Tensor, Tensor, Tensor];
     const [b, , h, w] = batch.images.shape as [number, number, number, number];
     const coords = useCoords ? patchCoordinates({ height, width }, batch.top, batch.left, { h, w }) : undefined;
+    const view = (params: PatchModelParams): PatchModelParams => (layout === undefined ? params : unpack(layout, params as unknown as Tensor) as PatchModelParams);
     const lossOf = (params: PatchModelParams): Tensor =>
       edmLoss(
-        (x, sigma) => model.apply(params, x, reshape(sigma, [b]), { coords, train: true, key: kDropout }),
+        (x, sigma) => model.apply(view(params), x, reshape(sigma, [b]), { coords, train: true, key: kDropout }),
         batch.images, kLoss, lossOptions,
       );
     const [loss, grads] = valueAndGrad(lossOf)(state.params);
@@ -160,8 +167,8 @@ export function carryOptimizerState(opt: PyTree<Tensor>, from: TrainingConfig, t
  * a batch record that also carries numbers (the training loop's step and data position) would
  * otherwise make them static, and every new value would trace the step again.
  */
-export function compileStep(model: Model, config: TrainingConfig, backend?: BackendName) {
-  const step = jit(stepFunction(model, config), { donate: [0], backend, name: 'trainStep' });
+export function compileStep(model: Model, config: TrainingConfig, backend?: BackendName, layout?: PackLayout) {
+  const step = jit(stepFunction(model, config, layout), { donate: [0], backend, name: 'trainStep' });
   return (state: TrainState, batch: StepBatch) => step(state, { images: batch.images, top: batch.top, left: batch.left });
 }
 
