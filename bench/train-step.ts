@@ -9,8 +9,8 @@
  * Sec. 3.2); each U-ViT case reports its visible tokens and its speed over ratio 0. PyTorch has no
  * twin of the U-ViT step, so those cases have no torch column.
  *
- * The patch and EDM steps run on the packed state a training run carries (`train/packed.ts`: params,
- * EMA and Adam's moments one flat tensor each); `--state unpacked` times the step on named trees.
+ * The steps run on the packed state a training run carries (`train/packed.ts`: params, EMA and
+ * Adam's moments one flat tensor each); `--state unpacked` times them on named trees.
  *
  * Prints, per case and backend: the parameter count, program nodes, kernels and distinct pipelines
  * (where the executable lists them), the first step split into trace, compile and first run (which on
@@ -143,11 +143,13 @@ async function stepCase(name: string): Promise<{ state: unknown; trace: () => un
   if (c.kind === 'uvit') {
     const model = buildUvit(config);
     const options = maskdmTrainOptions(config, model);
-    const state = initMaskdmState(model, random.key(config.train.seed), options);
-    await realize(flatten(state as never).leaves as never, 'reference');
+    const named = initMaskdmState(model, random.key(config.train.seed), options);
+    await realize(flatten(named as never).leaves as never, 'reference');
+    const layout = stateForm === 'packed' ? packLayout(named.params) : undefined;
+    const state = stateForm === 'packed' ? await trainingMethod(config).carry!.to(named as never) : named;
     const b = config.train.batch_size;
     const side = fullSize(config).height;
-    return { state, trace: () => maskdmStepFunction(model, options)(state, { images: tensor(sines(b * side * side), [b, 1, side, side]) }), batch: b };
+    return { state, trace: () => maskdmStepFunction(model, options, layout)(state as never, { images: tensor(sines(b * side * side), [b, 1, side, side]) }), batch: b };
   }
   const model = buildModel(config);
   const named = initState(model, config);

@@ -21,6 +21,7 @@ import { uvit, uvitEps, type UViT, type UViTParams } from '../models/uvit.ts';
 import type { TrainingConfig } from './config.ts';
 import type { TrainingMethod } from './method.ts';
 import { adam, applyUpdates, chain, clipByGlobalNorm, emaUpdate, replaceNonFinite, type GradientTransformation, type Params, type Schedule } from './optim.ts';
+import { packedCarry, unpack, type PackLayout } from './packed.ts';
 import { carryOptimizerState, countNonFinite, fullSize, trainOptimizer } from './step.ts';
 
 export interface MaskdmLossOptions {
@@ -131,13 +132,17 @@ export function initMaskdmState(model: UViT, key: Tensor, options: MaskdmTrainOp
   return { params: p, ema: p, opt: optimizer(options, scalar(0)).init(p as Params), imagesSeen: scalar(0), key: kRun };
 }
 
-/** The pure step (before jit): loss, gradient, Adam, EMA; the key advances by one split. */
-export function maskdmStepFunction(model: UViT, options: MaskdmTrainOptions) {
+/**
+ * The pure step (before jit): loss, gradient, Adam, EMA; the key advances by one split. With a
+ * `layout`, the state is packed (`train/packed.ts`, as `stepFunction`'s).
+ */
+export function maskdmStepFunction(model: UViT, options: MaskdmTrainOptions, layout?: PackLayout) {
   return (state: MaskdmTrainState, batch: MaskdmBatch): { state: MaskdmTrainState; metrics: MaskdmMetrics } => {
     const opt = optimizer(options, state.imagesSeen);
     const [kNext, kLoss] = random.split(state.key, 2) as [Tensor, Tensor];
     const b = batch.images.shape[0]!;
-    const [loss, grads] = valueAndGrad((p: UViTParams) => maskedLoss(model, p, batch.images, kLoss, options, batch.labels))(state.params);
+    const view = (p: UViTParams): UViTParams => (layout === undefined ? p : unpack(layout, p as unknown as Tensor) as UViTParams);
+    const [loss, grads] = valueAndGrad((p: UViTParams) => maskedLoss(model, view(p), batch.images, kLoss, options, batch.labels))(state.params);
     const [updates, optState] = opt.update(grads as Params, state.opt as PyTree<Tensor>[], state.params as Params);
     const params = applyUpdates(state.params as Params, updates) as UViTParams;
     const ema = emaUpdate(state.ema as Params, params as Params, state.imagesSeen, b, options.emaHalflifeImages, options.emaRampupRatio) as UViTParams;
@@ -150,8 +155,8 @@ export function maskdmStepFunction(model: UViT, options: MaskdmTrainOptions) {
 }
 
 /** The compiled step, the old state donated: `step(state, batch) -> { state, metrics }`. */
-export function compileMaskdmStep(model: UViT, options: MaskdmTrainOptions) {
-  return jit(maskdmStepFunction(model, options), { donate: [0], backend: options.backend, name: 'maskdmTrainStep' });
+export function compileMaskdmStep(model: UViT, options: MaskdmTrainOptions, layout?: PackLayout) {
+  return jit(maskdmStepFunction(model, options, layout), { donate: [0], backend: options.backend, name: 'maskdmTrainStep' });
 }
 
 // ---------------------------------------------------------------- the command line's maskdm runs
@@ -215,6 +220,10 @@ export function maskdmMethod(config: TrainingConfig): TrainingMethod<UViTParams>
       const step = compileMaskdmStep(model, { ...options, backend });
       return (state, batch) => step(state, { images: batch.images });
     },
+    carry: packedCarry(initMaskdmState(model, random.key(t.seed), options), (layout, backend) => {
+      const step = compileMaskdmStep(model, { ...options, backend }, layout);
+      return (state, batch) => step(state as never, { images: batch.images }) as never;
+    }),
     sample: (params, count, steps, key, backend) =>
       ddimSample(uvitEps(model, params), { schedule, steps, key, shape: [count, config.model.img_channels, height, width], clipDenoised: true, backend }),
     carryOptimizerState,

@@ -13,7 +13,7 @@ import { heunSampler } from '../models/samplers.ts';
 import type { TrainingConfig } from './config.ts';
 import { maskdmMethod } from './maskdm.ts';
 import { msdiffMethod } from './msdiff.ts';
-import { pack, packLayout, packTree, unpack, unpackTree } from './packed.ts';
+import { packedCarry } from './packed.ts';
 import { buildModel, carryOptimizerState, compileStep, fullSize, initState, type StepBatch, type StepMetrics, type TrainState } from './step.ts';
 
 /** One step's batch as the run loop makes it: the data, and the step it is for. */
@@ -37,8 +37,8 @@ export interface TrainingMethod<P = unknown> {
   carryOptimizerState(opt: PyTree<Tensor>, from: TrainingConfig, to: TrainingConfig): PyTree<Tensor>;
   /**
    * Where present, the run loop carries the state between steps in another form and steps it with
-   * this compiled step instead: the EDM and patch methods pack theirs (`train/packed.ts`), so that
-   * the optimizer is a few kernels, not a few per parameter. `to` runs when a run starts or
+   * this compiled step instead: the EDM, patch and MaskDM methods pack theirs (`train/packed.ts`),
+   * so that the optimizer is a few kernels, not a few per parameter. `to` runs when a run starts or
    * resumes; `from` gives the named state back, as views of the carried one, to checkpoints,
    * sample grids and the run's result.
    */
@@ -71,15 +71,7 @@ export function trainingMethod(config: TrainingConfig): TrainingMethod<PyTree<Te
 function edmMethod(config: TrainingConfig): TrainingMethod<ReturnType<typeof initState>['params']> {
   const model = buildModel(config);
   const { height, width } = fullSize(config);
-  // The layout and the unpacked optimizer state's structure, from a fresh state (lazy: nothing computed).
-  const fresh = initState(model, config);
-  const layout = packLayout(fresh.params);
-  type Params = typeof fresh.params;
-  const carry: CarriedState<Params> = {
-    to: async (state, backend) => ({ ...state, params: await pack(layout, state.params, backend), ema: await pack(layout, state.ema, backend), opt: await packTree(layout, state.opt, backend) }),
-    from: (c) => ({ ...c, params: unpack(layout, c.params as Tensor) as Params, ema: unpack(layout, c.ema as Tensor) as Params, opt: unpackTree(layout, c.opt, fresh.opt) }),
-    compileStep: (backend) => compileStep(model, config, backend, layout) as unknown as ReturnType<CarriedState<Params>['compileStep']>,
-  };
+  const carry = packedCarry(initState(model, config), (layout, backend) => compileStep(model, config, backend, layout) as never);
   return {
     carry,
     description: config.model.kind === 'patch' ? 'the patch-conditioned model' : 'the EDM baseline',

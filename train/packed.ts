@@ -11,6 +11,8 @@
  */
 import { flatten, realize, reshape, slice, tensor, treeDefString, unflatten, type BackendName, type PyTree, type Shape, type Tensor, type TreeDef } from '../core/index.ts';
 import { sizeOf } from '../core/shape.ts';
+import type { CarriedState } from './method.ts';
+import type { TrainState } from './step.ts';
 
 /** Where each leaf of a parameter tree sits in its flat tensor. */
 export interface PackLayout {
@@ -79,4 +81,18 @@ export function unpackTree(layout: PackLayout, packed: PyTree<Tensor>, template:
 
 function isRecord(tree: PyTree<Tensor>): tree is { readonly [key: string]: PyTree<Tensor> } {
   return typeof tree === 'object' && tree !== null && !Array.isArray(tree) && Object.getPrototypeOf(tree) === Object.prototype;
+}
+
+/**
+ * A method's packed carry (`TrainingMethod.carry`): `fresh` is a state of the method (lazy, nothing
+ * computed), which gives the layout and the unpacked optimizer state's structure; `compile` makes
+ * the method's compiled step over the packed state, given the layout.
+ */
+export function packedCarry<P extends PyTree<Tensor>>(fresh: TrainState<P>, compile: (layout: PackLayout, backend?: BackendName) => ReturnType<CarriedState<P>['compileStep']>): CarriedState<P> {
+  const layout = packLayout(fresh.params);
+  return {
+    to: async (state, backend) => ({ ...state, params: await pack(layout, state.params, backend), ema: await pack(layout, state.ema, backend), opt: await packTree(layout, state.opt, backend) }),
+    from: (c) => ({ ...c, params: unpack(layout, c.params as Tensor) as P, ema: unpack(layout, c.ema as Tensor) as P, opt: unpackTree(layout, c.opt, fresh.opt) }),
+    compileStep: (backend) => compile(layout, backend),
+  };
 }

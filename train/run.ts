@@ -331,7 +331,7 @@ async function train(options: RunOptions, say: (message: string) => void, histor
     await writeTextAtomic(join(runDir, 'loss.svg'), lossCurveSvg(log.map((l) => [l.step, l.loss] as const), { title: 'training loss', xLabel: 'step', yLabel: 'loss', logY: true, smoothing: 0.9 }));
   };
 
-  // The state as the method carries it between steps (packed, for EDM and patch runs), stepped by
+  // The state as the method carries it between steps (packed, for EDM, patch and MaskDM runs), stepped by
   // its compiled step; the observers and the result see the named state (views of the carried one).
   const carry = method.carry ?? { to: async (s: RunState) => s as TrainState<unknown>, from: (c: TrainState<unknown>) => c as RunState, compileStep: method.compileStep as NonNullable<typeof method.carry>['compileStep'] };
   const step = carry.compileStep(backend.name);
