@@ -6,14 +6,15 @@
  *     backend, given as many worker threads (os.availableParallelism()).
  * Each iteration runs the op and reads the result back (the only sync point the libraries share),
  * so both sides pay the same transfer. Prints a table with the load average and, for a full run,
- * writes bench/RESULTS.md.
+ * appends a dated section to bench/RESULTS.md (earlier runs are kept).
  *
  *   npm run bench                                  # both groups
  *   npm run bench -- --group cpu|webgpu|all
  *   npm run bench -- --group cpu --cpu-backend reference   # another Tessera backend against jax-js
  *   TESSERA_BENCH=matmul npm run bench             # names containing "matmul"
  */
-import { writeFileSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { resolveObjectURL } from 'node:buffer';
 import os from 'node:os';
 import { Worker as NodeWorker } from 'node:worker_threads';
@@ -21,6 +22,8 @@ import type { Array as JaxArray } from '@jax-js/jax';
 import { Bench } from 'tinybench';
 import '../index.ts';
 import * as T from '../core/index.ts';
+import type { WebGpuBackend } from '../backends/webgpu/index.ts';
+import { measureCeilings } from './webgpu-peak.ts';
 
 const arg = (name: string, dflt: string): string => {
   const i = process.argv.indexOf(`--${name}`);
@@ -46,6 +49,8 @@ interface Case {
   readonly tessera: () => Promise<void>;
   readonly peerName: string;
   readonly peer: () => Promise<void>;
+  /** The adapter's measured ceiling in `unit` (bench/webgpu-peak.ts), where there is one. */
+  ceiling?: number;
 }
 
 function values(n: number, seed: number): Float32Array {
@@ -146,8 +151,12 @@ async function webgpuCases(): Promise<{ cases: Case[]; about: string }> {
       tesseraCase(backend, (p: T.Tensor) => T.tanh(T.add(T.mul(T.sigmoid(T.sub(T.mul(T.exp(T.neg(p)), 0.5), 1)), p), 2)), [x]),
       tfCase(() => tf.tanh(tf.add(tf.mul(tf.sigmoid(tf.sub(tf.mul(tf.exp(tf.neg(tx)), 0.5), 1)), tx), 2))));
   }
+  // The adapter's own ceilings, measured in this run: FMA rate for the GFLOP/s rows, streaming
+  // bandwidth for the GB/s rows.
+  const ceilings = await measureCeilings((backend as WebGpuBackend).ctx.device);
+  for (const c of cases) c.ceiling = c.unit === 'GFLOP/s' ? ceilings.gflops : ceilings.gbps;
   const adapter = backend.describe()['adapter'] as Record<string, string> | undefined;
-  return { cases, about: `WebGPU adapter: ${Object.values(adapter ?? {}).join(', ') || 'unknown'}` };
+  return { cases, about: `WebGPU adapter: ${Object.values(adapter ?? {}).join(', ') || 'unknown'}; its measured ceilings (bench/webgpu-peak.ts): f32 FMA in registers ${ceilings.gflops.toFixed(1)} GFLOP/s, streaming read + write ${ceilings.gbps.toFixed(1)} GB/s` };
 }
 
 // ---------------------------------------------------------------- cpu: Tessera cpu vs jax-js Wasm
@@ -253,7 +262,7 @@ for (const [name, make] of [['webgpu', webgpuCases], ['cpu', cpuCases]] as const
 
 const filter = process.env['TESSERA_BENCH'];
 const selected = cases.filter((c) => filter === undefined || c.name.includes(filter));
-const header = ['benchmark', 'tessera', 'median ms', 'rate', 'peer', 'median ms', 'rate', 'speedup vs peer', 'load 1m'];
+const header = ['benchmark', 'tessera', 'median ms', 'rate', 'peer', 'median ms', 'rate', 'speedup vs peer', 'of ceiling (tessera / peer)', 'load 1m'];
 console.log(header.join(' | '));
 const rows: string[][] = [];
 for (const c of selected) {
@@ -272,7 +281,8 @@ for (const c of selected) {
   const ms = median('tessera');
   const pms = median('peer');
   const rate = (t: number): string => `${(c.work / (t / 1000) / 1e9).toFixed(2)} ${c.unit}`;
-  const row = [c.name, c.backend, ms.toFixed(2), rate(ms), c.peerName, pms.toFixed(2), rate(pms), `${(pms / ms).toFixed(2)}x`, os.loadavg()[0]!.toFixed(1)];
+  const share = (t: number): string => `${((100 * c.work) / (t / 1000) / 1e9 / c.ceiling!).toFixed(1)}%`;
+  const row = [c.name, c.backend, ms.toFixed(2), rate(ms), c.peerName, pms.toFixed(2), rate(pms), `${(pms / ms).toFixed(2)}x`, c.ceiling === undefined ? '-' : `${share(ms)} / ${share(pms)}`, os.loadavg()[0]!.toFixed(1)];
   rows.push(row);
   console.log(row.join(' | '));
 }
@@ -281,16 +291,19 @@ const table = [header, header.map(() => '---'), ...rows].map((r) => `| ${r.join(
 const machine = `${os.cpus().length} CPU cores (${os.cpus()[0]?.model.trim() ?? 'unknown'}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${about.join('; ')}; load average at the end: ${load()}`;
 console.log(`\n${table}\n\n${machine}`);
 if (filter === undefined && group === 'all' && about.length === 2) {
-  writeFileSync(
-    new URL('./RESULTS.md', import.meta.url),
-    `# Kernel benchmarks\n\nMeasured with \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}.\n\nMachine: ${machine}.\n\n` +
+  // A new dated section after the earlier ones: RESULTS.md keeps every run's figures for comparison.
+  const results = new URL('./RESULTS.md', import.meta.url);
+  appendFileSync(
+    results,
+    `\n## ${new Date().toISOString().slice(0, 10)}: \`npm run bench\`, both groups\n\nMachine: ${machine}.\n\n` +
       'Each iteration runs the op and reads the whole result back (both libraries pay the same transfer); medians over at least 3 iterations after warm-up. ' +
-      'WebGPU rows: Tessera against TF.js on the same Dawn adapter; convolutions NCHW/OIHW for Tessera, NHWC/HWIO for TF.js, same FLOPs. ' +
+      'WebGPU rows: Tessera against TF.js on the same Dawn adapter; convolutions NCHW/OIHW for Tessera, NHWC/HWIO for TF.js, same FLOPs; "of ceiling": the rate as a share of the adapter\'s measured FMA rate or streaming bandwidth. ' +
       'CPU rows: Tessera\'s cpu backend against jax-js\'s Wasm backend with as many worker threads, its ops run eagerly; jax-js\'s convolution gradients are the convolutions its grad emits. ' +
       'Speedup = peer time / Tessera time. ' +
       'When the load average is above the core count the machine was shared with other jobs: absolute rates are then several times ' +
       'below an idle machine and the ratios are noisy (the two libraries run one after the other, not interleaved).\n\n' +
       `${table}\n`,
   );
+  console.log(`\nappended to ${fileURLToPath(results)}`);
 }
 process.exit(0);

@@ -4,7 +4,7 @@
  * kind of step (JavaScript elementwise/reduce kernels, matmul, convolutions) and the slowest kernels.
  * A profiling aid, not a benchmark: timing every step adds a little overhead to each.
  *
- *   npx tsx bench/profile-step.ts [--case patchR|patchR/2|patchR/4|edm] [--runs 5] [--warmup 1] [--top 25] [--show 0] [--kernels wasm|js] [--state packed|unpacked]
+ *   npx tsx bench/profile-step.ts [--case patchR|patchR/2|patchR/4|edm] [--runs 5] [--warmup 1] [--top 25] [--show 0] [--kernels wasm|js] [--state unpacked|packed]
  */
 import '../index.ts';
 import { readFileSync } from 'node:fs';
@@ -39,8 +39,8 @@ const b = config.train.batch_size * div;
 const model = buildModel(config);
 const named = initState(model, config);
 await realize(flatten(named as never).leaves as never, 'reference');
-// The packed state a training run carries (train/packed.ts); --state unpacked profiles the step on named trees.
-const packed = arg('state', 'packed') === 'packed';
+// The cpu backend's runs carry named trees; --state packed profiles the step on a packed state (train/packed.ts).
+const packed = arg('state', 'unpacked') === 'packed';
 const layout = packed ? packLayout(named.params) : undefined;
 const state = packed ? await trainingMethod(config).carry!.to(named as never) : named;
 const images = new Float32Array(b * size * size).map((_, i) => Math.sin(i * 0.37));

@@ -9,8 +9,9 @@
  * Sec. 3.2); each U-ViT case reports its visible tokens and its speed over ratio 0. PyTorch has no
  * twin of the U-ViT step, so those cases have no torch column.
  *
- * The steps run on the packed state a training run carries (`train/packed.ts`: params, EMA and
- * Adam's moments one flat tensor each); `--state unpacked` times them on named trees.
+ * The steps run on the state a training run carries on that backend (`--state auto`): packed on
+ * WebGPU (`train/packed.ts`: params, EMA and Adam's moments one flat tensor each), named trees
+ * elsewhere; `--state packed|unpacked` chooses for every backend.
  *
  * Prints, per case and backend: the parameter count, program nodes, kernels and distinct pipelines
  * (where the executable lists them), the first step split into trace, compile and first run (which on
@@ -22,7 +23,7 @@
  * its reason; without python3-torch the PyTorch column is skipped with the command that installs it.
  *
  *   npm run bench:train -- [--config FILE] [--uvit-config FILE] [--cases patchR,patchR/2,patchR/4,edm,uvit0,uvit0.5,uvit0.9]
- *                          [--backends cpu,reference,webgpu] [--steps 3] [--warmup 5] [--no-torch] [--shader-cache] [--state packed|unpacked]
+ *                          [--backends cpu,reference,webgpu] [--steps 3] [--warmup 5] [--no-torch] [--shader-cache] [--state auto|packed|unpacked]
  *   npx tsx bench/train-step.ts --cases uvit0,uvit0.5,uvit0.9 --backends cpu --no-torch     (the U-ViT cases alone)
  */
 import '../index.ts';
@@ -31,14 +32,14 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { getBackend, buildProgram, realize, flatten, random, tensor } from '../core/index.ts';
-import type { Backend, Executable } from '../core/backend.ts';
+import type { Backend, BackendName, Executable } from '../core/backend.ts';
 import { parameterCount } from '../models/nn.ts';
 import { resolveConfig } from '../train/config.ts';
 import { orThrow } from '../train/errors.ts';
 import { buildUvit, initMaskdmState, maskdmStepFunction, maskdmTrainOptions } from '../train/maskdm.ts';
 import { visibleCount } from '../models/masks.ts';
 import { trainingMethod } from '../train/method.ts';
-import { packLayout } from '../train/packed.ts';
+import { packLayout, usesPackedState } from '../train/packed.ts';
 import { buildModel, fullSize, initState, stepFunction, stepBatch } from '../train/step.ts';
 
 const arg = (name: string, dflt: string): string => {
@@ -52,8 +53,8 @@ const backendNames = arg('backends', 'cpu,reference,webgpu').split(',');
 const steps = Number(arg('steps', '3'));
 /** Untimed steps between the first and the timed ones, so every side is measured warm (V8 and Wasm tier up while a program runs). */
 const warmup = Number(arg('warmup', '5'));
-const stateForm = arg('state', 'packed');
-if (stateForm !== 'packed' && stateForm !== 'unpacked') throw new Error(`--state: expected packed or unpacked, got '${stateForm}'`);
+const stateForm = arg('state', 'auto');
+if (!['auto', 'packed', 'unpacked'].includes(stateForm)) throw new Error(`--state: expected auto, packed or unpacked, got '${stateForm}'`);
 const withTorch = !process.argv.includes('--no-torch');
 process.env['XDG_RUNTIME_DIR'] ??= '/tmp/xdg';
 // Mesa keeps compiled shaders on disk: without this, a second benchmark run would not measure the
@@ -137,7 +138,7 @@ function tesseraParams(name: string): number {
 const sines = (n: number) => new Float32Array(n).map((_, i) => Math.sin(i * 0.37));
 
 /** A case's initial state (from the reference interpreter, so every backend starts from the same numbers), its step on a fixed batch (to trace), and the images per step. */
-async function stepCase(name: string): Promise<{ state: unknown; trace: () => unknown; batch: number }> {
+async function stepCase(name: string, packed: boolean): Promise<{ state: unknown; trace: () => unknown; batch: number }> {
   const c = CASES[name]!;
   const config = caseConfig(name);
   if (c.kind === 'uvit') {
@@ -145,8 +146,8 @@ async function stepCase(name: string): Promise<{ state: unknown; trace: () => un
     const options = maskdmTrainOptions(config, model);
     const named = initMaskdmState(model, random.key(config.train.seed), options);
     await realize(flatten(named as never).leaves as never, 'reference');
-    const layout = stateForm === 'packed' ? packLayout(named.params) : undefined;
-    const state = stateForm === 'packed' ? await trainingMethod(config).carry!.to(named as never) : named;
+    const layout = packed ? packLayout(named.params) : undefined;
+    const state = packed ? await trainingMethod(config).carry!.to(named as never) : named;
     const b = config.train.batch_size;
     const side = fullSize(config).height;
     return { state, trace: () => maskdmStepFunction(model, options, layout)(state as never, { images: tensor(sines(b * side * side), [b, 1, side, side]) }), batch: b };
@@ -154,8 +155,8 @@ async function stepCase(name: string): Promise<{ state: unknown; trace: () => un
   const model = buildModel(config);
   const named = initState(model, config);
   await realize(flatten(named as never).leaves as never, 'reference');
-  const layout = stateForm === 'packed' ? packLayout(named.params) : undefined;
-  const state = stateForm === 'packed' ? await trainingMethod(config).carry!.to(named as never) : named;
+  const layout = packed ? packLayout(named.params) : undefined;
+  const state = packed ? await trainingMethod(config).carry!.to(named as never) : named;
   const b = c.batch;
   const top = new Int32Array(b).map((_, i) => (i * 5) % (R - c.size + 1));
   const left = new Int32Array(b).map((_, i) => (i * 3) % (R - c.size + 1));
@@ -171,7 +172,7 @@ function visibleTokens(name: string): string {
 }
 
 async function measure(name: string, be: Backend): Promise<Row> {
-  const { state, trace, batch: b } = await stepCase(name);
+  const { state, trace, batch: b } = await stepCase(name, stateForm === 'auto' ? usesPackedState(be.name as BackendName) : stateForm === 'packed');
   let t0 = performance.now();
   const out = trace();
   const { program, lifted } = buildProgram(`trainStep-${name}`, flatten(out as never).leaves as never[]);

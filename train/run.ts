@@ -30,6 +30,7 @@ import { describeChange } from './resumeConfig.ts';
 import { appendJsonLine, readJsonLines, writeTextAtomic } from './runFiles.ts';
 import { acquireRunLock } from './runLock.ts';
 import { trainingMethod, type TrainingMethod } from './method.ts';
+import { usesPackedState } from './packed.ts';
 import { fullSize, stepBatch, type StepBatch, type StepMetrics, type TrainState } from './step.ts';
 
 export { restoreLike } from './resume.ts';
@@ -100,6 +101,11 @@ export interface RunOptions {
   readonly say?: (message: string) => void;
   /** Writes and flushes one checkpoint file; replaced in tests to simulate a full disk. */
   readonly writeFile?: FileWriter;
+  /**
+   * Carry the state packed between steps (`train/packed.ts`; the methods that can). Default: on
+   * WebGPU only (`usesPackedState`). The values are the same either way.
+   */
+  readonly packState?: boolean;
 }
 
 export interface LogLine {
@@ -331,14 +337,15 @@ async function train(options: RunOptions, say: (message: string) => void, histor
     await writeTextAtomic(join(runDir, 'loss.svg'), lossCurveSvg(log.map((l) => [l.step, l.loss] as const), { title: 'training loss', xLabel: 'step', yLabel: 'loss', logY: true, smoothing: 0.9 }));
   };
 
-  // The state as the method carries it between steps (packed, for EDM, patch and MaskDM runs), stepped by
+  // The state as the method carries it between steps (packed, for EDM, patch and MaskDM runs on WebGPU), stepped by
   // its compiled step; the observers and the result see the named state (views of the carried one).
-  const carry = method.carry ?? { to: async (s: RunState) => s as TrainState<unknown>, from: (c: TrainState<unknown>) => c as RunState, compileStep: method.compileStep as NonNullable<typeof method.carry>['compileStep'] };
+  const packed = method.carry !== undefined && (options.packState ?? usesPackedState(backend.name));
+  const carry = packed ? method.carry! : { to: async (s: RunState) => s as TrainState<unknown>, from: (c: TrainState<unknown>) => c as RunState, compileStep: method.compileStep as NonNullable<typeof method.carry>['compileStep'] };
   const step = carry.compileStep(backend.name);
   // The named views are made at most once per step, and only when an observer reads the params,
   // the EMA or the optimizer state (most steps only log the loss and the image count).
   const named = (c: TrainState<unknown>): RunState => {
-    if (method.carry === undefined) return c as RunState;
+    if (!packed) return c as RunState;
     let views: RunState | undefined;
     const get = () => (views ??= carry.from(c));
     return { get params() { return get().params; }, get ema() { return get().ema; }, get opt() { return get().opt; }, imagesSeen: c.imagesSeen, key: c.key };

@@ -52,6 +52,21 @@ test('training 2N steps equals training N, stopping, resuming and training N mor
   assert.deepEqual(resumed.log.map((l) => l.loss), straight.log.map((l) => l.loss));
 });
 
+test('a run carrying its state packed, stopped and resumed, ends where an unpacked run does, bit for bit, with the same checkpoints', async () => {
+  const config = tiny();
+  const straight = await trainRun({ runDir: await mkdtemp(join(tmpdir(), 'tessera-u-')), config, gridSamples: 0, packState: false });
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-p-'));
+  // A sample grid at the end reads the EMA through its views of the packed state.
+  await trainRun({ runDir: dir, config, gridSamples: 4, sampleSteps: 2, stopAfter: 3, packState: true });
+  const resumed = await trainRun({ runDir: dir, config, gridSamples: 0, resume: true, packState: true });
+  assert.equal(resumed.step, 6);
+  for (const k of ['params', 'ema', 'opt'] as const) assert.deepEqual(await leafValues(resumed.state[k]), await leafValues(straight.state[k]), k);
+  assert.deepEqual(resumed.log.map((l) => l.loss), straight.log.map((l) => l.loss));
+  const ck = orThrow(await loadCheckpoint(join(dir, 'checkpoint-000000006'), { expectedConfig: tiny() }));
+  assert.deepEqual(await leafValues(ck.trees['params']), await leafValues(straight.state.params));
+  assert.ok((await readdir(dir)).some((f) => /^samples-0000003\.png$/.test(f)));
+});
+
 test('checkpointAtSeconds writes and logs a checkpoint at the first step past each mark, counted over resumes', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tessera-marks-'));
   const config = tiny({ checkpoint_every: 1000, log_every: 1000 });
