@@ -68,7 +68,7 @@ export async function pack(layout: PackLayout, tree: PyTree<Tensor>, backend?: B
   const data = new Float32Array(layout.total);
   for (let i = 0; i < leaves.length; i++) {
     const leaf = leaves[i]!;
-    if (leaf.dtype !== 'float32' || sizeOf(leaf.shape) !== sizeOf(layout.shapes[i]!)) throw new TypeError(`pack: leaf ${i} is ${leaf.dtype} [${leaf.shape.join(', ')}], the layout has float32 [${layout.shapes[i]!.join(', ')}]`);
+    if (leaf.dtype !== 'float32' || leaf.shape.join(',') !== layout.shapes[i]!.join(',')) throw new TypeError(`pack: leaf ${i} is ${leaf.dtype} [${leaf.shape.join(', ')}], the layout has float32 [${layout.shapes[i]!.join(', ')}]`);
     data.set(await leaf.data(), layout.offsets[i]!);
   }
   return tensor(data, [layout.total]);
