@@ -36,9 +36,10 @@ export interface TrainingMethod<P = unknown> {
   /** The optimizer state of a checkpoint written under `from`, for a run under `to` (`train.grad_clip` may change on resume). */
   carryOptimizerState(opt: PyTree<Tensor>, from: TrainingConfig, to: TrainingConfig): PyTree<Tensor>;
   /**
-   * Where present, the run loop carries the state between steps in another form and steps it with
+   * Where present, the run loop may carry the state between steps in another form and step it with
    * this compiled step instead: the EDM, patch and MaskDM methods pack theirs (`train/packed.ts`),
-   * so that the optimizer is a few kernels, not a few per parameter. `to` runs when a run starts or
+   * so that the optimizer is a few kernels, not a few per parameter. The loop does on WebGPU
+   * (`usesPackedState`) or when `trainRun`'s `packState` asks. `to` runs when a run starts or
    * resumes; `from` gives the named state back, as views of the carried one, to checkpoints,
    * sample grids and the run's result.
    */
