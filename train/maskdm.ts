@@ -220,7 +220,7 @@ export function maskdmMethod(config: TrainingConfig): TrainingMethod<UViTParams>
       const step = compileMaskdmStep(model, { ...options, backend });
       return (state, batch) => step(state, { images: batch.images });
     },
-    carry: packedCarry(initMaskdmState(model, random.key(t.seed), options), (layout, backend) => {
+    carry: packedCarry(() => initMaskdmState(model, random.key(t.seed), options), (layout, backend) => {
       const step = compileMaskdmStep(model, { ...options, backend }, layout);
       return (state, batch) => step(state as never, { images: batch.images }) as never;
     }),

@@ -72,7 +72,7 @@ export function trainingMethod(config: TrainingConfig): TrainingMethod<PyTree<Te
 function edmMethod(config: TrainingConfig): TrainingMethod<ReturnType<typeof initState>['params']> {
   const model = buildModel(config);
   const { height, width } = fullSize(config);
-  const carry = packedCarry(initState(model, config), (layout, backend) => compileStep(model, config, backend, layout) as never);
+  const carry = packedCarry(() => initState(model, config), (layout, backend) => compileStep(model, config, backend, layout) as never);
   return {
     carry,
     description: config.model.kind === 'patch' ? 'the patch-conditioned model' : 'the EDM baseline',

@@ -95,15 +95,29 @@ function isRecord(tree: PyTree<Tensor>): tree is { readonly [key: string]: PyTre
 }
 
 /**
- * A method's packed carry (`TrainingMethod.carry`): `fresh` is a state of the method (lazy, nothing
- * computed), which gives the layout and the unpacked optimizer state's structure; `compile` makes
+ * A method's packed carry (`TrainingMethod.carry`): `fresh` makes a state of the method (lazy,
+ * nothing computed), which gives the layout and the unpacked optimizer state's structure; it is
+ * called once, when the carry is first used (never, for a run that does not pack). `compile` makes
  * the method's compiled step over the packed state, given the layout.
  */
-export function packedCarry<P extends PyTree<Tensor>>(fresh: TrainState<P>, compile: (layout: PackLayout, backend?: BackendName) => ReturnType<CarriedState<P>['compileStep']>): CarriedState<P> {
-  const layout = packLayout(fresh.params);
+export function packedCarry<P extends PyTree<Tensor>>(fresh: () => TrainState<P>, compile: (layout: PackLayout, backend?: BackendName) => ReturnType<CarriedState<P>['compileStep']>): CarriedState<P> {
+  let made: { readonly layout: PackLayout; readonly opt: PyTree<Tensor> } | undefined;
+  const template = () => {
+    if (made === undefined) {
+      const f = fresh();
+      made = { layout: packLayout(f.params), opt: f.opt };
+    }
+    return made;
+  };
   return {
-    to: async (state, backend) => ({ ...state, params: await pack(layout, state.params, backend), ema: await pack(layout, state.ema, backend), opt: await packTree(layout, state.opt, backend) }),
-    from: (c) => ({ ...c, params: unpack(layout, c.params as Tensor) as P, ema: unpack(layout, c.ema as Tensor) as P, opt: unpackTree(layout, c.opt, fresh.opt) }),
-    compileStep: (backend) => compile(layout, backend),
+    to: async (state, backend) => {
+      const { layout } = template();
+      return { ...state, params: await pack(layout, state.params, backend), ema: await pack(layout, state.ema, backend), opt: await packTree(layout, state.opt, backend) };
+    },
+    from: (c) => {
+      const { layout, opt } = template();
+      return { ...c, params: unpack(layout, c.params as Tensor) as P, ema: unpack(layout, c.ema as Tensor) as P, opt: unpackTree(layout, c.opt, opt) };
+    },
+    compileStep: (backend) => compile(template().layout, backend),
   };
 }
