@@ -294,9 +294,18 @@ export function gemmBody(program: Program, root: number, heavy: number, tile: Ti
         em.line(`let row = m0 + t / ${rn}u;`);
         em.line(`let col = n0 + (t % ${rn}u) * ${colStep}u;`);
         em.block(`if (row < ${u(em, 'rows', c.m)} && col < ${u(em, 'cols', c.n)})`, () => {
-          let acc = 'acc0_0';
-          for (let t = 1; t < rm * rn; t++) acc = `select(${acc}, acc${Math.floor(t / rn)}_${t % rn}, t == ${t}u)`;
-          em.line(`let acc = ${acc};`);
+          // The accumulator of output t, by a tree of selects on t's bits: a chain nested rm * rn deep
+          // passed WGSL's limit on nesting ("maximum parser recursive depth") at 128 outputs (16x8).
+          let level = rows.flatMap((i) => cols.map((j) => `acc${i}_${j}`));
+          for (let bit = 0; level.length > 1; bit++) {
+            level = Array.from({ length: Math.ceil(level.length / 2) }, (_, p) => {
+              if (2 * p + 1 >= level.length) return level[2 * p]!;
+              const s = em.fresh('s');
+              em.line(`let ${s} = select(${level[2 * p]}, ${level[2 * p + 1]}, (t & ${1 << bit}u) != 0u);`);
+              return s;
+            });
+          }
+          em.line(`let acc = ${level[0]};`);
           const oi = em.index(c.out(em, 'bt', 'row', 'col'));
           em.define(heavy, oi, 'acc');
           store(oi, em.value(root, oi));

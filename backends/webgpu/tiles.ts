@@ -11,7 +11,10 @@ import type { Tile } from './gemm.ts';
  * first: on the small-channel convolutions of a diffusion UNet (16-64 channels) it runs as fast as
  * 8x8 or faster (3x3 conv, 32x16x16x16 -> 16: 20.9 ms vs 14.3 ms; 64x32x8x8 -> 32: 36.6 ms vs
  * 60.7 ms), and its 16 accumulators keep LLVM's register allocation cheap: 8x8 kernels with a
- * fused epilogue took 10-25 s each to compile, 4x4 about 1 s.
+ * fused epilogue took 10-25 s each to compile, 4x4 about 1 s. Re-measured on 2026-11-29 (packed
+ * 16x16 demo step, alternated, cold shader cache, load 1.7-2.9): with 8x4, 8x8 first the steady step
+ * was 454-495 ms against 480-606 ms, but the first step 11.1-11.5 s against 8.0-10.2 s, since
+ * lavapipe compiles each kernel at its first dispatch, one at a time; so 4x4 stays first.
  */
 export const TILE_CANDIDATES: readonly Tile[] = [
   { rm: 4, rn: 4 },

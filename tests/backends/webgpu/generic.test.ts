@@ -122,3 +122,28 @@ test('one pipeline serves two shapes: a conv block and its gradient at batch 3, 
   assert.equal(generic.pipelineCount, afterFirst, 'the second shape built new pipelines');
   assert.ok(special.pipelineCount > afterFirst, `specialized kernels: ${special.pipelineCount} pipelines for two shapes, generic ${afterFirst}`);
 });
+
+test('every tile candidate builds and agrees with the reference: a matmul with a fused epilogue, a strided convolution and both adjoints', async () => {
+  // Shapes that fit no tile evenly, so every tile has clamped rows and columns and a partial last tile.
+  const shapes = [[37, 45], [45, 70], [70], [3, 6, 9, 9], [10, 6, 3, 3], [3, 10, 5, 5]] as const;
+  const f = (...args: T.Tensor[]): T.Tensor[] => {
+    const [a, b, bias, x, w, dy] = args as [T.Tensor, T.Tensor, T.Tensor, T.Tensor, T.Tensor, T.Tensor];
+    const o = { stride: [2, 2] as [number, number], padding: [1, 1] as [number, number] };
+    return [
+      T.silu(T.add(T.matmul(a, b), bias)),
+      T.conv2d(x, w, o),
+      T.conv2dGradInput(dy, w, [3, 6, 9, 9], o),
+      T.conv2dGradWeight(x, dy, [10, 6, 3, 3], o),
+    ];
+  };
+  const ps = shapes.map((s, i) => placeholder(i, s));
+  const program = buildProgram('tiles', f(...ps), ps).program;
+  const inputs = shapes.map((s, i) => T.tensor(values(40 + i, s.reduce((p, d) => p * d, 1), -1, 1), s));
+  const want = await Promise.all((await T.jit(f, { backend: 'reference' })(...inputs)).map((t) => t.data()));
+  for (const tile of TILE_CANDIDATES) {
+    const be = await createWebGpuBackend({ tiles: [tile] });
+    const got = await runOn(be, program, inputs);
+    want.forEach((w, i) => assertClose(`tile ${JSON.stringify(tile)}, output ${i}`, 'webgpu', w, got[i]!, TOLERANCES.webgpu.contraction));
+    be.ctx.device.destroy();
+  }
+});
