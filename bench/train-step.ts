@@ -39,7 +39,7 @@ import { orThrow } from '../train/errors.ts';
 import { buildUvit, initMaskdmState, maskdmStepFunction, maskdmTrainOptions } from '../train/maskdm.ts';
 import { visibleCount } from '../models/masks.ts';
 import { trainingMethod } from '../train/method.ts';
-import { packLayout, usesPackedState } from '../train/packed.ts';
+import { packLayout, usesPackedState, type PackLayout } from '../train/packed.ts';
 import { buildModel, fullSize, initState, stepFunction, stepBatch } from '../train/step.ts';
 
 const arg = (name: string, dflt: string): string => {
@@ -141,22 +141,22 @@ const sines = (n: number) => new Float32Array(n).map((_, i) => Math.sin(i * 0.37
 async function stepCase(name: string, packed: boolean): Promise<{ state: unknown; trace: () => unknown; batch: number }> {
   const c = CASES[name]!;
   const config = caseConfig(name);
+  /** The fresh state computed on the reference interpreter, then in the form the step carries: packed (with its layout) or named. */
+  const carried = async <S extends { params: unknown }>(named: S): Promise<{ layout: PackLayout | undefined; state: unknown }> => {
+    await realize(flatten(named as never).leaves as never, 'reference');
+    if (!packed) return { layout: undefined, state: named };
+    return { layout: packLayout(named.params as never), state: await trainingMethod(config).carry!.to(named as never) };
+  };
   if (c.kind === 'uvit') {
     const model = buildUvit(config);
     const options = maskdmTrainOptions(config, model);
-    const named = initMaskdmState(model, random.key(config.train.seed), options);
-    await realize(flatten(named as never).leaves as never, 'reference');
-    const layout = packed ? packLayout(named.params) : undefined;
-    const state = packed ? await trainingMethod(config).carry!.to(named as never) : named;
+    const { layout, state } = await carried(initMaskdmState(model, random.key(config.train.seed), options));
     const b = config.train.batch_size;
     const side = fullSize(config).height;
     return { state, trace: () => maskdmStepFunction(model, options, layout)(state as never, { images: tensor(sines(b * side * side), [b, 1, side, side]) }), batch: b };
   }
   const model = buildModel(config);
-  const named = initState(model, config);
-  await realize(flatten(named as never).leaves as never, 'reference');
-  const layout = packed ? packLayout(named.params) : undefined;
-  const state = packed ? await trainingMethod(config).carry!.to(named as never) : named;
+  const { layout, state } = await carried(initState(model, config));
   const b = c.batch;
   const top = new Int32Array(b).map((_, i) => (i * 5) % (R - c.size + 1));
   const left = new Int32Array(b).map((_, i) => (i * 3) % (R - c.size + 1));

@@ -16,6 +16,7 @@ import { bindingBytes } from '../backends/webgpu/memory.ts';
 import { foldGrid } from '../backends/webgpu/kernel.ts';
 import { sizeOf } from '../core/shape.ts';
 import { gemmShape } from '../backends/webgpu/gemm.ts';
+import { programFlops } from './flops.ts';
 import { loadConfig } from '../train/config.ts';
 import { orThrow } from '../train/errors.ts';
 import { trainingMethod } from '../train/method.ts';
@@ -84,16 +85,8 @@ for (let i = 0; i < exe.kernels.length; i++) {
   e.n++; e.ms += best; all += best;
   kinds.set(kind, e);
 }
-// Contraction FLOPs of the step: 2 x output elements x the length each sums over.
-let flops = 0;
-for (const nd of program.nodes) {
-  const s = (j: number) => program.nodes[nd.inputs[j]!]!.shape;
-  const out = sizeOf(nd.shape);
-  if (nd.prim.op === 'matmul') flops += 2 * out * s(0).at(-1)!;
-  else if (nd.prim.op === 'conv2d') flops += 2 * out * (sizeOf(s(1)) / s(1)[0]!);
-  else if (nd.prim.op === 'conv2dGradInput') flops += 2 * sizeOf(s(0)) * (sizeOf(s(1)) / s(1)[0]!);
-  else if (nd.prim.op === 'conv2dGradWeight') flops += 2 * sizeOf(s(1)) * (out / s(1)[1]!);
-}
+// Contraction FLOPs of the step (bench/flops.ts).
+const flops = programFlops(program);
 const heavy = [...kinds].filter(([k]) => /^(matmul|conv2d)/.test(k)).reduce((a, [, e]) => a + e.ms, 0);
 console.log(`${exe.kernels.filter((k: any) => k.pipeline !== undefined).length} dispatches; kernels alone sum to ${all.toFixed(1)} ms`);
 for (const [k, e] of [...kinds].sort((a, b) => b[1].ms - a[1].ms)) console.log(`  ${k.padEnd(20)} ${String(e.n).padStart(4)} kernels ${e.ms.toFixed(1).padStart(8)} ms`);
